@@ -1,0 +1,61 @@
+# Freya backend: every target is one line that calls a real tool; `make help` lists them.
+# The targets create and use .venv by themselves: a fresh machine needs only Python 3.11+ and make.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+FREYA := $(BIN)/python -m service
+
+.DEFAULT_GOAL := help
+.PHONY: help install run migrate migration migrate-status rollback db-shell db-stop db-url test lint typecheck clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the service with its dev tools
+
+run: $(STAMP) ## serve the API on 127.0.0.1:8000 (FREYA_PORT to change), embedded PostgreSQL unless FREYA_DATABASE_URL
+	$(FREYA) serve
+
+migrate: $(STAMP) ## apply pending migrations
+	$(FREYA) migrate
+
+migration: $(STAMP) ## create the next numbered migration pair: make migration name=add_x
+	$(FREYA) new-migration "$(name)"
+
+migrate-status: $(STAMP) ## show the current revision, applied and pending migrations
+	$(FREYA) migrate-status
+
+rollback: $(STAMP) ## undo the last applied migration
+	$(FREYA) rollback
+
+db-shell: $(STAMP) ## open psql on the service database
+	$(FREYA) db-shell
+
+db-url: $(STAMP) ## print the database URL (starts the embedded server if needed)
+	$(FREYA) db-url
+
+db-stop: $(STAMP) ## stop the embedded PostgreSQL
+	$(FREYA) db-stop
+
+test: $(STAMP) ## run the test suite against a real PostgreSQL (own embedded server, or FREYA_TEST_DATABASE_URL)
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
+
+lint: $(STAMP) ## ruff and mypy --strict
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+	$(BIN)/mypy
+
+clean: ## remove the virtual environment and caches (not the embedded database)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.*

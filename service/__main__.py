@@ -1,0 +1,136 @@
+"""The command line: ``python -m service <command>``; the Makefile's targets call these."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from service import devdb, migrations
+from service.devdb import database_url
+from service.settings import Settings, SettingsError, load_settings
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    url = database_url(settings)
+    for migration_id in migrations.apply(url):
+        print(f"applied {migration_id}", flush=True)
+    # The workers build their app from the environment; hand them the resolved URL.
+    os.environ["FREYA_DATABASE_URL"] = url
+    print(f"serving on http://{settings.host}:{settings.port} (OpenAPI UI at /schema)", flush=True)
+    Granian(
+        "service.app:create_app_from_env",
+        factory=True,
+        interface=Interfaces.ASGI,
+        loop=Loops.uvloop,
+        address=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+    ).serve()
+    return 0
+
+
+def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    applied = migrations.apply(database_url(settings))
+    for migration_id in applied:
+        print(f"applied {migration_id}")
+    if not applied:
+        print("nothing to apply: the schema is at the latest migration")
+    return 0
+
+
+def rollback(settings: Settings, args: argparse.Namespace) -> int:
+    undone = migrations.rollback(database_url(settings), count=args.count)
+    for migration_id in undone:
+        print(f"rolled back {migration_id}")
+    if not undone:
+        print("nothing to roll back")
+    return 0
+
+
+def migrate_status(settings: Settings, args: argparse.Namespace) -> int:
+    states = migrations.status(database_url(settings))
+    applied = [s.id for s in states if s.applied]
+    print(f"current revision: {applied[-1] if applied else '(none)'}")
+    for state in states:
+        print(f"  [{'applied' if state.applied else 'pending'}] {state.id}")
+    print(f"{len(applied)} applied, {len(states) - len(applied)} pending")
+    return 0
+
+
+def new_migration(settings: Settings, args: argparse.Namespace) -> int:
+    for path in migrations.create(args.name):
+        print(f"created {path.relative_to(migrations.MIGRATIONS_DIR.parent)}")
+    return 0
+
+
+def db_url(settings: Settings, args: argparse.Namespace) -> int:
+    print(database_url(settings))
+    return 0
+
+
+def db_shell(settings: Settings, args: argparse.Namespace) -> int:
+    url = database_url(settings)
+    psql = str(devdb.binaries() / "psql")
+    os.execv(psql, [psql, url])
+
+
+def db_stop(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url is not None:
+        print("FREYA_DATABASE_URL is set: that server is not ours to stop")
+        return 1
+    stopped = devdb.EmbeddedPostgres(Path(settings.data_dir)).stop()
+    print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+    return 0
+
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m service", description="Freya backend")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("serve", serve, "apply pending migrations, then serve the API with granian")
+    command("migrate", migrate, "apply pending migrations")
+    command("rollback", rollback, "undo the last migration(s)").add_argument(
+        "--count", type=int, default=1, help="how many to undo (default 1)"
+    )
+    command("migrate-status", migrate_status, "show the current revision, applied and pending migrations")
+    command("new-migration", new_migration, "create the next numbered migration pair").add_argument(
+        "name", help="snake_case summary, e.g. add_message_flags"
+    )
+    command("db-url", db_url, "print the database URL (starts the embedded server if needed)")
+    command("db-shell", db_shell, "open psql on the database")
+    command("db-stop", db_stop, "stop the embedded PostgreSQL")
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"freya: {error}", file=sys.stderr)
+        return 2
+    handler: Command = args.handler
+    try:
+        return handler(settings, args)
+    except (devdb.EmbeddedPostgresError, psycopg.OperationalError) as error:
+        print(f"freya: database unavailable: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

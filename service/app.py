@@ -1,0 +1,86 @@
+"""The application: routes, the error contract, OpenAPI, and the database pool's lifetime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+
+from service import db, errors
+from service.devdb import database_url
+from service.health import HealthController
+from service.settings import Settings, load_settings
+from service.users import UsersController
+
+log = logging.getLogger("freya")
+
+VERSION = "1.0.0"
+
+
+def _provide_database(state: State) -> db.Database:
+    database: db.Database = state.database
+    return database
+
+
+def create_app(settings: Settings, database: db.Database | None = None) -> Litestar:
+    """The Litestar app. Without ``database`` its lifespan opens a pool on ``settings.database_url``
+    and prepares every SQL query before the app reports ready; tests pass their own connection.
+    """
+    state = State({"database": database} if database is not None else {})
+
+    @asynccontextmanager
+    async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
+        if database is not None:
+            yield
+            return
+        url = settings.database_url
+        if url is None:
+            raise RuntimeError("FREYA_DATABASE_URL is not set (python -m service serve resolves it)")
+        pool = await db.create_pool(
+            url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            connect_timeout=settings.connect_timeout,
+        )
+        try:
+            async with pool.acquire() as conn:
+                prepared = await db.prepare_all(conn, db.load_all())
+            log.info("database pool open (%d-%d connections), %d queries prepared",
+                     settings.pool_min_size, settings.pool_max_size, prepared)
+            app.state.database = db.PoolDatabase(pool, settings.pool_acquire_timeout)
+            yield
+        finally:
+            await pool.close()
+
+    return Litestar(
+        route_handlers=[HealthController, UsersController],
+        dependencies={"db": Provide(_provide_database, sync_to_thread=False)},
+        exception_handlers=errors.EXCEPTION_HANDLERS,
+        lifespan=[pool_lifespan],
+        state=state,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Freya backend",
+            version=VERSION,
+            description="Chat history of the Freya assistant: users, conversations, messages, topics.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(path="/openapi.json")],
+        ),
+    )
+
+
+def create_app_from_env() -> Litestar:
+    """The factory granian calls in each worker."""
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.database_url is None:
+        settings = msgspec.structs.replace(settings, database_url=database_url(settings))
+    return create_app(settings)

@@ -1,0 +1,279 @@
+"""The database layer: SQL files turned into typed queries, and the connection pool.
+
+A ``.sql`` file under ``sql/`` holds named queries::
+
+    -- name: get_user :one
+    -- The user with this id, or no row.
+    SELECT id, email, name, created_at FROM users WHERE id = :user_id;
+
+``:snake_case`` parameters are compiled to ``$1..$n`` once, at load; the kind picks the asyncpg
+call (``:one`` fetchrow, ``:many`` fetch, ``:val`` fetchval, ``:exec`` execute). Each file is
+claimed by one ``QueryFile`` subclass whose annotations list its queries, so call sites are
+plain attributes that mypy checks, and a query added to a file without its annotation (or the
+reverse) fails at load. ``prepare_all`` prepares every statement against the real schema at
+start-up: a typo or a schema drift stops the service with the query's name.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import typing
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import asyncpg
+import msgspec
+
+from service.settings import PROJECT_ROOT
+
+SQL_DIR = PROJECT_ROOT / "sql"
+
+Kind = Literal["one", "many", "val", "exec"]
+KINDS: tuple[Kind, ...] = typing.get_args(Kind)
+if typing.TYPE_CHECKING:
+    Connection: typing.TypeAlias = asyncpg.Connection[asyncpg.Record]
+    Pool: typing.TypeAlias = asyncpg.Pool[asyncpg.Record]
+else:  # asyncpg's classes are generic only in its stubs
+    Connection, Pool = asyncpg.Connection, asyncpg.Pool
+T = TypeVar("T")
+
+_HEADER = re.compile(r"^--\s*name:\s*(?P<name>\S+)\s+:(?P<kind>\S+)\s*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Everything the parameter scanner must step over: strings, quoted identifiers, dollar quotes,
+# comments and casts. A ':' that none of these swallow starts a parameter.
+_SKIP = re.compile(
+    r"""
+      '(?:[^']|'')*'                # string literal (also E'' and U&'': the prefix is outside)
+    | "(?:[^"]|"")*"                # quoted identifier
+    | \$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$   # dollar-quoted string
+    | --[^\n]*                      # line comment
+    | /\*.*?\*/                     # block comment
+    | ::                            # cast
+    | :=                            # named argument in a function call
+    | :(?P<param>[A-Za-z_][A-Za-z0-9_]*)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+class QueryFileError(ValueError):
+    """A SQL file breaks the format; the message names the file and the query."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One named statement, compiled to positional parameters."""
+
+    file: str
+    name: str
+    kind: Kind
+    sql: str
+    params: tuple[str, ...]
+    doc: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.file}.{self.name}"
+
+    def args(self, values: Mapping[str, Any]) -> list[Any]:
+        """Positional arguments in ``$n`` order; a missing or unknown keyword is a TypeError."""
+        if len(values) != len(self.params) or not all(p in values for p in self.params):
+            missing = [p for p in self.params if p not in values]
+            extra = [k for k in values if k not in self.params]
+            raise TypeError(f"{self.label}: missing parameters {missing}, unexpected {extra}")
+        return [values[p] for p in self.params]
+
+    async def one(self, conn: Connection, into: type[T], /, **params: Any) -> T | None:
+        self._expect("one")
+        row = await conn.fetchrow(self.sql, *self.args(params))
+        return None if row is None else msgspec.convert(dict(row.items()), into)
+
+    async def many(self, conn: Connection, into: type[T], /, **params: Any) -> list[T]:
+        self._expect("many")
+        rows = await conn.fetch(self.sql, *self.args(params))
+        return msgspec.convert([dict(row.items()) for row in rows], list[into])  # type: ignore[valid-type]
+
+    async def val(self, conn: Connection, /, **params: Any) -> Any:
+        self._expect("val")
+        return await conn.fetchval(self.sql, *self.args(params))
+
+    async def exec(self, conn: Connection, /, **params: Any) -> str:
+        self._expect("exec")
+        # The text comes from our own files only; request data always travels as arguments.
+        return await conn.execute(self.sql, *self.args(params))
+
+    def _expect(self, kind: Kind) -> None:
+        if self.kind != kind:
+            raise TypeError(f"{self.label} is a :{self.kind} query, called as :{kind}")
+
+
+def compile_parameters(body: str, where: str) -> tuple[str, tuple[str, ...]]:
+    """Replace ``:name`` with ``$n`` (a repeated name reuses its number)."""
+    order: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("param")
+        if name is None:
+            return match.group(0)
+        if not _NAME.match(name):
+            raise QueryFileError(f"{where}: parameter :{name} is not snake_case")
+        if name not in order:
+            order.append(name)
+        return f"${order.index(name) + 1}"
+
+    return _SKIP.sub(replace, body), tuple(order)
+
+
+def parse_sql_file(path: Path) -> dict[str, Query]:
+    """Every query of one file, by name."""
+    queries: dict[str, Query] = {}
+    current: tuple[str, Kind] | None = None
+    doc: list[str] = []
+    body: list[str] = []
+
+    def finish() -> None:
+        if current is None:
+            if any(line.strip() and not line.lstrip().startswith("--") for line in body):
+                raise QueryFileError(f"{path.name}: SQL before the first '-- name:' header")
+            return
+        name, kind = current
+        where = f"{path.name}: query {name}"
+        text = "\n".join(body).strip()
+        if not text:
+            raise QueryFileError(f"{where} has no statement")
+        sql, params = compile_parameters(text, where)
+        # The leading comment travels with the statement: pg_stat_statements and the server log
+        # then say which query ran.
+        queries[name] = Query(path.stem, name, kind, f"-- {path.stem}.{name}\n{sql}", params, " ".join(doc))
+
+    for line in path.read_text().splitlines():
+        header = _HEADER.match(line.strip())
+        if header:
+            finish()
+            name, kind = header.group("name"), header.group("kind")
+            if not _NAME.match(name):
+                raise QueryFileError(f"{path.name}: query name {name!r} is not snake_case")
+            if kind not in KINDS:
+                raise QueryFileError(f"{path.name}: query {name} has unknown kind :{kind}")
+            if name in queries or (current is not None and current[0] == name):
+                raise QueryFileError(f"{path.name}: query {name} is defined twice")
+            current, doc, body = (name, typing.cast(Kind, kind)), [], []
+        elif current is not None and not body and line.lstrip().startswith("--"):
+            doc.append(line.lstrip()[2:].strip())
+        else:
+            body.append(line)
+    finish()
+    return queries
+
+
+class QueryFile:
+    """A typed view of one SQL file: subclasses annotate each query name as ``Query``.
+
+    ``class UserQueries(QueryFile, file="users"): get_user: Query`` loads ``sql/users.sql``.
+    """
+
+    registry: ClassVar[dict[str, type[QueryFile]]] = {}
+    file: ClassVar[str]
+
+    def __init_subclass__(cls, *, file: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if file in QueryFile.registry:
+            raise QueryFileError(f"{file}.sql is claimed twice")
+        cls.file = file
+        QueryFile.registry[file] = cls
+
+    def __init__(self, sql_dir: Path = SQL_DIR) -> None:
+        queries = parse_sql_file(sql_dir / f"{self.file}.sql")
+        declared = {name for name, hint in typing.get_type_hints(type(self)).items() if hint is Query}
+        if declared != set(queries):
+            raise QueryFileError(
+                f"{self.file}.sql: queries without a declaration {sorted(set(queries) - declared)}, "
+                f"declarations without a query {sorted(declared - set(queries))}"
+            )
+        for name, query in queries.items():
+            setattr(self, name, query)
+        self.queries = queries
+
+
+def load_all(sql_dir: Path = SQL_DIR) -> list[Query]:
+    """Every query of every file; a file no QueryFile claims is an error (it would never be prepared)."""
+    unclaimed = sorted(p.stem for p in sql_dir.glob("*.sql") if p.stem not in QueryFile.registry)
+    if unclaimed:
+        raise QueryFileError(f"SQL files without a QueryFile class: {unclaimed}")
+    return [q for cls in QueryFile.registry.values() for q in cls(sql_dir).queries.values()]
+
+
+class QueryPrepareError(RuntimeError):
+    """A query does not prepare against the database: a typo or a schema that drifted."""
+
+
+async def prepare_all(conn: Connection, queries: Iterable[Query]) -> int:
+    """Prepare every statement once; the first failure names its file and query."""
+    count = 0
+    for query in queries:
+        try:
+            await conn.prepare(query.sql)
+        except asyncpg.PostgresError as error:
+            raise QueryPrepareError(f"query {query.label} does not prepare: {error}") from error
+        count += 1
+    return count
+
+
+class Database(abc.ABC):
+    """Where handlers get a connection: the pool in production, one shared connection in tests."""
+
+    @abc.abstractmethod
+    def connection(self) -> typing.AsyncContextManager[Connection]: ...
+
+
+class PoolDatabase(Database):
+    def __init__(self, pool: Pool, acquire_timeout: float) -> None:
+        self.pool = pool
+        self.acquire_timeout = acquire_timeout
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        # Without a timeout asyncpg waits for a free connection forever.
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            yield conn
+
+
+class SharedConnectionDatabase(Database):
+    """Hands out one connection, so a test's rolled-back transaction spans the app's work."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        yield self.conn
+
+
+async def _keep_session(conn: Connection) -> None:
+    """Skip asyncpg's reset query on release (RESET ALL, UNLISTEN, advisory unlocks).
+
+    It costs a round trip per request, and the service keeps no session state (no SET without
+    LOCAL, no LISTEN, no session advisory locks). asyncpg still rolls back an open transaction.
+    """
+
+
+async def create_pool(
+    url: str, *, min_size: int, max_size: int, statement_timeout_ms: int, connect_timeout: float
+) -> Pool:
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout,
+        server_settings={
+            "statement_timeout": str(statement_timeout_ms),
+            "application_name": "freya-backend",
+        },
+        reset=_keep_session,
+    )
+    assert pool is not None
+    return pool

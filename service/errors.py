@@ -1,0 +1,260 @@
+"""The error contract: every failure leaves as RFC 9457 problem details.
+
+    exception                                          status  title
+    ─────────────────────────────────────────────────  ──────  ────────────────────────────
+    litestar ValidationException (body/query/path)     400     Invalid request
+    Invalid (our own value checks)                     400/422 as raised, with ``errors``
+    NotFound                                           404     Not found
+    litestar NotFound / MethodNotAllowed / 413 …       as is   Litestar's title
+    Conflict, asyncpg UniqueViolationError             409     Conflict
+    asyncpg ForeignKeyViolationError                   422     Referenced row does not exist
+    asyncpg CheckViolation / NotNull / DataError       422     Value breaks a rule
+    asyncpg QueryCanceledError (statement_timeout)     504     Database statement timed out
+    pool acquire TimeoutError                          503     Database busy   + Retry-After
+    connection refused / lost / server shutting down   503     Database unavailable + Retry-After
+    anything else                                      500     Internal server error (logged)
+
+Problem ``type`` values are URIs under ``PROBLEM_BASE`` so clients can switch on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.types import ExceptionHandlersMap
+
+from service.fields import EMAIL_PATTERN, NO_NUL
+
+log = logging.getLogger("freya.errors")
+
+PROBLEM_BASE = "https://freya.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = "1"
+
+
+class ProblemError(Exception):
+    """A domain error with its HTTP status; raised by handlers, answered as problem details."""
+
+    status = 500
+    title = "Internal server error"
+    kind = "internal"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class Invalid(ProblemError):
+    status, title, kind = 400, "Invalid request", "invalid-request"
+
+    def __init__(self, detail: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None,
+                 status: int = 400) -> None:
+        if errors is None and field is not None:
+            errors = [{"field": field, "message": detail}]
+        super().__init__(detail, errors=errors)
+        self.status = status
+        if status == 422:
+            self.title, self.kind = "Unprocessable content", "unprocessable"
+
+
+class NotFound(ProblemError):
+    status, title, kind = 404, "Not found", "not-found"
+
+
+class Conflict(ProblemError):
+    status, title, kind = 409, "Conflict", "conflict"
+
+
+def problem(
+    status: int,
+    title: str,
+    kind: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"type": PROBLEM_BASE + kind, "title": title, "status": status, "detail": detail}
+    if instance is not None:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+class FieldError(msgspec.Struct):
+    field: str | None
+    message: str
+    source: str | None = None
+
+
+class ProblemDetails(msgspec.Struct):
+    """RFC 9457 problem details, as every error of this API is answered (the OpenAPI shape)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+
+
+_RESPONSE_DESCRIPTIONS = {
+    400: "Invalid request: the errors list names each offending field",
+    404: "Not found",
+    409: "Conflict with an existing row",
+    422: "Well-formed, but a value breaks a rule or references a missing row",
+    503: "Database unavailable or busy; retry after Retry-After seconds",
+    504: "Database statement timed out",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the problem responses a route can return (503/504 are always possible)."""
+    return {
+        status: ResponseSpec(data_container=ProblemDetails, description=_RESPONSE_DESCRIPTIONS[status],
+                             media_type=MEDIA_TYPE)
+        for status in (*statuses, 503, 504)
+    }
+
+
+_NAMED_IN_MESSAGE = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]+)`$")
+_REGEX_MESSAGE = re.compile(r"^Expected `str` matching regex '(?P<pattern>.*)'$")
+
+
+def _explain(message: str) -> str:
+    """msgspec's regex messages show the pattern; say what the rule means instead."""
+    match = _REGEX_MESSAGE.match(message)
+    if match is None:
+        return message
+    return _PATTERN_MEANINGS.get(match.group("pattern").replace("\\\\", "\\"), "has an invalid format")
+
+
+def _field_error(item: dict[str, Any]) -> dict[str, Any]:
+    message = str(item.get("message", ""))
+    key = item.get("key")
+    field = None if key in (None, "data") else str(key).removeprefix("$.")
+    # msgspec names a nested path at the end of the message: "... - at `$.messages[3].content`".
+    if " - at `$" in message:
+        message, _, path = message.rpartition(" - at `$")
+        field = path.rstrip("`").lstrip(".")
+    # For unknown or missing fields the name is in the message, the key is only the parent.
+    if named := _NAMED_IN_MESSAGE.match(message):
+        field = f"{field}.{named.group('name')}" if field else named.group("name")
+    entry: dict[str, Any] = {"field": field, "message": _explain(message)}
+    if item.get("source"):
+        entry["source"] = item["source"]
+    return entry
+
+
+def on_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    errors = [_field_error(item) for item in extra if isinstance(item, dict)]
+    detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
+    return problem(400, "Invalid request", "invalid-request", detail or str(exc.detail), errors=errors,
+                   instance=request.url.path)
+
+
+def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    if status >= 500:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    title = _STATUS_TITLES.get(status, "Error")
+    return problem(status, title, title.lower().replace(" ", "-"), str(exc.detail), headers=exc.headers,
+                   instance=request.url.path)
+
+
+def on_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:
+    return problem(exc.status, exc.title, exc.kind, exc.detail, errors=exc.errors, instance=request.url.path)
+
+
+def _constraint_detail(exc: asyncpg.PostgresError) -> str:
+    detail = getattr(exc, "detail", None) or ""
+    return f"{exc.args[0] if exc.args else exc}" + (f" ({detail})" if detail else "")
+
+
+def on_database_error(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[dict[str, Any]]:
+    path = request.url.path
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return problem(409, "Conflict", "conflict", _unique_detail(exc), instance=path)
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return problem(422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc),
+                       instance=path)
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
+        return problem(422, "Value breaks a rule", "constraint-violation", _constraint_detail(exc), instance=path)
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return problem(504, "Database statement timed out", "database-timeout",
+                       "the database did not answer within the statement timeout", instance=path)
+    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.AdminShutdownError
+                  | asyncpg.PostgresConnectionError):
+        return unavailable(request, exc)
+    return on_unexpected(request, exc)
+
+
+def unavailable(request: Request[Any, Any, Any], exc: BaseException) -> Response[dict[str, Any]]:
+    log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+    return problem(503, "Database unavailable", "database-unavailable",
+                   "the database cannot be reached right now; retry shortly",
+                   headers={"Retry-After": RETRY_AFTER_SECONDS}, instance=request.url.path)
+
+
+def busy(request: Request[Any, Any, Any], exc: TimeoutError) -> Response[dict[str, Any]]:
+    return problem(503, "Database busy", "database-busy",
+                   "no database connection came free within the acquire timeout",
+                   headers={"Retry-After": RETRY_AFTER_SECONDS}, instance=request.url.path)
+
+
+def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "Internal server error", "internal", "an unexpected error occurred; it has been logged",
+                   instance=request.url.path)
+
+
+def _unique_detail(exc: asyncpg.UniqueViolationError) -> str:
+    constraint = getattr(exc, "constraint_name", None)
+    return _UNIQUE_MESSAGES.get(constraint or "", "a row with this value exists already")
+
+
+_PATTERN_MEANINGS = {
+    NO_NUL: "must not contain a NUL character",
+    EMAIL_PATTERN: "must be an email address (and contain no NUL character)",
+}
+
+_UNIQUE_MESSAGES = {
+    "idx_user_email": "a user with this email exists already",
+    "idx_topic_name": "a topic with this name exists already",
+}
+
+_STATUS_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Content too large",
+    415: "Unsupported media type",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ValidationException: on_validation_error,
+    ProblemError: on_problem,
+    HTTPException: on_http_exception,
+    asyncpg.PostgresError: on_database_error,
+    asyncpg.ConnectionDoesNotExistError: unavailable,
+    ConnectionError: unavailable,
+    OSError: unavailable,
+    TimeoutError: busy,
+    Exception: on_unexpected,
+}

@@ -1,0 +1,34 @@
+"""Constrained field types shared by request Structs: validation lives in the type.
+
+PostgreSQL cannot store a NUL character in text; every free-text type refuses it here, so it is
+a 400 before any SQL runs (asyncpg would raise CharacterNotInRepertoireError, a 500).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar.params import PathParameter
+
+# \A…\Z: the whole string, with no NUL anywhere (msgspec applies patterns with re.search).
+NO_NUL = r"\A[^\x00]*\Z"
+
+EMAIL_PATTERN = r"\A[^@\s\x00]+@[^@\s\x00]+\Z"
+MAX_ID = 2**63 - 1
+
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="A 64-bit row id")]
+# Path ids declare their range on the parameter: Litestar reads constraints for path and
+# query values from there, not from a nested msgspec.Meta.
+PathId = Annotated[int, PathParameter(ge=1, le=MAX_ID, description="A 64-bit row id")]
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3,
+        max_length=320,
+        pattern=EMAIL_PATTERN,
+        description="An email address; stored and compared lower-cased",
+        examples=["ada@example.com"],
+    ),
+]
+PersonName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL, examples=["Ada Lovelace"])]

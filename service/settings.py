@@ -1,0 +1,75 @@
+"""Settings: every knob of the service, read once from FREYA_* environment variables and validated.
+
+A bad value stops the service at start with a message naming the variable, never later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "FREYA_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot run with."""
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Unset: an embedded PostgreSQL under data_dir, started on demand.
+    database_url: str | None = None
+    data_dir: str = str(PROJECT_ROOT / ".freya")
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Small pools win: the Python process, not PostgreSQL, is the bottleneck (ARCHITECTURE.md).
+    pool_min_size: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
+    pool_max_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    # Seconds a request waits for a free connection before it gets a 503.
+    pool_acquire_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    # Milliseconds one statement may run before PostgreSQL cancels it (a 504 to the client).
+    statement_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 10_000
+    # Seconds to establish a new database connection.
+    connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Check the schema and prepare every query at start; tests that share one connection turn it off.
+    migrate_on_serve: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"FREYA_POOL_MIN_SIZE ({self.pool_min_size}) exceeds FREYA_POOL_MAX_SIZE ({self.pool_max_size})"
+            )
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("FREYA_DATABASE_URL must start with postgresql:// or postgres://")
+
+
+def _env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from FREYA_* variables; raise SettingsError naming the bad variable."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, str] = {}
+    for field in msgspec.structs.fields(Settings):
+        value = environ.get(_env_name(field.name))
+        if value is not None and value != "":
+            raw[field.name] = value
+    try:
+        # strict=False lets msgspec parse "8000" as an int and "true" as a bool.
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        # msgspec names the field as `$.pool_max_size`; tell the operator the variable instead.
+        for field in msgspec.structs.fields(Settings):
+            message = message.replace(f"`$.{field.name}`", _env_name(field.name))
+        raise SettingsError(f"invalid setting: {message}") from None
