@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import psycopg
 
 from service import devdb, migrations
 from service.devdb import database_url
 from service.settings import Settings, SettingsError, load_settings
+
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian

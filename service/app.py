@@ -53,8 +53,12 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         try:
             async with pool.acquire() as conn:
                 prepared = await db.prepare_all(conn, db.load_all())
-            log.info("database pool open (%d-%d connections), %d queries prepared",
-                     settings.pool_min_size, settings.pool_max_size, prepared)
+            log.info(
+                "database pool open (%d-%d connections), %d queries prepared",
+                settings.pool_min_size,
+                settings.pool_max_size,
+                prepared,
+            )
             app.state.database = db.PoolDatabase(pool, settings.pool_acquire_timeout)
             yield
         finally:

@@ -35,7 +35,8 @@ SQL_DIR = PROJECT_ROOT / "sql"
 Kind = Literal["one", "many", "val", "exec"]
 KINDS: tuple[Kind, ...] = typing.get_args(Kind)
 if typing.TYPE_CHECKING:
-    Connection: typing.TypeAlias = asyncpg.Connection[asyncpg.Record]
+    # A plain connection (tests) or the pool's proxy for one (the service): the same calls.
+    Connection: typing.TypeAlias = asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
     Pool: typing.TypeAlias = asyncpg.Pool[asyncpg.Record]
 else:  # asyncpg's classes are generic only in its stubs
     Connection, Pool = asyncpg.Connection, asyncpg.Pool
@@ -243,14 +244,19 @@ class PoolDatabase(Database):
 
 
 class SharedConnectionDatabase(Database):
-    """Hands out one connection, so a test's rolled-back transaction spans the app's work."""
+    """Hands out one connection, so a test's rolled-back transaction spans the app's work.
+
+    Each use runs in a savepoint: a failed statement then undoes only its own request, as it
+    would on a pooled connection, instead of aborting the test's whole transaction.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
-        yield self.conn
+        async with self.conn.transaction():
+            yield self.conn
 
 
 async def _keep_session(conn: Connection) -> None:

@@ -156,9 +156,7 @@ class EmbeddedPostgres:
 
     def _pg_ctl_start(self) -> None:
         try:
-            self._run(
-                ["pg_ctl", "start", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", "60"]
-            )
+            self._run(["pg_ctl", "start", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", "60"])
         except EmbeddedPostgresError as error:
             tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
             raise EmbeddedPostgresError(f"{error}\nserver log ({self.log_file}):\n{tail}") from None

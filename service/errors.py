@@ -55,8 +55,9 @@ class ProblemError(Exception):
 class Invalid(ProblemError):
     status, title, kind = 400, "Invalid request", "invalid-request"
 
-    def __init__(self, detail: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None,
-                 status: int = 400) -> None:
+    def __init__(
+        self, detail: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None, status: int = 400
+    ) -> None:
         if errors is None and field is not None:
             errors = [{"field": field, "message": detail}]
         super().__init__(detail, errors=errors)
@@ -121,8 +122,9 @@ _RESPONSE_DESCRIPTIONS = {
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the problem responses a route can return (503/504 are always possible)."""
     return {
-        status: ResponseSpec(data_container=ProblemDetails, description=_RESPONSE_DESCRIPTIONS[status],
-                             media_type=MEDIA_TYPE)
+        status: ResponseSpec(
+            data_container=ProblemDetails, description=_RESPONSE_DESCRIPTIONS[status], media_type=MEDIA_TYPE
+        )
         for status in (*statuses, 503, 504)
     }
 
@@ -160,8 +162,9 @@ def on_validation_error(request: Request[Any, Any, Any], exc: ValidationExceptio
     extra = exc.extra if isinstance(exc.extra, list) else []
     errors = [_field_error(item) for item in extra if isinstance(item, dict)]
     detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
-    return problem(400, "Invalid request", "invalid-request", detail or str(exc.detail), errors=errors,
-                   instance=request.url.path)
+    return problem(
+        400, "Invalid request", "invalid-request", detail or str(exc.detail), errors=errors, instance=request.url.path
+    )
 
 
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -169,8 +172,9 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
     if status >= 500:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     title = _STATUS_TITLES.get(status, "Error")
-    return problem(status, title, title.lower().replace(" ", "-"), str(exc.detail), headers=exc.headers,
-                   instance=request.url.path)
+    return problem(
+        status, title, title.lower().replace(" ", "-"), str(exc.detail), headers=exc.headers, instance=request.url.path
+    )
 
 
 def on_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:
@@ -187,36 +191,56 @@ def on_database_error(request: Request[Any, Any, Any], exc: asyncpg.PostgresErro
     if isinstance(exc, asyncpg.UniqueViolationError):
         return problem(409, "Conflict", "conflict", _unique_detail(exc), instance=path)
     if isinstance(exc, asyncpg.ForeignKeyViolationError):
-        return problem(422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc),
-                       instance=path)
+        return problem(
+            422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc), instance=path
+        )
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
         return problem(422, "Value breaks a rule", "constraint-violation", _constraint_detail(exc), instance=path)
     if isinstance(exc, asyncpg.QueryCanceledError):
-        return problem(504, "Database statement timed out", "database-timeout",
-                       "the database did not answer within the statement timeout", instance=path)
-    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.AdminShutdownError
-                  | asyncpg.PostgresConnectionError):
+        return problem(
+            504,
+            "Database statement timed out",
+            "database-timeout",
+            "the database did not answer within the statement timeout",
+            instance=path,
+        )
+    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.AdminShutdownError | asyncpg.PostgresConnectionError):
         return unavailable(request, exc)
     return on_unexpected(request, exc)
 
 
 def unavailable(request: Request[Any, Any, Any], exc: BaseException) -> Response[dict[str, Any]]:
     log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
-    return problem(503, "Database unavailable", "database-unavailable",
-                   "the database cannot be reached right now; retry shortly",
-                   headers={"Retry-After": RETRY_AFTER_SECONDS}, instance=request.url.path)
+    return problem(
+        503,
+        "Database unavailable",
+        "database-unavailable",
+        "the database cannot be reached right now; retry shortly",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+        instance=request.url.path,
+    )
 
 
 def busy(request: Request[Any, Any, Any], exc: TimeoutError) -> Response[dict[str, Any]]:
-    return problem(503, "Database busy", "database-busy",
-                   "no database connection came free within the acquire timeout",
-                   headers={"Retry-After": RETRY_AFTER_SECONDS}, instance=request.url.path)
+    return problem(
+        503,
+        "Database busy",
+        "database-busy",
+        "no database connection came free within the acquire timeout",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+        instance=request.url.path,
+    )
 
 
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "Internal server error", "internal", "an unexpected error occurred; it has been logged",
-                   instance=request.url.path)
+    return problem(
+        500,
+        "Internal server error",
+        "internal",
+        "an unexpected error occurred; it has been logged",
+        instance=request.url.path,
+    )
 
 
 def _unique_detail(exc: asyncpg.UniqueViolationError) -> str:

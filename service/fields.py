@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar.params import PathParameter
+from litestar.params import PathParameter, QueryParameter
 
 # \A…\Z: the whole string, with no NUL anywhere (msgspec applies patterns with re.search).
 NO_NUL = r"\A[^\x00]*\Z"
@@ -18,8 +18,8 @@ EMAIL_PATTERN = r"\A[^@\s\x00]+@[^@\s\x00]+\Z"
 MAX_ID = 2**63 - 1
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="A 64-bit row id")]
-# Path ids declare their range on the parameter: Litestar reads constraints for path and
-# query values from there, not from a nested msgspec.Meta.
+# Path and query values declare their constraints on the parameter marker: Litestar reads them
+# from there and ignores a msgspec.Meta nested inside.
 PathId = Annotated[int, PathParameter(ge=1, le=MAX_ID, description="A 64-bit row id")]
 Email = Annotated[
     str,
@@ -30,5 +30,8 @@ Email = Annotated[
         description="An email address; stored and compared lower-cased",
         examples=["ada@example.com"],
     ),
+]
+EmailQuery = Annotated[
+    str, QueryParameter(min_length=3, max_length=320, pattern=EMAIL_PATTERN, description="An email address")
 ]
 PersonName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL, examples=["Ada Lovelace"])]

@@ -38,14 +38,17 @@ class InvalidIndex(msgspec.Struct):
 
 class HealthController(Controller):
     path = "/health"
-    tags = ["operations"]
+    tags = ("operations",)
 
     @get("/live", summary="The process runs")
     async def live(self) -> Liveness:
         return Liveness(status="live")
 
-    @get("/ready", summary="The database answers, the schema is current and no index is invalid",
-         responses=problem_responses())
+    @get(
+        "/ready",
+        summary="The database answers, the schema is current and no index is invalid",
+        responses=problem_responses(),
+    )
     async def ready(self, db: NamedDependency[Database]) -> Response[Readiness] | Response[dict[str, object]]:
         expected = migration_ids()
         async with db.connection() as conn:
@@ -57,7 +60,7 @@ class HealthController(Controller):
         if invalid:
             reasons.append(f"invalid indexes: {', '.join(invalid)}")
         if reasons:
-            return problem(503, "Not ready", "not-ready", "; ".join(reasons),
-                           headers={"Retry-After": RETRY_AFTER_SECONDS})
+            return problem(
+                503, "Not ready", "not-ready", "; ".join(reasons), headers={"Retry-After": RETRY_AFTER_SECONDS}
+            )
         return Response(Readiness(status="ready", schema_version=expected[-1]))
-

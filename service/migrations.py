@@ -8,6 +8,8 @@ psycopg 3, reached with the same URL as asyncpg under the ``postgresql+psycopg``
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,24 +28,31 @@ def migration_ids(directory: Path = MIGRATIONS_DIR) -> list[str]:
     return sorted(p.name.removesuffix(".sql") for p in directory.glob("*.sql") if _FILE.match(p.name))
 
 
-def _backend(database_url: str) -> DatabaseBackend:
+@contextmanager
+def _backend(database_url: str) -> Iterator[DatabaseBackend]:
+    """A yoyo backend on psycopg 3, whose connection is closed when done (yoyo leaves it open)."""
     scheme, rest = database_url.split("://", 1)
-    return get_backend(f"postgresql+psycopg://{rest}" if scheme in ("postgresql", "postgres") else database_url)
+    backend = get_backend(f"postgresql+psycopg://{rest}" if scheme in ("postgresql", "postgres") else database_url)
+    try:
+        yield backend
+    finally:
+        backend.connection.close()
 
 
-def apply(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply every pending migration in order; return the ids applied."""
-    backend = _backend(database_url)
-    with backend.lock():
-        pending = backend.to_apply(read_migrations(str(directory)))
+def apply(database_url: str, directory: Path = MIGRATIONS_DIR, up_to: str | None = None) -> list[str]:
+    """Apply pending migrations in order (all, or up to and including ``up_to``); return their ids."""
+    with _backend(database_url) as backend, backend.lock():
+        chosen = read_migrations(str(directory))
+        if up_to is not None:
+            chosen = chosen.filter(lambda m: m.id <= up_to)
+        pending = backend.to_apply(chosen)
         backend.apply_migrations(pending)
     return [m.id for m in pending]
 
 
 def rollback(database_url: str, count: int = 1, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Undo the last ``count`` applied migrations (newest first); return their ids."""
-    backend = _backend(database_url)
-    with backend.lock():
+    with _backend(database_url) as backend, backend.lock():
         applied = backend.to_rollback(read_migrations(str(directory)))
         chosen = applied[:count]
         backend.rollback_migrations(chosen)
@@ -57,11 +66,9 @@ class MigrationStatus:
 
 
 def status(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[MigrationStatus]:
-    backend = _backend(database_url)
-    applied = set(backend.get_applied_migration_hashes())
-    return [
-        MigrationStatus(m.id, m.hash in applied) for m in read_migrations(str(directory))
-    ]
+    with _backend(database_url) as backend:
+        applied = set(backend.get_applied_migration_hashes())
+    return [MigrationStatus(m.id, m.hash in applied) for m in read_migrations(str(directory))]
 
 
 def create(summary: str, directory: Path = MIGRATIONS_DIR) -> tuple[Path, Path]:

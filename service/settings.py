@@ -46,9 +46,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"FREYA_POOL_MIN_SIZE ({self.pool_min_size}) exceeds FREYA_POOL_MAX_SIZE ({self.pool_max_size})"
             )
-        if self.database_url is not None and not self.database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
+        if self.database_url is not None and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ValueError("FREYA_DATABASE_URL must start with postgresql:// or postgres://")
 
 

@@ -7,11 +7,11 @@ from datetime import datetime
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, JSONBody
+from litestar.params import JSONBody
 
 from service.db import Database, Query, QueryFile
 from service.errors import NotFound, problem_responses
-from service.fields import Email, PathId, PersonName
+from service.fields import Email, EmailQuery, PathId, PersonName
 from service.pages import Page
 
 
@@ -50,7 +50,7 @@ def _given(value: str | msgspec.UnsetType) -> str | None:
 
 class UsersController(Controller):
     path = "/v1/users"
-    tags = ["users"]
+    tags = ("users",)
 
     @post(status_code=201, summary="Create a user", responses=problem_responses(400, 409))
     async def create_user(self, data: JSONBody[UserCreate], db: NamedDependency[Database]) -> User:
@@ -68,15 +68,13 @@ class UsersController(Controller):
         return user
 
     @get(summary="Find users by email (zero or one)", responses=problem_responses(400))
-    async def find_users(self, email: FromQuery[Email], db: NamedDependency[Database]) -> Page[User]:
+    async def find_users(self, email: EmailQuery, db: NamedDependency[Database]) -> Page[User]:
         async with db.connection() as conn:
             users = await sql.find_users_by_email.many(conn, User, email=email)
         return Page(items=users)
 
     @patch("/{user_id:str}", summary="Change a user's email or name", responses=problem_responses(400, 404, 409))
-    async def update_user(
-        self, user_id: PathId, data: JSONBody[UserUpdate], db: NamedDependency[Database]
-    ) -> User:
+    async def update_user(self, user_id: PathId, data: JSONBody[UserUpdate], db: NamedDependency[Database]) -> User:
         async with db.connection() as conn:
             user = await sql.update_user.one(
                 conn, User, user_id=user_id, email=_given(data.email), name=_given(data.name)

@@ -1,0 +1,1 @@
+"""Freya backend: the chat-history service of the Freya assistant."""

@@ -1,0 +1,137 @@
+"""The SQL-file query layer: parsing, parameter compilation, typed calls, and every query prepared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from service import db
+from service.db import Connection, Query, QueryFile, QueryFileError, compile_parameters, parse_sql_file
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.sql"
+    path.write_text(text)
+    return path
+
+
+async def test_every_query_prepares_against_the_migrated_schema(conn: Connection) -> None:
+    queries = db.load_all()
+    assert len(queries) >= 7
+    assert await db.prepare_all(conn, queries) == len(queries)
+
+
+def test_every_sql_file_is_claimed_and_every_statement_labelled() -> None:
+    for query in db.load_all():
+        assert query.sql.startswith(f"-- {query.file}.{query.name}\n")
+        assert "SELECT *" not in query.sql.upper().replace("SELECT *,", "")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected", "params"),
+    [
+        ("SELECT :a, :b, :a", "SELECT $1, $2, $1", ("a", "b")),
+        ("SELECT :a::bigint[]", "SELECT $1::bigint[]", ("a",)),
+        ("SELECT ':not_a_param', \"col:x\", :p", "SELECT ':not_a_param', \"col:x\", $1", ("p",)),
+        ("SELECT $$ :inside $$, $t$ :x $t$, :y", "SELECT $$ :inside $$, $t$ :x $t$, $1", ("y",)),
+        ("SELECT 1 -- :commented\n, :z /* :also */", "SELECT 1 -- :commented\n, $1 /* :also */", ("z",)),
+        ("SELECT 'it''s :no', :yes", "SELECT 'it''s :no', $1", ("yes",)),
+        ("SELECT f(x := 1), :v", "SELECT f(x := 1), $1", ("v",)),
+    ],
+)
+def test_parameters_compile_to_positions(body: str, expected: str, params: tuple[str, ...]) -> None:
+    assert compile_parameters(body, "test") == (expected, params)
+
+
+def test_camel_case_parameter_is_rejected() -> None:
+    with pytest.raises(QueryFileError, match=r"q\.sql: query x: parameter :userId is not snake_case"):
+        compile_parameters("SELECT :userId", "q.sql: query x")
+
+
+def test_file_parses_names_kinds_and_docs(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "things",
+        "-- name: get_thing :one\n-- The thing.\n-- Or nothing.\nSELECT :id AS id;\n\n"
+        "-- name: count_things :val\nSELECT count(*) FROM pg_class;\n",
+    )
+    queries = parse_sql_file(path)
+    assert list(queries) == ["get_thing", "count_things"]
+    assert queries["get_thing"].doc == "The thing. Or nothing."
+    assert queries["get_thing"].params == ("id",)
+    assert queries["get_thing"].sql == "-- things.get_thing\nSELECT $1 AS id;"
+    assert queries["count_things"].kind == "val"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-- name: a :one\nSELECT 1;\n-- name: a :one\nSELECT 2;\n", "query a is defined twice"),
+        ("-- name: a :first\nSELECT 1;\n", "query a has unknown kind :first"),
+        ("-- name: BadName :one\nSELECT 1;\n", "query name 'BadName' is not snake_case"),
+        ("SELECT 0;\n-- name: a :one\nSELECT 1;\n", "SQL before the first"),
+        ("-- name: a :one\n-- only a comment\n", "query a has no statement"),
+    ],
+)
+def test_malformed_files_are_rejected_with_file_and_query(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(QueryFileError, match=message) as error:
+        parse_sql_file(write(tmp_path, "broken", text))
+    assert "broken.sql" in str(error.value)
+
+
+def test_declarations_must_match_the_file(tmp_path: Path) -> None:
+    write(tmp_path, "pairs", "-- name: first :val\nSELECT 1;\n-- name: second :val\nSELECT 2;\n")
+    saved = dict(QueryFile.registry)
+    try:
+
+        class PairQueries(QueryFile, file="pairs"):
+            first: Query
+            third: Query
+
+        with pytest.raises(QueryFileError, match=r"without a declaration \['second'\].*without a query \['third'\]"):
+            PairQueries(tmp_path)
+        with pytest.raises(QueryFileError, match="claimed twice"):
+
+            class Again(QueryFile, file="pairs"):
+                first: Query
+
+        write(tmp_path, "orphan", "-- name: x :val\nSELECT 1;\n")
+        with pytest.raises(QueryFileError, match=r"without a QueryFile class: \['orphan'\]"):
+            db.load_all(tmp_path)
+    finally:
+        QueryFile.registry.clear()
+        QueryFile.registry.update(saved)
+
+
+class Row(msgspec.Struct):
+    id: int
+    label: str
+
+
+async def test_calls_bind_keywords_and_convert_rows(conn: Connection, tmp_path: Path) -> None:
+    queries = parse_sql_file(
+        write(
+            tmp_path,
+            "calls",
+            "-- name: pair :one\nSELECT :id::int AS id, :label::text AS label;\n"
+            "-- name: pairs :many\nSELECT g AS id, 'n' || g AS label FROM generate_series(1, :n::int) AS g;\n"
+            "-- name: echo :val\nSELECT :v::text;\n"
+            "-- name: noop :exec\nSELECT 1 WHERE :x::int > 0;\n",
+        )
+    )
+    assert await queries["pair"].one(conn, Row, label="a", id=7) == Row(7, "a")
+    assert await queries["pairs"].many(conn, Row, n=2) == [Row(1, "n1"), Row(2, "n2")]
+    assert await queries["echo"].val(conn, v="x") == "x"
+    assert await queries["noop"].exec(conn, x=1) == "SELECT 1"
+    with pytest.raises(TypeError, match=r"missing parameters \['label'\], unexpected \['name'\]"):
+        await queries["pair"].one(conn, Row, id=1, name="b")
+    with pytest.raises(TypeError, match="is a :val query, called as :many"):
+        await queries["echo"].many(conn, Row, v="x")
+
+
+async def test_a_query_that_does_not_prepare_names_itself(conn: Connection, tmp_path: Path) -> None:
+    broken = parse_sql_file(write(tmp_path, "drift", "-- name: old_column :many\nSELECT nickname FROM users;\n"))
+    with pytest.raises(db.QueryPrepareError, match=r"query drift\.old_column does not prepare: column \"nickname\""):
+        await db.prepare_all(conn, broken.values())
