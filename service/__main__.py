@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,8 +23,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     url = database_url(settings)
     for migration_id in migrations.apply(url):
         print(f"applied {migration_id}", flush=True)
-    # The workers build their app from the environment; hand them the resolved URL.
+    # The workers build their app from the environment; hand them the resolved URL, and one
+    # cursor key for all of them (a cursor from one worker must be valid at another).
     os.environ["FREYA_DATABASE_URL"] = url
+    os.environ.setdefault("FREYA_CURSOR_SECRET", secrets.token_urlsafe(32))
     print(f"serving on http://{settings.host}:{settings.port} (OpenAPI UI at /schema)", flush=True)
     Granian(
         "service.app:create_app_from_env",

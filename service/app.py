@@ -14,9 +14,13 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from service import db, errors
+from service.conversations import ConversationsController, UserConversationsController
+from service.cursors import CursorCodec
 from service.devdb import database_url
 from service.health import HealthController
+from service.messages import ConversationMessagesController, MessagesController
 from service.settings import Settings, load_settings
+from service.topics import MessageTopicsController, TopicsController
 from service.users import UsersController
 
 log = logging.getLogger("freya")
@@ -29,11 +33,19 @@ def _provide_database(state: State) -> db.Database:
     return database
 
 
+def _provide_cursors(state: State) -> CursorCodec:
+    cursors: CursorCodec = state.cursors
+    return cursors
+
+
 def create_app(settings: Settings, database: db.Database | None = None) -> Litestar:
     """The Litestar app. Without ``database`` its lifespan opens a pool on ``settings.database_url``
     and prepares every SQL query before the app reports ready; tests pass their own connection.
     """
-    state = State({"database": database} if database is not None else {})
+    cursors = CursorCodec(settings.cursor_secret)
+    if cursors.generated:
+        log.warning("FREYA_CURSOR_SECRET is not set: cursors are signed with a key drawn at start")
+    state = State({"cursors": cursors} | ({"database": database} if database is not None else {}))
 
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -65,8 +77,20 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             await pool.close()
 
     return Litestar(
-        route_handlers=[HealthController, UsersController],
-        dependencies={"db": Provide(_provide_database, sync_to_thread=False)},
+        route_handlers=[
+            HealthController,
+            UsersController,
+            ConversationsController,
+            UserConversationsController,
+            ConversationMessagesController,
+            MessagesController,
+            TopicsController,
+            MessageTopicsController,
+        ],
+        dependencies={
+            "db": Provide(_provide_database, sync_to_thread=False),
+            "cursors": Provide(_provide_cursors, sync_to_thread=False),
+        },
         exception_handlers=errors.EXCEPTION_HANDLERS,
         lifespan=[pool_lifespan],
         state=state,

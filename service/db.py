@@ -17,6 +17,8 @@ start-up: a typo or a schema drift stops the service with the query's name.
 from __future__ import annotations
 
 import abc
+import dataclasses
+import functools
 import re
 import typing
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -42,6 +44,8 @@ else:  # asyncpg's classes are generic only in its stubs
     Connection, Pool = asyncpg.Connection, asyncpg.Pool
 T = TypeVar("T")
 
+COLUMNS_START, COLUMNS_END = "/*columns*/", "/*end columns*/"
+_ALIAS = re.compile(r"\bAS\s+(\"?[a-z_][a-z0-9_]*\"?)\s*$", re.IGNORECASE)
 _HEADER = re.compile(r"^--\s*name:\s*(?P<name>\S+)\s+:(?P<kind>\S+)\s*$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 # Everything the parameter scanner must step over: strings, quoted identifiers, dollar quotes,
@@ -75,6 +79,9 @@ class Query:
     sql: str
     params: tuple[str, ...]
     doc: str
+    # For a query whose select list is marked /*columns*/ … /*end columns*/: each column's name
+    # and its text, the whitelist that ``project`` chooses from.
+    columns: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -107,9 +114,60 @@ class Query:
         # The text comes from our own files only; request data always travels as arguments.
         return await conn.execute(self.sql, *self.args(params))
 
+    def project(self, names: typing.Iterable[str]) -> Query:
+        """The same query selecting only ``names`` (in the query's own order); unknown names raise KeyError.
+
+        The SQL is assembled from the query's own column texts, never from the caller's strings.
+        """
+        return _project(self, frozenset(names))
+
     def _expect(self, kind: Kind) -> None:
         if self.kind != kind:
             raise TypeError(f"{self.label} is a :{self.kind} query, called as :{kind}")
+
+
+@functools.lru_cache(maxsize=512)
+def _project(query: Query, names: frozenset[str]) -> Query:
+    known = dict(query.columns)
+    if not query.columns:
+        raise TypeError(f"{query.label} has no /*columns*/ list to project")
+    if unknown := sorted(names - known.keys()):
+        raise KeyError(", ".join(unknown))
+    start, end = query.sql.index(COLUMNS_START), query.sql.index(COLUMNS_END) + len(COLUMNS_END)
+    chosen = ", ".join(text for name, text in query.columns if name in names)
+    return dataclasses.replace(query, sql=query.sql[:start] + chosen + query.sql[end:])
+
+
+def parse_columns(sql: str, where: str) -> tuple[tuple[str, str], ...]:
+    """The marked select list split at top-level commas; every column must end in ``AS name``."""
+    if COLUMNS_START not in sql:
+        return ()
+    inner = sql[sql.index(COLUMNS_START) + len(COLUMNS_START) : sql.index(COLUMNS_END)]
+    if "$" in inner:
+        raise QueryFileError(f"{where}: the /*columns*/ list may not use parameters")
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quoted = 0, False
+    for char in inner:
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        if char == "," and depth == 0 and not quoted:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current).strip())
+    columns = []
+    for part in parts:
+        alias = _ALIAS.search(part)
+        if alias is None:
+            raise QueryFileError(f"{where}: column {part!r} in /*columns*/ needs 'AS name'")
+        columns.append((alias.group(1).strip('"'), part))
+    return tuple(columns)
 
 
 def compile_parameters(body: str, where: str) -> tuple[str, tuple[str, ...]]:
@@ -147,9 +205,10 @@ def parse_sql_file(path: Path) -> dict[str, Query]:
         if not text:
             raise QueryFileError(f"{where} has no statement")
         sql, params = compile_parameters(text, where)
+        columns = parse_columns(sql, where)
         # The leading comment travels with the statement: pg_stat_statements and the server log
         # then say which query ran.
-        queries[name] = Query(path.stem, name, kind, f"-- {path.stem}.{name}\n{sql}", params, " ".join(doc))
+        queries[name] = Query(path.stem, name, kind, f"-- {path.stem}.{name}\n{sql}", params, " ".join(doc), columns)
 
     for line in path.read_text().splitlines():
         header = _HEADER.match(line.strip())
@@ -259,6 +318,28 @@ class SharedConnectionDatabase(Database):
             yield self.conn
 
 
+async def configure_connection(conn: Connection) -> None:
+    """Per-connection set-up: json and jsonb arrive decoded by msgspec (topics lists built in SQL)."""
+    for json_type in ("json", "jsonb"):
+        await conn.set_type_codec(json_type, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
+
+
+def _encode_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def estimate_rows(conn: Connection, query: Query, /, **params: Any) -> int:
+    """The planner's row estimate for ``query`` (count=estimated): no scan, just statistics."""
+    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args(params))
+    if isinstance(plan, str):
+        plan = msgspec.json.decode(plan)
+    node = plan[0]["Plan"]
+    # Below an Aggregate (count(*)) is the scan whose row estimate is the answer.
+    while node.get("Node Type") == "Aggregate" and node.get("Plans"):
+        node = node["Plans"][0]
+    return int(node["Plan Rows"])
+
+
 async def _keep_session(conn: Connection) -> None:
     """Skip asyncpg's reset query on release (RESET ALL, UNLISTEN, advisory unlocks).
 
@@ -280,6 +361,7 @@ async def create_pool(
             "application_name": "freya-backend",
         },
         reset=_keep_session,
+        init=configure_connection,
     )
     assert pool is not None
     return pool

@@ -6,7 +6,8 @@ a 400 before any SQL runs (asyncpg would raise CharacterNotInRepertoireError, a 
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
 import msgspec
 from litestar.params import PathParameter, QueryParameter
@@ -35,3 +36,29 @@ EmailQuery = Annotated[
     str, QueryParameter(min_length=3, max_length=320, pattern=EMAIL_PATTERN, description="An email address")
 ]
 PersonName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL, examples=["Ada Lovelace"])]
+
+MAX_CONTENT = 100_000
+MAX_TOPICS_PER_MESSAGE = 50
+MAX_BATCH = 1000
+
+Role = Literal["user", "assistant", "system", "tool"]
+Title = Annotated[str, msgspec.Meta(max_length=500, pattern=NO_NUL, examples=["Trip to Lisbon"])]
+Content = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=MAX_CONTENT, pattern=NO_NUL, description=f"1 to {MAX_CONTENT:,} characters"),
+]
+TopicName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_NUL, examples=["travel"])]
+TopicNames = Annotated[list[TopicName], msgspec.Meta(max_length=MAX_TOPICS_PER_MESSAGE)]
+ClientMsgId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="The caller's idempotency key for this message, unique within the conversation",
+    ),
+]
+RoleQuery = Annotated[Role | None, QueryParameter(description="Only messages with this role")]
+TimeQuery = Annotated[
+    datetime | None, QueryParameter(description="RFC 3339 time; without an offset it is taken as UTC")
+]

@@ -37,6 +37,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Seconds to establish a new database connection.
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+    # Signs keyset cursors. Unset: `serve` draws one per start and shares it with its workers, so
+    # cursors stop working across restarts; set it (16+ characters) for cursors that outlive them.
+    cursor_secret: Annotated[str, msgspec.Meta(min_length=16)] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Check the schema and prepare every query at start; tests that share one connection turn it off.
     migrate_on_serve: bool = True

@@ -21,6 +21,7 @@ class UserQueries(QueryFile, file="users"):
     find_users_by_email: Query
     update_user: Query
     delete_user: Query
+    user_exists: Query
 
 
 sql = UserQueries()

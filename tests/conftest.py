@@ -26,7 +26,7 @@ from psycopg import sql
 
 from service import devdb, migrations
 from service.app import create_app
-from service.db import Connection, SharedConnectionDatabase
+from service.db import Connection, SharedConnectionDatabase, configure_connection
 from service.settings import Settings
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -110,6 +110,7 @@ def fresh_database(server_url: str, template_name: str) -> Iterator[Callable[[],
 @pytest.fixture
 async def conn(database_url: str) -> AsyncIterator[Connection]:
     connection: Connection = await asyncpg.connect(database_url)
+    await configure_connection(connection)
     transaction = connection.transaction()
     await transaction.start()
     try:
@@ -121,7 +122,7 @@ async def conn(database_url: str) -> AsyncIterator[Connection]:
 
 @pytest.fixture
 def app(conn: Connection) -> Litestar:
-    return create_app(Settings(), SharedConnectionDatabase(conn))
+    return create_app(Settings(cursor_secret="test-cursor-secret-0123456789"), SharedConnectionDatabase(conn))
 
 
 def client_for(app: Litestar) -> httpx.AsyncClient:

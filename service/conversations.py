@@ -1,0 +1,134 @@
+"""Conversations: a user's threads, listed most recently active first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from service import users
+from service.cursors import CursorCodec
+from service.db import Database, Query, QueryFile
+from service.errors import NotFound, problem_responses
+from service.fields import Id, PathId, Title
+from service.pages import DEFAULT_LIMIT, CountMode, Cursor, Limit, Offset, Page, count_rows, one_paging_mode, page_of
+from service.timestamps import from_micros, to_micros
+
+
+class ConversationQueries(QueryFile, file="conversations"):
+    create_conversation: Query
+    get_conversation: Query
+    conversation_exists: Query
+    update_conversation_title: Query
+    delete_conversation: Query
+    list_user_conversations: Query
+    count_user_conversations: Query
+
+
+sql = ConversationQueries()
+
+
+class Conversation(msgspec.Struct):
+    id: int
+    user_id: int
+    title: str | None
+    created_at: datetime
+    # Moves when a message is added (kept by a trigger in the message's own transaction).
+    updated_at: datetime
+    message_count: int
+
+
+class ConversationCreate(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: Id
+    title: Title | None = None
+
+
+class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    # Required, and may be null to clear the title.
+    title: Title | None
+
+
+class ConversationsController(Controller):
+    path = "/v1/conversations"
+    tags = ("conversations",)
+
+    @post(status_code=201, summary="Start a conversation", responses=problem_responses(400, 422))
+    async def create_conversation(
+        self, data: JSONBody[ConversationCreate], db: NamedDependency[Database]
+    ) -> Conversation:
+        async with db.connection() as conn:
+            created = await sql.create_conversation.one(conn, Conversation, user_id=data.user_id, title=data.title)
+        assert created is not None
+        return created
+
+    @get("/{conversation_id:str}", summary="Get a conversation", responses=problem_responses(400, 404))
+    async def get_conversation(self, conversation_id: PathId, db: NamedDependency[Database]) -> Conversation:
+        async with db.connection() as conn:
+            found = await sql.get_conversation.one(conn, Conversation, conversation_id=conversation_id)
+        if found is None:
+            raise NotFound(f"conversation {conversation_id} does not exist")
+        return found
+
+    @patch("/{conversation_id:str}", summary="Change a conversation's title", responses=problem_responses(400, 404))
+    async def update_conversation(
+        self, conversation_id: PathId, data: JSONBody[ConversationUpdate], db: NamedDependency[Database]
+    ) -> Conversation:
+        async with db.connection() as conn:
+            updated = await sql.update_conversation_title.one(
+                conn, Conversation, conversation_id=conversation_id, title=data.title
+            )
+        if updated is None:
+            raise NotFound(f"conversation {conversation_id} does not exist")
+        return updated
+
+    @delete(
+        "/{conversation_id:str}",
+        summary="Delete a conversation and its messages",
+        responses=problem_responses(400, 404),
+    )
+    async def delete_conversation(self, conversation_id: PathId, db: NamedDependency[Database]) -> None:
+        async with db.connection() as conn:
+            deleted = await sql.delete_conversation.val(conn, conversation_id=conversation_id)
+        if deleted is None:
+            raise NotFound(f"conversation {conversation_id} does not exist")
+
+
+class UserConversationsController(Controller):
+    path = "/v1/users/{user_id:str}/conversations"
+    tags = ("conversations",)
+
+    @get(summary="A user's conversations, most recently active first", responses=problem_responses(400, 404))
+    async def list_conversations(
+        self,
+        user_id: PathId,
+        db: NamedDependency[Database],
+        cursors: NamedDependency[CursorCodec],
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+        offset: Offset = None,
+        count: CountMode = "none",
+    ) -> Page[Conversation]:
+        skip = one_paging_mode(cursor, offset)
+        scope = f"conversations:{user_id}"
+        before_micros, before_id = cursors.decode(cursor, scope, 2) if cursor else (None, None)
+        async with db.connection() as conn:
+            rows = await sql.list_user_conversations.many(
+                conn,
+                Conversation,
+                user_id=user_id,
+                before_updated_at=from_micros(before_micros),
+                before_id=before_id,
+                limit=limit + 1,
+                offset=skip,
+            )
+            if not rows and not await users.sql.user_exists.val(conn, user_id=user_id):
+                raise NotFound(f"user {user_id} does not exist")
+            total = await count_rows(conn, count, sql.count_user_conversations, user_id=user_id)
+
+        def after(last: Conversation) -> str:
+            return cursors.encode(scope, to_micros(last.updated_at), last.id)
+
+        return page_of(rows, limit, after if offset is None else None, total)

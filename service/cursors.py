@@ -1,0 +1,64 @@
+"""Keyset cursors: opaque to clients, signed so a forged, truncated or foreign one is a 400.
+
+A cursor carries the position after the last row of a page (e.g. its timestamp and id) and the
+scope it belongs to: the list, its parent id, its order and filters. The token is
+``base64url(json([scope, position…])) . base64url(hmac)``; decoding checks the signature in
+constant time, then that the scope is the request's own. The key comes from
+FREYA_CURSOR_SECRET; without it each start draws a random one, and older cursors become 400s.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+import msgspec
+
+from service.errors import Invalid
+
+_SIGNATURE_BYTES = 16
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class CursorCodec:
+    def __init__(self, secret: str | None) -> None:
+        self.generated = secret is None
+        self._key = (secret or secrets.token_urlsafe(32)).encode()
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+
+    def encode(self, scope: str, *position: Any) -> str:
+        payload = msgspec.json.encode([scope, *position])
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+
+    def decode(self, token: str, scope: str, size: int) -> list[Any]:
+        """The ``size`` values a cursor holds; Invalid (400, field ``cursor``) unless it is ours and for this scope."""
+        try:
+            encoded_payload, encoded_signature = token.split(".")
+            payload, signature = _unb64(encoded_payload), _unb64(encoded_signature)
+        except (ValueError, binascii.Error):
+            raise Invalid("the cursor is malformed; use next_cursor exactly as returned", field="cursor") from None
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise Invalid(
+                "the cursor is not valid (altered, or issued before the service's cursor key changed)",
+                field="cursor",
+            )
+        decoded = msgspec.json.decode(payload)
+        if not isinstance(decoded, list) or not decoded or decoded[0] != scope:
+            raise Invalid("the cursor belongs to another list, order or filter", field="cursor")
+        position = decoded[1:]
+        if len(position) != size or not all(isinstance(value, int | str) for value in position):
+            raise Invalid("the cursor does not fit this list", field="cursor")
+        return position

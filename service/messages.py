@@ -1,0 +1,374 @@
+"""Messages: post one or a batch (idempotent by client_msg_id), page through a conversation, edit, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import msgspec
+from litestar import Controller, Response, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody, QueryParameter
+
+from service import conversations
+from service.cursors import CursorCodec
+from service.db import Connection, Database, Query, QueryFile
+from service.errors import Invalid, NotFound, problem_responses
+from service.fields import (
+    MAX_BATCH,
+    ClientMsgId,
+    Content,
+    Id,
+    PathId,
+    Role,
+    RoleQuery,
+    TimeQuery,
+    TopicNames,
+)
+from service.pages import DEFAULT_LIMIT, CountMode, Cursor, Limit, Offset, Page, count_rows, one_paging_mode, page_of
+from service.timestamps import from_micros, to_micros
+
+
+class MessageQueries(QueryFile, file="messages"):
+    add_messages: Query
+    get_messages_by_client_ids: Query
+    get_message: Query
+    list_messages_newest_first: Query
+    list_messages_oldest_first: Query
+    count_messages: Query
+    update_message: Query
+    update_messages: Query
+    delete_message: Query
+
+
+sql = MessageQueries()
+
+# fields= chooses among the columns of the message queries' select list, by these names.
+FIELDS = tuple(name for name, _ in sql.get_message.columns)
+# Deadlocks are possible, if rare, when concurrent batches create the same new topics in
+# different orders; PostgreSQL aborts one statement, which is then safe to run again.
+_DEADLOCK_ATTEMPTS = 3
+
+
+class TopicRef(msgspec.Struct):
+    id: int
+    name: str
+
+
+class Message(msgspec.Struct):
+    """A message; with fields= only the chosen fields are present."""
+
+    id: int | msgspec.UnsetType = msgspec.UNSET
+    conversation_id: int | msgspec.UnsetType = msgspec.UNSET
+    user_id: int | msgspec.UnsetType = msgspec.UNSET
+    role: Role | msgspec.UnsetType = msgspec.UNSET
+    content: str | msgspec.UnsetType = msgspec.UNSET
+    timestamp: datetime | msgspec.UnsetType = msgspec.UNSET
+    edited_at: datetime | msgspec.UnsetType | None = msgspec.UNSET
+    topics: list[TopicRef] | msgspec.UnsetType = msgspec.UNSET
+
+
+class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
+    role: Role
+    content: Content
+    # Defaults to the conversation's owner.
+    user_id: Id | None = None
+    # Topic names; missing topics are created.
+    topics: TopicNames = msgspec.field(default_factory=list)
+    client_msg_id: ClientMsgId | None = None
+
+
+class MessageBatch(msgspec.Struct, forbid_unknown_fields=True):
+    messages: Annotated[list[MessageCreate], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class BatchItem(msgspec.Struct):
+    status: Literal["created", "duplicate"]
+    message: Message
+
+
+class BatchResult(msgspec.Struct):
+    items: list[BatchItem]
+
+
+class MessageUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    content: Content | None = None
+    role: Role | None = None
+
+
+class MessageUpdateItem(msgspec.Struct, forbid_unknown_fields=True):
+    id: Id
+    content: Content | None = None
+    role: Role | None = None
+
+
+class BulkUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    updates: Annotated[list[MessageUpdateItem], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class BulkUpdated(msgspec.Struct):
+    updated: int
+
+
+class _Added(msgspec.Struct):
+    ord: int
+    status: Literal["created", "duplicate", "unknown_user"]
+    id: int | None
+    conversation_id: int | None
+    user_id: int | None
+    role: Role | None
+    content: str | None
+    timestamp: datetime | None
+    edited_at: datetime | None
+    topics: list[TopicRef] | None
+
+
+class _StoredByKey(Message):
+    client_msg_id: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class _BulkOutcome(msgspec.Struct):
+    updated: int
+    missing: list[int]
+
+
+def _as_message(row: _Added | _StoredByKey) -> Message:
+    fields: dict[str, Any] = {field: getattr(row, field) for field in FIELDS}
+    return Message(**fields)
+
+
+async def add_messages(
+    conn: Connection, conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
+) -> list[BatchItem]:
+    """Store items in one statement; every item comes back created or as the duplicate it repeats.
+
+    Raises NotFound for an unknown conversation and Invalid (422) naming items whose user_id does
+    not exist; in both cases nothing is written.
+    """
+    tags = [(number, name) for number, item in enumerate(items, start=1) for name in dict.fromkeys(item.topics)]
+    arguments: dict[str, Any] = {
+        "conversation_id": conversation_id,
+        "roles": [item.role for item in items],
+        "contents": [item.content for item in items],
+        "user_ids": [item.user_id for item in items],
+        "client_msg_ids": [item.client_msg_id for item in items],
+        "tag_items": [number for number, _ in tags],
+        "tag_names": [name for _, name in tags],
+    }
+    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+        try:
+            rows = await sql.add_messages.many(conn, _Added, **arguments)
+            break
+        except asyncpg.DeadlockDetectedError:
+            if attempt == _DEADLOCK_ATTEMPTS:
+                raise
+    if unknown := [row.ord - 1 for row in rows if row.status == "unknown_user"]:
+        raise Invalid(
+            "user_id names a user that does not exist; nothing was written",
+            status=422,
+            errors=[
+                {
+                    "field": f"messages[{index}].user_id" if in_batch else "user_id",
+                    "message": f"user {items[index].user_id} does not exist",
+                }
+                for index in unknown
+            ],
+        )
+    found = {row.ord: BatchItem(row.status, _as_message(row)) for row in rows}  # type: ignore[arg-type]
+    if lost := [number for number in range(1, len(items) + 1) if number not in found]:
+        await _fill_lost_races(conn, conversation_id, items, lost, found)
+    return [found[number] for number in range(1, len(items) + 1)]
+
+
+async def _fill_lost_races(
+    conn: Connection, conversation_id: int, items: Sequence[MessageCreate], lost: list[int], found: dict[int, BatchItem]
+) -> None:
+    """Items absent from add_messages' answer: the conversation is gone, or a concurrent request
+    stored the same client_msg_id first (its row was invisible to our statement's snapshot)."""
+    keys = [items[number - 1].client_msg_id for number in lost]
+    winners = {
+        stored.client_msg_id: stored
+        for stored in await sql.get_messages_by_client_ids.many(
+            conn, _StoredByKey, conversation_id=conversation_id, client_msg_ids=[k for k in keys if k is not None]
+        )
+    }
+    for number, key in zip(lost, keys, strict=True):
+        if key not in winners:
+            raise NotFound(f"conversation {conversation_id} does not exist")
+        found[number] = BatchItem("duplicate", _as_message(winners[key]))
+
+
+def parse_fields(fields: str | None) -> frozenset[str] | None:
+    """fields=a,b,c as a set of known names; None for every field. Unknown names are a 400."""
+    if fields is None:
+        return None
+    names = [name.strip() for name in fields.split(",")]
+    if unknown := [name for name in names if name not in FIELDS]:
+        raise Invalid(
+            f"unknown field(s) {', '.join(repr(n) for n in unknown)}; choose from {', '.join(FIELDS)}", field="fields"
+        )
+    return frozenset(names)
+
+
+def _projected(query: Query, fields: frozenset[str] | None, keyset: bool) -> Query:
+    if fields is None:
+        return query
+    # A keyset page also selects its sort key, from which the next cursor is made.
+    return query.project(fields | {"id", "timestamp"} if keyset else fields)
+
+
+def _only(message: Message, fields: frozenset[str] | None) -> Message:
+    if fields is None:
+        return message
+    return msgspec.structs.replace(message, **{f: msgspec.UNSET for f in FIELDS if f not in fields})
+
+
+FieldsQuery = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1,
+        max_length=200,
+        description=f"Comma-separated fields to return (the SQL selects only those): {', '.join(FIELDS)}",
+    ),
+]
+Order = Annotated[Literal["desc", "asc"], QueryParameter(description="desc: newest first (default); asc: oldest first")]
+
+_DUPLICATE = {200: ResponseSpec(data_container=Message, description="client_msg_id seen before: the stored message")}
+
+
+class ConversationMessagesController(Controller):
+    path = "/v1/conversations/{conversation_id:str}/messages"
+    tags = ("messages",)
+
+    @post(status_code=201, summary="Post a message", responses={**_DUPLICATE, **problem_responses(400, 404, 422)})
+    async def create_message(
+        self, conversation_id: PathId, data: JSONBody[MessageCreate], db: NamedDependency[Database]
+    ) -> Response[Message]:
+        async with db.connection() as conn:
+            [item] = await add_messages(conn, conversation_id, [data], in_batch=False)
+        return Response(item.message, status_code=201 if item.status == "created" else 200)
+
+    @post(
+        "/batch",
+        status_code=201,
+        summary="Post up to 1,000 messages at once",
+        responses=problem_responses(400, 404, 422),
+    )
+    async def create_batch(
+        self, conversation_id: PathId, data: JSONBody[MessageBatch], db: NamedDependency[Database]
+    ) -> BatchResult:
+        async with db.connection() as conn:
+            return BatchResult(await add_messages(conn, conversation_id, data.messages, in_batch=True))
+
+    @get(summary="Page through a conversation's messages", responses=problem_responses(400, 404))
+    async def list_messages(
+        self,
+        conversation_id: PathId,
+        db: NamedDependency[Database],
+        cursors: NamedDependency[CursorCodec],
+        order: Order = "desc",
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+        offset: Offset = None,
+        count: CountMode = "none",
+        role: RoleQuery = None,
+        since: TimeQuery = None,
+        until: TimeQuery = None,
+        fields: FieldsQuery = None,
+    ) -> Page[Message]:
+        skip = one_paging_mode(cursor, offset)
+        chosen = parse_fields(fields)
+        scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
+        after_micros, after_id = cursors.decode(cursor, scope, 2) if cursor else (None, None)
+        filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}
+        if order == "desc":
+            query = _projected(sql.list_messages_newest_first, chosen, keyset=offset is None)
+            position = {"before_ts": from_micros(after_micros), "before_id": after_id}
+        else:
+            query = _projected(sql.list_messages_oldest_first, chosen, keyset=offset is None)
+            position = {"after_ts": from_micros(after_micros), "after_id": after_id}
+        async with db.connection() as conn:
+            rows = await query.many(conn, Message, **filters, **position, limit=limit + 1, offset=skip)
+            if not rows and not await conversations.sql.conversation_exists.val(conn, conversation_id=conversation_id):
+                raise NotFound(f"conversation {conversation_id} does not exist")
+            total = await count_rows(conn, count, sql.count_messages, **filters)
+
+        def after(last: Message) -> str:
+            assert isinstance(last.timestamp, datetime)
+            return cursors.encode(scope, to_micros(last.timestamp), last.id)
+
+        page = page_of(rows, limit, after if offset is None else None, total)
+        page.items = [_only(message, chosen) for message in page.items]
+        return page
+
+
+class MessagesController(Controller):
+    path = "/v1/messages"
+    tags = ("messages",)
+
+    @get("/{message_id:str}", summary="Get a message with its topics", responses=problem_responses(400, 404))
+    async def get_message(
+        self, message_id: PathId, db: NamedDependency[Database], fields: FieldsQuery = None
+    ) -> Message:
+        chosen = parse_fields(fields)
+        async with db.connection() as conn:
+            found = await _projected(sql.get_message, chosen, keyset=False).one(conn, Message, message_id=message_id)
+        if found is None:
+            raise NotFound(f"message {message_id} does not exist")
+        return found
+
+    @patch("/{message_id:str}", summary="Edit a message's content or role", responses=problem_responses(400, 404))
+    async def update_message(
+        self, message_id: PathId, data: JSONBody[MessageUpdate], db: NamedDependency[Database]
+    ) -> Message:
+        if data.content is None and data.role is None:
+            raise Invalid("give content, role or both", field="content")
+        async with db.connection() as conn:
+            updated = await sql.update_message.one(
+                conn, Message, message_id=message_id, content=data.content, role=data.role
+            )
+        if updated is None:
+            raise NotFound(f"message {message_id} does not exist")
+        return updated
+
+    @patch(summary="Edit many messages in one statement", responses=problem_responses(400, 404))
+    async def update_messages(self, data: JSONBody[BulkUpdate], db: NamedDependency[Database]) -> BulkUpdated:
+        _check_bulk_updates(data.updates)
+        async with db.connection() as conn:
+            outcome = await sql.update_messages.one(
+                conn,
+                _BulkOutcome,
+                ids=[u.id for u in data.updates],
+                contents=[u.content for u in data.updates],
+                roles=[u.role for u in data.updates],
+            )
+        assert outcome is not None
+        if outcome.missing:
+            raise NotFound(
+                f"messages {', '.join(map(str, outcome.missing))} do not exist; nothing was written",
+                errors=[{"field": "updates", "message": f"message {m} does not exist"} for m in outcome.missing],
+            )
+        return BulkUpdated(updated=outcome.updated)
+
+    @delete("/{message_id:str}", summary="Delete a message", responses=problem_responses(400, 404))
+    async def delete_message(self, message_id: PathId, db: NamedDependency[Database]) -> None:
+        async with db.connection() as conn:
+            deleted = await sql.delete_message.val(conn, message_id=message_id)
+        if deleted is None:
+            raise NotFound(f"message {message_id} does not exist")
+
+
+def _check_bulk_updates(updates: Sequence[MessageUpdateItem]) -> None:
+    errors: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for index, update in enumerate(updates):
+        if update.content is None and update.role is None:
+            errors.append({"field": f"updates[{index}]", "message": "give content, role or both"})
+        if update.id in seen:
+            errors.append({"field": f"updates[{index}].id", "message": f"message {update.id} appears twice"})
+        seen.add(update.id)
+    if errors:
+        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)

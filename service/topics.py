@@ -1,0 +1,208 @@
+"""Topics: named tags on messages, created on first use; tag, untag, and list a topic's messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, delete, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, QueryParameter
+
+from service.cursors import CursorCodec
+from service.db import Database, Query, QueryFile
+from service.errors import Invalid, NotFound, problem_responses
+from service.fields import MAX_BATCH, Id, PathId, TopicName, TopicNames
+from service.messages import FieldsQuery, Message, TopicRef, parse_fields
+from service.pages import DEFAULT_LIMIT, CountMode, Cursor, Limit, Offset, Page, count_rows, one_paging_mode, page_of
+
+
+class TopicQueries(QueryFile, file="topics"):
+    create_topic: Query
+    get_topic: Query
+    topic_exists: Query
+    list_topics: Query
+    count_topics: Query
+    list_topic_messages: Query
+    count_topic_messages: Query
+    replace_message_topics: Query
+    add_message_topics: Query
+    remove_message_topic: Query
+    assign_topics: Query
+
+
+sql = TopicQueries()
+
+
+class Topic(msgspec.Struct):
+    id: int
+    name: str
+    created_at: datetime
+
+
+class TopicWithCount(Topic):
+    message_count: int
+
+
+class TopicCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: TopicName
+
+
+class TopicList(msgspec.Struct, forbid_unknown_fields=True):
+    topics: TopicNames
+
+
+class TopicAssignment(msgspec.Struct, forbid_unknown_fields=True):
+    message_ids: Annotated[list[Id], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+    topics: Annotated[TopicNames, msgspec.Meta(min_length=1)]
+
+
+class Assigned(msgspec.Struct):
+    assigned: int
+
+
+class _Tagging(msgspec.Struct):
+    found: bool
+    topics: list[TopicRef]
+
+
+class _AssignOutcome(msgspec.Struct):
+    assigned: int
+    missing: list[int]
+
+
+Prefix = Annotated[
+    str | None,
+    QueryParameter(min_length=1, max_length=100, pattern=r"\A[^\x00]*\Z", description="Only names starting with this"),
+]
+
+
+class TopicsController(Controller):
+    path = "/v1/topics"
+    tags = ("topics",)
+
+    @post(status_code=201, summary="Create a topic", responses=problem_responses(400, 409))
+    async def create_topic(self, data: JSONBody[TopicCreate], db: NamedDependency[Database]) -> Topic:
+        async with db.connection() as conn:
+            created = await sql.create_topic.one(conn, Topic, name=data.name)
+        assert created is not None
+        return created
+
+    @get(summary="Topics by name; prefix= for autocomplete", responses=problem_responses(400))
+    async def list_topics(
+        self,
+        db: NamedDependency[Database],
+        cursors: NamedDependency[CursorCodec],
+        prefix: Prefix = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+        offset: Offset = None,
+        count: CountMode = "none",
+    ) -> Page[Topic]:
+        skip = one_paging_mode(cursor, offset)
+        scope = f"topics:{prefix}"
+        [after_name] = cursors.decode(cursor, scope, 1) if cursor else [None]
+        async with db.connection() as conn:
+            rows = await sql.list_topics.many(
+                conn, Topic, after_name=after_name, prefix=prefix, limit=limit + 1, offset=skip
+            )
+            total = await count_rows(conn, count, sql.count_topics, prefix=prefix)
+
+        def after(last: Topic) -> str:
+            return cursors.encode(scope, last.name)
+
+        return page_of(rows, limit, after if offset is None else None, total)
+
+    @get("/{topic_id:str}", summary="Get a topic with its message count", responses=problem_responses(400, 404))
+    async def get_topic(self, topic_id: PathId, db: NamedDependency[Database]) -> TopicWithCount:
+        async with db.connection() as conn:
+            found = await sql.get_topic.one(conn, TopicWithCount, topic_id=topic_id)
+        if found is None:
+            raise NotFound(f"topic {topic_id} does not exist")
+        return found
+
+    @get("/{topic_id:str}/messages", summary="A topic's messages, newest first", responses=problem_responses(400, 404))
+    async def list_topic_messages(
+        self,
+        topic_id: PathId,
+        db: NamedDependency[Database],
+        cursors: NamedDependency[CursorCodec],
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+        offset: Offset = None,
+        count: CountMode = "none",
+        fields: FieldsQuery = None,
+    ) -> Page[Message]:
+        skip = one_paging_mode(cursor, offset)
+        chosen = parse_fields(fields)
+        scope = f"topic-messages:{topic_id}"
+        [before_id] = cursors.decode(cursor, scope, 1) if cursor else [None]
+        query = sql.list_topic_messages if chosen is None else sql.list_topic_messages.project(chosen | {"id"})
+        async with db.connection() as conn:
+            rows = await query.many(conn, Message, topic_id=topic_id, before_id=before_id, limit=limit + 1, offset=skip)
+            if not rows and not await sql.topic_exists.val(conn, topic_id=topic_id):
+                raise NotFound(f"topic {topic_id} does not exist")
+            total = await count_rows(conn, count, sql.count_topic_messages, topic_id=topic_id)
+
+        def after(last: Message) -> str:
+            return cursors.encode(scope, last.id)
+
+        page = page_of(rows, limit, after if offset is None else None, total)
+        if chosen is not None and "id" not in chosen:
+            page.items = [msgspec.structs.replace(m, id=msgspec.UNSET) for m in page.items]
+        return page
+
+    @post(
+        "/assign",
+        status_code=200,
+        summary="Tag many messages with topics in one statement",
+        responses=problem_responses(400, 422),
+    )
+    async def assign(self, data: JSONBody[TopicAssignment], db: NamedDependency[Database]) -> Assigned:
+        async with db.connection() as conn:
+            outcome = await sql.assign_topics.one(
+                conn, _AssignOutcome, message_ids=data.message_ids, topics=data.topics
+            )
+        assert outcome is not None
+        if outcome.missing:
+            raise Invalid(
+                f"messages {', '.join(map(str, outcome.missing))} do not exist; nothing was written",
+                status=422,
+                errors=[{"field": "message_ids", "message": f"message {m} does not exist"} for m in outcome.missing],
+            )
+        return Assigned(assigned=outcome.assigned)
+
+
+class MessageTopicsController(Controller):
+    path = "/v1/messages/{message_id:str}/topics"
+    tags = ("topics",)
+
+    @put(summary="Replace a message's topics", responses=problem_responses(400, 404))
+    async def replace_topics(
+        self, message_id: PathId, data: JSONBody[TopicList], db: NamedDependency[Database]
+    ) -> list[TopicRef]:
+        async with db.connection() as conn:
+            tagging = await sql.replace_message_topics.one(conn, _Tagging, message_id=message_id, topics=data.topics)
+        return _topics_of(tagging, message_id)
+
+    @post(status_code=200, summary="Add topics to a message", responses=problem_responses(400, 404))
+    async def add_topics(
+        self, message_id: PathId, data: JSONBody[TopicList], db: NamedDependency[Database]
+    ) -> list[TopicRef]:
+        async with db.connection() as conn:
+            tagging = await sql.add_message_topics.one(conn, _Tagging, message_id=message_id, topics=data.topics)
+        return _topics_of(tagging, message_id)
+
+    @delete("/{topic_id:str}", summary="Remove a topic from a message", responses=problem_responses(400, 404))
+    async def remove_topic(self, message_id: PathId, topic_id: PathId, db: NamedDependency[Database]) -> None:
+        async with db.connection() as conn:
+            removed = await sql.remove_message_topic.val(conn, message_id=message_id, topic_id=topic_id)
+        if removed is None:
+            raise NotFound(f"message {message_id} has no topic {topic_id}")
+
+
+def _topics_of(tagging: _Tagging | None, message_id: int) -> list[TopicRef]:
+    if tagging is None or not tagging.found:
+        raise NotFound(f"message {message_id} does not exist")
+    return tagging.topics

@@ -1,0 +1,43 @@
+-- name: create_conversation :one
+-- A new conversation; a user_id with no user fails its foreign key (a 422).
+INSERT INTO conversations (user_id, title)
+VALUES (:user_id, :title)
+RETURNING id, user_id, title, created_at, updated_at, message_count;
+
+-- name: get_conversation :one
+SELECT id, user_id, title, created_at, updated_at, message_count
+FROM conversations
+WHERE id = :conversation_id;
+
+-- name: conversation_exists :val
+SELECT EXISTS (SELECT 1 FROM conversations WHERE id = :conversation_id);
+
+-- name: update_conversation_title :one
+UPDATE conversations
+SET title = :title
+WHERE id = :conversation_id
+RETURNING id, user_id, title, created_at, updated_at, message_count;
+
+-- name: delete_conversation :val
+-- Cascades to its messages and their tags.
+DELETE FROM conversations
+WHERE id = :conversation_id
+RETURNING id;
+
+-- name: list_user_conversations :many
+-- A user's conversations, most recently active first: keyset after (before_updated_at, before_id)
+-- when a cursor is given, else from the top (NULLs become +infinity so the plan has one shape),
+-- skipping :offset rows for offset pages. Served in order by idx_conversation_user_updated.
+SELECT id, user_id, title, created_at, updated_at, message_count
+FROM conversations
+WHERE user_id = :user_id
+  AND updated_at <= coalesce(:before_updated_at::timestamptz, 'infinity')
+  AND (updated_at, id) < (coalesce(:before_updated_at::timestamptz, 'infinity'),
+                          coalesce(:before_id::bigint, 9223372036854775807))
+ORDER BY updated_at DESC, id DESC
+LIMIT :limit OFFSET :offset;
+
+-- name: count_user_conversations :val
+SELECT count(*)
+FROM conversations
+WHERE user_id = :user_id;

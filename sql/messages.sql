@@ -1,0 +1,217 @@
+-- name: add_messages :many
+-- Adds a batch of messages (one or up to 1,000) to a conversation in ONE statement, so the batch
+-- is all-or-nothing and costs one round trip. Items arrive as parallel arrays; item topics as
+-- (tag_items, tag_names) pairs, tag_items being the 1-based item number. One row per item:
+--   created       inserted now, with its topics;
+--   duplicate     its client_msg_id is stored already, or repeats an earlier item of the batch:
+--                 the stored message, nothing written for it;
+--   unknown_user  its user_id does not exist: then nothing at all is written.
+-- An item missing from the result lost a race for its client_msg_id against a concurrent
+-- request (ON CONFLICT DO NOTHING); the caller reads the winner with get_messages_by_client_ids.
+-- No rows at all: the conversation does not exist.
+-- Ids are drawn in item order, so the batch keeps its order under (timestamp, id).
+-- The triggers of migration 0004 move the conversation's message_count and updated_at.
+WITH conversation AS (
+    SELECT c.id, c.user_id FROM conversations AS c WHERE c.id = :conversation_id
+),
+input AS (
+    SELECT i.ord::integer AS ord, i.role, i.content, i.user_id, i.client_msg_id
+    FROM unnest(:roles::text[], :contents::text[], :user_ids::bigint[], :client_msg_ids::text[])
+        WITH ORDINALITY AS i (role, content, user_id, client_msg_id, ord)
+),
+unknown_user AS (
+    SELECT i.ord FROM input AS i
+    WHERE i.user_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM users AS u WHERE u.id = i.user_id)
+),
+stored AS (
+    SELECT i.ord, m.id
+    FROM input AS i
+    JOIN messages AS m ON m.conversation_id = :conversation_id AND m.client_msg_id = i.client_msg_id
+),
+first_of_key AS (
+    SELECT DISTINCT ON (i.client_msg_id) i.client_msg_id, i.ord
+    FROM input AS i
+    WHERE i.client_msg_id IS NOT NULL
+    ORDER BY i.client_msg_id, i.ord
+),
+fresh AS (
+    -- nextval is volatile, so PostgreSQL evaluates it after the ORDER BY: ids follow item order.
+    SELECT i.ord, i.role, i.content, i.user_id, i.client_msg_id,
+           nextval(pg_get_serial_sequence('messages', 'id')) AS id
+    FROM input AS i
+    WHERE EXISTS (SELECT 1 FROM conversation)
+      AND NOT EXISTS (SELECT 1 FROM unknown_user)
+      AND NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.ord = i.ord)
+      AND (i.client_msg_id IS NULL OR i.ord IN (SELECT f.ord FROM first_of_key AS f))
+    ORDER BY i.ord
+),
+inserted AS (
+    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id)
+    OVERRIDING SYSTEM VALUE
+    SELECT f.id, c.id, coalesce(f.user_id, c.user_id), f.role, f.content, f.client_msg_id
+    FROM fresh AS f CROSS JOIN conversation AS c
+    ORDER BY f.ord
+    ON CONFLICT (conversation_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
+    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at
+),
+tag AS (
+    SELECT DISTINCT f.id AS message_id, t.name
+    FROM unnest(:tag_items::integer[], :tag_names::text[]) AS t (ord, name)
+    JOIN fresh AS f ON f.ord = t.ord
+    WHERE f.id IN (SELECT id FROM inserted)
+),
+topic AS (
+    SELECT id, name FROM topic_ids(ARRAY(SELECT DISTINCT name FROM tag))
+),
+tagged AS (
+    INSERT INTO message_topics (topic_id, message_id)
+    SELECT tp.id, tg.message_id
+    FROM tag AS tg JOIN topic AS tp ON tp.name = tg.name
+    RETURNING topic_id, message_id
+),
+new_topics AS (
+    SELECT tg.message_id,
+           json_agg(json_build_object('id', tp.id, 'name', tp.name) ORDER BY tp.name) AS topics
+    FROM tagged AS tg JOIN topic AS tp ON tp.id = tg.topic_id
+    GROUP BY tg.message_id
+)
+SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conversation_id,
+       NULL::bigint AS user_id, NULL::text AS role, NULL::text AS content,
+       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::json AS topics
+FROM unknown_user AS u
+UNION ALL
+SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
+       coalesce(nt.topics, '[]'::json)
+FROM fresh AS f
+JOIN inserted AS n ON n.id = f.id
+LEFT JOIN new_topics AS nt ON nt.message_id = n.id
+UNION ALL
+SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
+       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+        WHERE mt.message_id = m.id)
+FROM stored AS s
+JOIN messages AS m ON m.id = s.id
+UNION ALL
+SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
+       coalesce(nt.topics, '[]'::json)
+FROM input AS i
+JOIN first_of_key AS k ON k.client_msg_id = i.client_msg_id AND k.ord <> i.ord
+JOIN fresh AS f ON f.ord = k.ord
+JOIN inserted AS n ON n.id = f.id
+LEFT JOIN new_topics AS nt ON nt.message_id = n.id
+WHERE NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.ord = i.ord)
+ORDER BY ord;
+
+-- name: get_messages_by_client_ids :many
+-- The stored messages of a conversation with these client_msg_ids (after a lost race).
+SELECT m.client_msg_id, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
+       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+        WHERE mt.message_id = m.id) AS topics
+FROM messages AS m
+WHERE m.conversation_id = :conversation_id
+  AND m.client_msg_id = ANY (:client_msg_ids::text[]);
+
+-- name: get_message :one
+SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
+       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at,
+       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+        WHERE mt.message_id = m.id) AS topics/*end columns*/
+FROM messages AS m
+WHERE m.id = :message_id;
+
+-- name: list_messages_newest_first :many
+-- A page of a conversation, newest first, after the keyset position (before_ts, before_id) when a
+-- cursor is given (NULLs become +infinity, so the statement has one plan shape). The bare
+-- "timestamp" <= bound makes the position an index condition of idx_message_timestamp
+-- (conversation_id, timestamp): the scan starts at the cursor, not at the newest message.
+-- since is inclusive, until exclusive; role filters.
+SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
+       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at,
+       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+        WHERE mt.message_id = m.id) AS topics/*end columns*/
+FROM messages AS m
+WHERE m.conversation_id = :conversation_id
+  AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
+  AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, 'infinity'),
+                               coalesce(:before_id::bigint, 9223372036854775807))
+  AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+  AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+  AND (:role::text IS NULL OR m.role = :role::text)
+ORDER BY m."timestamp" DESC, m.id DESC
+LIMIT :limit OFFSET :offset;
+
+-- name: list_messages_oldest_first :many
+-- The same page walked the other way: after (after_ts, after_id), oldest first.
+SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
+       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at,
+       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+        WHERE mt.message_id = m.id) AS topics/*end columns*/
+FROM messages AS m
+WHERE m.conversation_id = :conversation_id
+  AND m."timestamp" >= coalesce(:after_ts::timestamptz, '-infinity')
+  AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, '-infinity'), coalesce(:after_id::bigint, 0))
+  AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+  AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+  AND (:role::text IS NULL OR m.role = :role::text)
+ORDER BY m."timestamp", m.id
+LIMIT :limit OFFSET :offset;
+
+-- name: count_messages :val
+SELECT count(*)
+FROM messages AS m
+WHERE m.conversation_id = :conversation_id
+  AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+  AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+  AND (:role::text IS NULL OR m.role = :role::text);
+
+-- name: update_message :one
+-- Changes content and/or role (NULL keeps the stored value) and stamps edited_at.
+WITH updated AS (
+    UPDATE messages
+    SET content = coalesce(:content::text, content),
+        role = coalesce(:role::text, role),
+        edited_at = now()
+    WHERE id = :message_id
+    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at
+)
+SELECT u.id, u.conversation_id, u.user_id, u.role, u.content, u."timestamp", u.edited_at,
+       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+        WHERE mt.message_id = u.id) AS topics
+FROM updated AS u;
+
+-- name: update_messages :one
+-- Bulk edit in one statement: each id gets its content and/or role (NULL keeps the value). If any
+-- id does not exist nothing is written and missing lists them.
+WITH input AS (
+    SELECT u.id, u.content, u.role
+    FROM unnest(:ids::bigint[], :contents::text[], :roles::text[]) AS u (id, content, role)
+),
+missing AS (
+    SELECT i.id FROM input AS i
+    WHERE NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.id = i.id)
+),
+updated AS (
+    UPDATE messages AS m
+    SET content = coalesce(i.content, m.content),
+        role = coalesce(i.role, m.role),
+        edited_at = now()
+    FROM input AS i
+    WHERE m.id = i.id
+      AND NOT EXISTS (SELECT 1 FROM missing)
+    RETURNING m.id
+)
+SELECT (SELECT count(*) FROM updated) AS updated,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM missing), '{}') AS missing;
+
+-- name: delete_message :val
+-- Its tags go by cascade; the conversation's message_count by trigger.
+DELETE FROM messages
+WHERE id = :message_id
+RETURNING id;
