@@ -22,8 +22,8 @@ from service.app import create_app
 from service.db import QueryPrepareError, SharedConnectionDatabase
 from service.devdb import EmbeddedPostgres
 from service.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
+from tests.api import assert_problem
 from tests.conftest import client_for
-from tests.test_users import assert_problem
 
 
 async def test_live(client: httpx.AsyncClient) -> None:

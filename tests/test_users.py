@@ -8,27 +8,7 @@ import httpx
 import pytest
 
 from service.db import Connection
-
-PROBLEM = "application/problem+json"
-
-
-async def create_user(client: httpx.AsyncClient, email: str = "ada@example.com", name: str = "Ada") -> Any:
-    response = await client.post("/v1/users", json={"email": email, "name": name})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["type"].startswith("https://")
-    assert body["title"]
-    assert body["detail"]
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
-    return body
+from tests.api import assert_problem, create_user
 
 
 async def test_create_returns_the_stored_user(client: httpx.AsyncClient, conn: Connection) -> None:

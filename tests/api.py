@@ -1,0 +1,56 @@
+"""Shorthands for tests that drive the HTTP API: create rows through it and check problem answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with this status (and an error naming ``field``)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("https://")
+    assert body["title"]
+    assert body["detail"]
+    if field is not None:
+        assert field in [e["field"] for e in body.get("errors", [])], body
+    return body
+
+
+async def create_user(client: httpx.AsyncClient, email: str = "ada@example.com", name: str = "Ada") -> Any:
+    response = await client.post("/v1/users", json={"email": email, "name": name})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def create_conversation(client: httpx.AsyncClient, user_id: int, title: str | None = "Chat") -> Any:
+    response = await client.post("/v1/conversations", json={"user_id": user_id, "title": title})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def post_batch(client: httpx.AsyncClient, conversation_id: int, messages: list[dict[str, Any]]) -> Any:
+    response = await client.post(f"/v1/conversations/{conversation_id}/messages/batch", json={"messages": messages})
+    assert response.status_code == 201, response.text
+    return response.json()["items"]
+
+
+async def all_pages(client: httpx.AsyncClient, path: str, **params: Any) -> list[Any]:
+    """Every item of a keyset-paginated list, following next_cursor to the end."""
+    items: list[Any] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = await client.get(path, params=query)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items

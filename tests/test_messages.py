@@ -1,0 +1,466 @@
+"""Messages: posting (single, batch, idempotent), paging in both orders, fields=, edits and deletes."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import pytest
+
+from service import messages
+from service.db import Connection
+from service.fields import MAX_CONTENT
+from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
+
+
+@pytest.fixture
+async def chat(client: httpx.AsyncClient) -> dict[str, Any]:
+    """A user and one conversation of theirs."""
+    user = await create_user(client)
+    conversation = await create_conversation(client, user["id"])
+    return {"user": user, "conversation": conversation, "messages": f"/v1/conversations/{conversation['id']}/messages"}
+
+
+async def counts(conn: Connection) -> tuple[int, int, int]:
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM message_topics), (SELECT count(*) FROM topics)"
+    )
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+async def test_post_a_message_with_topics(client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]) -> None:
+    response = await client.post(
+        chat["messages"], json={"role": "user", "content": "Book a flight", "topics": ["travel", "flights", "travel"]}
+    )
+    assert response.status_code == 201, response.text
+    message = response.json()
+    assert message["user_id"] == chat["user"]["id"]  # defaults to the conversation's owner
+    assert message["conversation_id"] == chat["conversation"]["id"]
+    assert message["role"] == "user"
+    assert message["edited_at"] is None
+    assert [t["name"] for t in message["topics"]] == ["flights", "travel"]
+    fetched = await client.get(f"/v1/messages/{message['id']}")
+    assert fetched.json() == message
+    conversation = (await client.get(f"/v1/conversations/{chat['conversation']['id']}")).json()
+    assert conversation["message_count"] == 1
+    assert conversation["updated_at"] == message["timestamp"]
+    assert await counts(conn) == (1, 2, 2)
+
+
+async def test_post_as_another_user(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    assistant = await create_user(client, "freya@example.com", "Freya")
+    response = await client.post(
+        chat["messages"], json={"role": "assistant", "content": "Sure.", "user_id": assistant["id"]}
+    )
+    assert response.json()["user_id"] == assistant["id"]
+
+
+async def test_unknown_conversation_is_404_unknown_user_is_422(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    assert_problem(await client.post("/v1/conversations/999999/messages", json={"role": "user", "content": "x"}), 404)
+    response = await client.post(
+        chat["messages"], json={"role": "user", "content": "x", "user_id": 999999, "topics": ["new"]}
+    )
+    assert_problem(response, 422, "user_id")
+    assert await counts(conn) == (0, 0, 0)
+
+
+async def test_repeated_client_msg_id_returns_the_stored_message_and_writes_nothing(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    body = {"role": "user", "content": "once", "client_msg_id": "abc-1", "topics": ["t1"]}
+    first = await client.post(chat["messages"], json=body)
+    assert first.status_code == 201
+    before = await counts(conn)
+    again = await client.post(chat["messages"], json={**body, "content": "changed", "topics": ["t2"]})
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert await counts(conn) == before
+    conversation = (await client.get(f"/v1/conversations/{chat['conversation']['id']}")).json()
+    assert conversation["message_count"] == 1
+    # The same key in another conversation is another message.
+    other = await create_conversation(client, chat["user"]["id"])
+    elsewhere = await client.post(f"/v1/conversations/{other['id']}/messages", json=body)
+    assert elsewhere.status_code == 201
+    assert elsewhere.json()["id"] != first.json()["id"]
+
+
+async def test_batch_reports_created_and_duplicate_per_item(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    stored = await client.post(chat["messages"], json={"role": "user", "content": "old", "client_msg_id": "k0"})
+    items = await post_batch(
+        client,
+        chat["conversation"]["id"],
+        [
+            {"role": "system", "content": "one", "topics": ["a"]},
+            {"role": "user", "content": "two", "client_msg_id": "k0"},
+            {"role": "assistant", "content": "three", "client_msg_id": "k1", "topics": ["a", "b"]},
+            {"role": "tool", "content": "four", "client_msg_id": "k1"},
+        ],
+    )
+    assert [i["status"] for i in items] == ["created", "duplicate", "created", "duplicate"]
+    assert items[1]["message"] == stored.json()
+    assert items[3]["message"] == items[2]["message"]
+    assert [t["name"] for t in items[2]["message"]["topics"]] == ["a", "b"]
+    assert items[0]["message"]["id"] < items[2]["message"]["id"]
+    assert await counts(conn) == (3, 3, 2)
+    conversation = (await client.get(f"/v1/conversations/{chat['conversation']['id']}")).json()
+    assert conversation["message_count"] == 3
+
+
+async def test_a_full_batch_of_1000_in_one_statement(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    sent: list[str] = []
+    conn.add_query_logger(lambda q: sent.append(q.query))
+    batch = [
+        {"role": "user", "content": f"message {n}", "topics": [f"topic-{n % 7}"], "client_msg_id": f"m{n}"}
+        for n in range(1000)
+    ]
+    items = await post_batch(client, chat["conversation"]["id"], batch)
+    assert len(items) == 1000
+    assert all(i["status"] == "created" for i in items)
+    assert [i["message"]["content"] for i in items] == [m["content"] for m in batch]
+    writes = [q for q in sent if "INSERT" in q]
+    assert len(writes) == 1, "the batch must be one statement"
+    assert await counts(conn) == (1000, 1000, 7)
+
+
+async def test_batch_over_1000_is_400(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    batch = [{"role": "user", "content": "x"}] * 1001
+    response = await client.post(f"{chat['messages']}/batch", json={"messages": batch})
+    assert_problem(response, 400, "messages")
+
+
+async def test_an_invalid_batch_item_names_its_index_and_nothing_is_written(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    batch: list[dict[str, Any]] = [{"role": "user", "content": "fine"}, {"role": "user", "content": "fine"}]
+    for index, broken in enumerate(
+        [{"role": "robot", "content": "x"}, {"role": "user", "content": ""}, {"role": "user", "content": "a\u0000"}]
+    ):
+        response = await client.post(f"{chat['messages']}/batch", json={"messages": [*batch, broken]})
+        body = assert_problem(response, 400)
+        assert body["errors"][0]["field"].startswith("messages[2]"), (index, body)
+    unknown_user = await client.post(
+        f"{chat['messages']}/batch",
+        json={"messages": [*batch, {"role": "user", "content": "x", "user_id": 987654, "topics": ["new"]}]},
+    )
+    assert_problem(unknown_user, 422, "messages[2].user_id")
+    assert await counts(conn) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"role": "robot", "content": "x"}, "role"),
+        ({"role": "user"}, "content"),
+        ({"role": "user", "content": ""}, "content"),
+        ({"role": "user", "content": "x" * (MAX_CONTENT + 1)}, "content"),
+        ({"role": "user", "content": "nul\u0000"}, "content"),
+        ({"role": "user", "content": "x", "topics": "travel"}, "topics"),
+        ({"role": "user", "content": "x", "topics": [""]}, "topics[0]"),
+        ({"role": "user", "content": "x", "topics": ["t"] * 51}, "topics"),
+        ({"role": "user", "content": "x", "client_msg_id": ""}, "client_msg_id"),
+        ({"role": "user", "content": "x", "user_id": -3}, "user_id"),
+        ({"role": "user", "content": "x", "timestamp": "2026-01-01T00:00:00Z"}, "timestamp"),
+    ],
+)
+async def test_bad_message_bodies_are_400(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any], body: dict[str, Any], field: str
+) -> None:
+    assert_problem(await client.post(chat["messages"], json=body), 400, field)
+    assert await counts(conn) == (0, 0, 0)
+
+
+async def test_content_of_the_maximum_length_is_accepted(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    response = await client.post(chat["messages"], json={"role": "user", "content": "é" * MAX_CONTENT})
+    assert response.status_code == 201
+
+
+async def seed_equal_timestamps(client: httpx.AsyncClient, chat: dict[str, Any], count: int) -> list[int]:
+    """Messages in batches: every batch shares one timestamp, so order within it rests on ids."""
+    ids: list[int] = []
+    for start in range(0, count, 10):
+        batch = [{"role": "user", "content": f"m{n}"} for n in range(start, min(start + 10, count))]
+        ids.extend(i["message"]["id"] for i in await post_batch(client, chat["conversation"]["id"], batch))
+    return ids
+
+
+async def test_keyset_pages_return_every_message_once_in_order(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    await seed_equal_timestamps(client, chat, 37)
+    # Spread the batches over time, keeping ties within each one.
+    await conn.execute("UPDATE messages SET \"timestamp\" = now() - interval '1 minute' * (100 - id / 10)")
+    expected = [r["id"] for r in await conn.fetch('SELECT id FROM messages ORDER BY "timestamp" DESC, id DESC')]
+    newest_first = await all_pages(client, chat["messages"], limit=5)
+    assert [m["id"] for m in newest_first] == expected
+    oldest_first = await all_pages(client, chat["messages"], limit=6, order="asc")
+    assert [m["id"] for m in oldest_first] == list(reversed(expected))
+
+
+async def test_paging_survives_new_messages_between_pages(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    original = await seed_equal_timestamps(client, chat, 20)
+    seen: list[int] = []
+    first = (await client.get(chat["messages"], params={"limit": 7})).json()
+    seen.extend(m["id"] for m in first["items"])
+    cursor = first["next_cursor"]
+    while cursor:
+        await post_batch(client, chat["conversation"]["id"], [{"role": "assistant", "content": "meanwhile"}])
+        page = (await client.get(chat["messages"], params={"limit": 7, "cursor": cursor})).json()
+        seen.extend(m["id"] for m in page["items"])
+        cursor = page["next_cursor"]
+    assert seen == sorted(original, reverse=True)
+
+    ascending: list[int] = []
+    page = (await client.get(chat["messages"], params={"limit": 6, "order": "asc"})).json()
+    while True:
+        ascending.extend(m["id"] for m in page["items"])
+        if page["next_cursor"] is None:
+            break
+        await post_batch(client, chat["conversation"]["id"], [{"role": "assistant", "content": "later"}])
+        page = (
+            await client.get(chat["messages"], params={"limit": 6, "order": "asc", "cursor": page["next_cursor"]})
+        ).json()
+    # Oldest first, new messages join the end: every original once, in order, then the newcomers.
+    assert ascending[: len(original)] == original
+    assert len(ascending) == len(set(ascending))
+
+
+async def test_offset_pages_and_counts(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    ids = await seed_equal_timestamps(client, chat, 12)
+    page = (
+        await client.get(chat["messages"], params={"offset": 5, "limit": 4, "order": "asc", "count": "exact"})
+    ).json()
+    assert [m["id"] for m in page["items"]] == ids[5:9]
+    assert page["total"] == 12
+    assert page["next_cursor"] is None
+    estimated = (await client.get(chat["messages"], params={"count": "estimated"})).json()
+    assert isinstance(estimated["total"], int)
+
+
+async def test_role_since_until_filters(client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]) -> None:
+    await post_batch(
+        client,
+        chat["conversation"]["id"],
+        [{"role": role, "content": f"{role} {n}"} for n in range(3) for role in ("user", "assistant")],
+    )
+    await conn.execute(
+        "UPDATE messages SET \"timestamp\" = '2026-03-01T00:00:00Z'::timestamptz + id * interval '1 hour'"
+    )
+    rows = await conn.fetch('SELECT id, "timestamp" FROM messages ORDER BY id')
+    only_assistant = (await client.get(chat["messages"], params={"role": "assistant", "count": "exact"})).json()
+    assert {m["role"] for m in only_assistant["items"]} == {"assistant"}
+    assert only_assistant["total"] == 3
+    since, until = rows[1]["timestamp"].isoformat(), rows[4]["timestamp"].isoformat()
+    window = (await client.get(chat["messages"], params={"since": since, "until": until, "order": "asc"})).json()
+    assert [m["id"] for m in window["items"]] == [r["id"] for r in rows[1:4]]
+
+
+async def test_fields_selects_only_those_columns(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    await post_batch(client, chat["conversation"]["id"], [{"role": "user", "content": "hello", "topics": ["x"]}] * 3)
+    sent: list[str] = []
+    conn.add_query_logger(lambda q: sent.append(q.query))
+    page = (await client.get(chat["messages"], params={"fields": "content,role", "limit": 2})).json()
+    assert page["items"] == [{"role": "user", "content": "hello"}] * 2
+    statement = next(q for q in sent if "list_messages_newest_first" in q)
+    select_list = statement.split("FROM messages")[0]
+    assert "m.content" in select_list
+    assert "m.role" in select_list
+    assert "topics" not in select_list  # no topic subquery run
+    assert "m.user_id" not in select_list
+    # The page's sort key is selected too, to build the cursor; the next page still works.
+    rest = (await client.get(chat["messages"], params={"fields": "content,role", "cursor": page["next_cursor"]})).json()
+    assert rest["items"] == [{"role": "user", "content": "hello"}]
+    sent.clear()
+    offset_page = (await client.get(chat["messages"], params={"fields": "content", "offset": 0})).json()
+    assert offset_page["items"] == [{"content": "hello"}] * 3
+    select_list = next(q for q in sent if "list_messages_newest_first" in q).split("FROM messages")[0]
+    assert "m.id" not in select_list
+
+
+async def test_fields_on_a_single_message(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    created = (await client.post(chat["messages"], json={"role": "tool", "content": "42", "topics": ["calc"]})).json()
+    response = await client.get(f"/v1/messages/{created['id']}", params={"fields": "topics,id"})
+    assert response.json() == {"id": created["id"], "topics": created["topics"]}
+
+
+@pytest.mark.parametrize("fields", ["content,secret", "", "content,,role", "CONTENT", "*"])
+async def test_unknown_fields_are_400(client: httpx.AsyncClient, chat: dict[str, Any], fields: str) -> None:
+    assert_problem(await client.get(chat["messages"], params={"fields": fields}), 400, "fields")
+
+
+async def test_message_list_of_unknown_conversation_is_404(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/v1/conversations/31337/messages"), 404)
+
+
+def tamper(cursor: str) -> list[str]:
+    payload, signature = cursor.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    raw[-2] = ord("9") if raw[-2] != ord("9") else ord("8")  # move the position by one digit
+    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    return [f"{forged}.{signature}", cursor[:-3], cursor.replace(".", ""), f"{payload}.", "." + signature, "%%%.%%%"]
+
+
+async def test_forged_truncated_and_foreign_cursors_are_400(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    await seed_equal_timestamps(client, chat, 5)
+    cursor = (await client.get(chat["messages"], params={"limit": 2})).json()["next_cursor"]
+    for bad in tamper(cursor):
+        assert_problem(await client.get(chat["messages"], params={"cursor": bad}), 400, "cursor")
+    # A cursor of another order, filter or conversation is refused, not misread.
+    assert_problem(await client.get(chat["messages"], params={"cursor": cursor, "order": "asc"}), 400, "cursor")
+    assert_problem(await client.get(chat["messages"], params={"cursor": cursor, "role": "user"}), 400, "cursor")
+    other = await create_conversation(client, chat["user"]["id"])
+    foreign = await client.get(f"/v1/conversations/{other['id']}/messages", params={"cursor": cursor})
+    assert_problem(foreign, 400, "cursor")
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 201}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"order": "sideways"}, "order"),
+        ({"role": "robot"}, "role"),
+        ({"since": "yesterday"}, "since"),
+        ({"count": "lots"}, "count"),
+    ],
+)
+async def test_bad_list_parameters_are_400(
+    client: httpx.AsyncClient, chat: dict[str, Any], params: dict[str, Any], field: str
+) -> None:
+    assert_problem(await client.get(chat["messages"], params=params), 400, field)
+
+
+async def test_edit_a_message(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    created = (await client.post(chat["messages"], json={"role": "user", "content": "draft", "topics": ["t"]})).json()
+    edited = await client.patch(f"/v1/messages/{created['id']}", json={"content": "final"})
+    assert edited.status_code == 200
+    body = edited.json()
+    assert body["content"] == "final"
+    assert body["role"] == "user"
+    assert body["edited_at"] is not None
+    assert body["topics"] == created["topics"]
+    role_only = (await client.patch(f"/v1/messages/{created['id']}", json={"role": "system"})).json()
+    assert (role_only["role"], role_only["content"]) == ("system", "final")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({}, 400, "content"),
+        ({"role": "robot"}, 400, "role"),
+        ({"content": ""}, 400, "content"),
+        ({"content": "x", "topics": []}, 400, "topics"),
+    ],
+)
+async def test_bad_edits(
+    client: httpx.AsyncClient, chat: dict[str, Any], body: dict[str, Any], status: int, field: str
+) -> None:
+    created = (await client.post(chat["messages"], json={"role": "user", "content": "x"})).json()
+    assert_problem(await client.patch(f"/v1/messages/{created['id']}", json=body), status, field)
+
+
+async def test_edit_unknown_message_is_404(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.patch("/v1/messages/123456", json={"content": "x"}), 404)
+    assert_problem(await client.get("/v1/messages/123456"), 404)
+    assert_problem(await client.get("/v1/messages/x"), 400, "message_id")
+
+
+async def test_bulk_edit_in_one_statement(client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]) -> None:
+    items = await post_batch(
+        client, chat["conversation"]["id"], [{"role": "user", "content": f"v1 {n}"} for n in range(5)]
+    )
+    ids = [i["message"]["id"] for i in items]
+    sent: list[str] = []
+    conn.add_query_logger(lambda q: sent.append(q.query))
+    response = await client.patch(
+        "/v1/messages",
+        json={
+            "updates": [
+                {"id": ids[0], "content": "v2"},
+                {"id": ids[1], "role": "assistant"},
+                {"id": ids[2], "content": "v2", "role": "tool"},
+            ]
+        },
+    )
+    assert response.status_code == 200
+    assert response.json() == {"updated": 3}
+    assert len([q for q in sent if "UPDATE" in q]) == 1
+    rows = {
+        r["id"]: (r["content"], r["role"], r["edited"])
+        for r in await conn.fetch("SELECT id, content, role, edited_at IS NOT NULL AS edited FROM messages")
+    }
+    assert rows[ids[0]] == ("v2", "user", True)
+    assert rows[ids[1]] == ("v1 1", "assistant", True)
+    assert rows[ids[2]] == ("v2", "tool", True)
+    assert rows[ids[3]] == ("v1 3", "user", False)
+
+
+async def test_bulk_edit_with_unknown_ids_is_404_naming_them_and_writes_nothing(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    [item] = await post_batch(client, chat["conversation"]["id"], [{"role": "user", "content": "keep"}])
+    response = await client.patch(
+        "/v1/messages",
+        json={
+            "updates": [
+                {"id": item["message"]["id"], "content": "lost"},
+                {"id": 888001, "content": "x"},
+                {"id": 888002, "role": "tool"},
+            ]
+        },
+    )
+    body = assert_problem(response, 404)
+    assert "888001" in body["detail"]
+    assert "888002" in body["detail"]
+    assert await conn.fetchval("SELECT content FROM messages") == "keep"
+
+
+@pytest.mark.parametrize(
+    ("updates", "field"),
+    [
+        ([], "updates"),
+        ([{"id": 1}], "updates[0]"),
+        ([{"id": 1, "content": "a"}, {"id": 1, "content": "b"}], "updates[1].id"),
+        ([{"id": 1, "content": "a", "user_id": 3}], "updates[0].user_id"),
+        ([{"id": 1, "role": "robot"}], "updates[0].role"),
+    ],
+)
+async def test_bad_bulk_edits_are_400(client: httpx.AsyncClient, updates: list[dict[str, Any]], field: str) -> None:
+    assert_problem(await client.patch("/v1/messages", json={"updates": updates}), 400, field)
+
+
+async def test_delete_a_message(client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]) -> None:
+    items = await post_batch(
+        client, chat["conversation"]["id"], [{"role": "user", "content": "x", "topics": ["t"]}] * 2
+    )
+    response = await client.delete(f"/v1/messages/{items[0]['message']['id']}")
+    assert response.status_code == 204
+    assert await counts(conn) == (1, 1, 1)
+    conversation = (await client.get(f"/v1/conversations/{chat['conversation']['id']}")).json()
+    assert conversation["message_count"] == 1
+    assert_problem(await client.delete(f"/v1/messages/{items[0]['message']['id']}"), 404)
+
+
+def test_fields_whitelist_comes_from_the_query() -> None:
+    assert messages.FIELDS == (
+        "id",
+        "conversation_id",
+        "user_id",
+        "role",
+        "content",
+        "timestamp",
+        "edited_at",
+        "topics",
+    )
+    with pytest.raises(KeyError, match="secret"):
+        messages.sql.get_message.project(["id", "secret"])

@@ -1,0 +1,200 @@
+"""Query plans on a seeded, analysed database: the hot reads use their indexes at any depth.
+
+Each query is checked twice: with its parameter values (a custom plan) and as the generic plan
+PostgreSQL switches a prepared statement to after a few executions, since asyncpg prepares
+every statement and the generic plan is the one a busy service mostly runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from service import conversations, messages, topics
+from service.db import Connection, Query, configure_connection
+from tests.conftest import RUN_ID, create_database, drop_database
+
+BIG_CONVERSATION_MESSAGES = 50_000
+SMALL_CONVERSATIONS = 2_000
+SMALL_CONVERSATION_MESSAGES = 30
+
+
+def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from walk(child)
+
+
+def literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+async def plans(conn: Connection, query: Query, **params: Any) -> list[list[dict[str, Any]]]:
+    """The custom plan for these values and the generic plan, each as a flat list of nodes."""
+    args = query.args(params)
+    custom = await conn.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *args)
+    await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    await conn.execute(f"PREPARE plan_check AS {query.sql}")
+    try:
+        generic = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) EXECUTE plan_check({', '.join(literal(a) for a in args)})"
+        )
+    finally:
+        await conn.execute("DEALLOCATE plan_check")
+        await conn.execute("SET LOCAL plan_cache_mode = auto")
+    return [list(walk(plan[0]["Plan"])) for plan in (custom, generic)]
+
+
+def index_scans(nodes: list[dict[str, Any]]) -> dict[str, str]:
+    return {n["Index Name"]: n.get("Index Cond", "") for n in nodes if "Index Name" in n}
+
+
+def no_seq_scan_of(nodes: list[dict[str, Any]], table: str) -> bool:
+    return not any(n["Node Type"] == "Seq Scan" and n.get("Relation Name") == table for n in nodes)
+
+
+SEED = [
+    "INSERT INTO users (email, name) VALUES ('seed@example.com', 'Seed')",
+    "INSERT INTO users (email, name) SELECT 'u' || g || '@example.com', 'U' || g FROM generate_series(1, 200) AS g",
+    "INSERT INTO conversations (user_id, title) SELECT min(id), 'big' FROM users",
+    # 2,000 small conversations spread over the other users.
+    f"INSERT INTO conversations (user_id, title, updated_at) "
+    f"SELECT (SELECT min(id) FROM users) + 1 + g % 200, 'small', now() - g * interval '1 minute' "
+    f"FROM generate_series(1, {SMALL_CONVERSATIONS}) AS g",
+    f'INSERT INTO messages (conversation_id, user_id, role, content, "timestamp") '
+    f"SELECT c.id, c.user_id, (ARRAY['user', 'assistant'])[1 + g % 2], 'message ' || g, "
+    f"'2026-01-01T00:00:00Z'::timestamptz + g * interval '1 second' "
+    f"FROM conversations AS c, generate_series(1, {BIG_CONVERSATION_MESSAGES}) AS g WHERE c.title = 'big'",
+    f'INSERT INTO messages (conversation_id, user_id, role, content, "timestamp") '
+    f"SELECT c.id, c.user_id, 'user', 'small ' || g, '2026-02-01T00:00:00Z'::timestamptz + g * interval '1 minute' "
+    f"FROM conversations AS c, generate_series(1, {SMALL_CONVERSATION_MESSAGES}) AS g WHERE c.title = 'small'",
+    "INSERT INTO topics (name) SELECT 'topic-' || g FROM generate_series(0, 99) AS g",
+    "INSERT INTO message_topics (topic_id, message_id) "
+    "SELECT t.id, m.id FROM messages AS m JOIN topics AS t ON t.name = 'topic-' || (m.id % 100)",
+    # The seed user also has a long history of conversations (without messages).
+    "INSERT INTO conversations (user_id, title, updated_at) "
+    "SELECT min(id), 'old', now() - g * interval '1 hour' FROM users, generate_series(1, 3000) AS g GROUP BY g",
+    "ANALYZE users, conversations, messages, topics, message_topics",
+]
+
+
+@pytest.fixture(scope="module")
+def seeded_url(server_url: str, template_name: str) -> Iterator[str]:
+    """A database of its own, seeded and analysed once for this module's tests (which only read)."""
+    name = f"freya_plans_{RUN_ID}"
+    url = create_database(server_url, name, template=template_name)
+    with psycopg.connect(url, autocommit=True) as seed:
+        for statement in SEED:
+            seed.execute(statement)
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+async def seeded_conn(seeded_url: str) -> AsyncIterator[Connection]:
+    connection: Connection = await asyncpg.connect(seeded_url)
+    await configure_connection(connection)
+    try:
+        async with connection.transaction():
+            yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def seeded(seeded_conn: Connection) -> dict[str, Any]:
+    total = await seeded_conn.fetchval("SELECT count(*) FROM messages")
+    assert total >= 100_000
+    user_id = await seeded_conn.fetchval("SELECT id FROM users WHERE email = 'seed@example.com'")
+    big = await seeded_conn.fetchval("SELECT id FROM conversations WHERE title = 'big'")
+    deep = await seeded_conn.fetchrow(
+        'SELECT "timestamp", id FROM messages WHERE conversation_id = $1 ORDER BY "timestamp" DESC, id DESC '
+        "OFFSET 40000 LIMIT 1",
+        big,
+    )
+    topic_id = await seeded_conn.fetchval("SELECT id FROM topics WHERE name = 'topic-7'")
+    return {"user_id": user_id, "big": big, "deep": deep, "topic_id": topic_id}
+
+
+def page_filters(conversation_id: int) -> dict[str, Any]:
+    return {"conversation_id": conversation_id, "since": None, "until": None, "role": None, "limit": 51, "offset": 0}
+
+
+async def test_conversation_pages_use_idx_message_timestamp_at_any_depth(
+    seeded_conn: Connection, seeded: dict[str, Any]
+) -> None:
+    deep_ts, deep_id = seeded["deep"]["timestamp"], seeded["deep"]["id"]
+    cases = [
+        (messages.sql.list_messages_newest_first, {"before_ts": None, "before_id": None}),
+        (messages.sql.list_messages_newest_first, {"before_ts": deep_ts, "before_id": deep_id}),
+        (messages.sql.list_messages_oldest_first, {"after_ts": None, "after_id": None}),
+        (messages.sql.list_messages_oldest_first, {"after_ts": deep_ts, "after_id": deep_id}),
+    ]
+    for query, position in cases:
+        for nodes in await plans(seeded_conn, query, **page_filters(seeded["big"]), **position):
+            scans = index_scans(nodes)
+            assert "idx_message_timestamp" in scans, (query.name, position, nodes)
+            # The position bounds the index scan itself: it starts at the cursor, not at the top.
+            assert "timestamp" in scans["idx_message_timestamp"], scans
+            assert no_seq_scan_of(nodes, "messages"), nodes
+
+
+async def test_fields_projection_keeps_the_plan(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
+    query = messages.sql.list_messages_newest_first.project(["content", "id", "timestamp"])
+    for nodes in await plans(seeded_conn, query, **page_filters(seeded["big"]), before_ts=None, before_id=None):
+        assert "idx_message_timestamp" in index_scans(nodes)
+        assert no_seq_scan_of(nodes, "messages")
+        assert "idx_message_topic" not in index_scans(nodes)  # no topics subquery without topics
+
+
+async def test_a_topics_messages_use_the_message_topics_primary_key(
+    seeded_conn: Connection, seeded: dict[str, Any]
+) -> None:
+    for before_id in (None, 60_000):
+        for nodes in await plans(
+            seeded_conn,
+            topics.sql.list_topic_messages,
+            topic_id=seeded["topic_id"],
+            before_id=before_id,
+            limit=51,
+            offset=0,
+        ):
+            assert "message_topics_pkey" in index_scans(nodes), nodes
+            assert no_seq_scan_of(nodes, "messages")
+            assert no_seq_scan_of(nodes, "message_topics")
+
+
+async def test_a_users_conversations_use_an_index(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
+    for user_id in (seeded["user_id"], seeded["user_id"] + 5):
+        for nodes in await plans(
+            seeded_conn,
+            conversations.sql.list_user_conversations,
+            user_id=user_id,
+            before_updated_at=None,
+            before_id=None,
+            limit=51,
+            offset=0,
+        ):
+            used = index_scans(nodes)
+            assert used.keys() & {"idx_conversation_user_updated", "idx_conversation_user_id"}, nodes
+            assert no_seq_scan_of(nodes, "conversations")
+            if user_id == seeded["user_id"]:
+                # 3,000 conversations: read in order along the index, a page at a time.
+                assert "idx_conversation_user_updated" in used
+
+
+async def test_one_message_uses_its_primary_key(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
+    for nodes in await plans(seeded_conn, messages.sql.get_message, message_id=seeded["deep"]["id"]):
+        assert "messages_pkey" in index_scans(nodes)
+        assert no_seq_scan_of(nodes, "messages")

@@ -1,0 +1,210 @@
+"""Topics: create, list and autocomplete, tag and untag messages, bulk assignment, and races."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.db import Connection
+from service.settings import Settings
+from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
+from tests.conftest import client_for
+
+
+@pytest.fixture
+async def message_ids(client: httpx.AsyncClient) -> list[int]:
+    user = await create_user(client)
+    conversation = await create_conversation(client, user["id"])
+    items = await post_batch(client, conversation["id"], [{"role": "user", "content": f"m{n}"} for n in range(5)])
+    return [i["message"]["id"] for i in items]
+
+
+async def test_create_get_and_conflict(client: httpx.AsyncClient) -> None:
+    created = await client.post("/v1/topics", json={"name": "travel"})
+    assert created.status_code == 201
+    topic = created.json()
+    assert topic["name"] == "travel"
+    fetched = (await client.get(f"/v1/topics/{topic['id']}")).json()
+    assert fetched == {**topic, "message_count": 0}
+    body = assert_problem(await client.post("/v1/topics", json={"name": "travel"}), 409)
+    assert "topic" in body["detail"]
+    assert_problem(await client.get("/v1/topics/99999"), 404)
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"name": ""}, {"name": "x" * 101}, {"name": "a\u0000"}, {"name": 3}, {"name": "a", "b": 1}]
+)
+async def test_bad_topic_bodies(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    assert_problem(await client.post("/v1/topics", json=body), 400)
+
+
+async def test_list_by_name_with_prefix_and_pages(client: httpx.AsyncClient) -> None:
+    names = [f"travel-{n:02d}" for n in range(12)] + ["work", "weather", "tram"]
+    for name in names:
+        assert (await client.post("/v1/topics", json={"name": name})).status_code == 201
+    everything = await all_pages(client, "/v1/topics", limit=4)
+    assert [t["name"] for t in everything] == sorted(names)
+    travel = await all_pages(client, "/v1/topics", prefix="trav", limit=5)
+    assert [t["name"] for t in travel] == sorted(n for n in names if n.startswith("trav"))
+    counted = (await client.get("/v1/topics", params={"prefix": "w", "count": "exact"})).json()
+    assert counted["total"] == 2
+    by_offset = (await client.get("/v1/topics", params={"offset": 13})).json()
+    assert [t["name"] for t in by_offset["items"]] == sorted(names)[13:]
+    # A cursor of the unfiltered list does not fit the prefixed one.
+    cursor = (await client.get("/v1/topics", params={"limit": 1})).json()["next_cursor"]
+    assert_problem(await client.get("/v1/topics", params={"prefix": "w", "cursor": cursor}), 400, "cursor")
+    # LIKE wildcards are plain characters in a prefix.
+    assert (await client.get("/v1/topics", params={"prefix": "%"})).json()["items"] == []
+
+
+async def test_tag_replace_and_untag(client: httpx.AsyncClient, message_ids: list[int]) -> None:
+    path = f"/v1/messages/{message_ids[0]}/topics"
+    added = await client.post(path, json={"topics": ["b", "a"]})
+    assert added.status_code == 200
+    assert [t["name"] for t in added.json()] == ["a", "b"]
+    more = (await client.post(path, json={"topics": ["c", "a"]})).json()
+    assert [t["name"] for t in more] == ["a", "b", "c"]
+    replaced = (await client.put(path, json={"topics": ["c", "d"]})).json()
+    assert [t["name"] for t in replaced] == ["c", "d"]
+    message = (await client.get(f"/v1/messages/{message_ids[0]}")).json()
+    assert message["topics"] == replaced
+    removed = await client.delete(f"{path}/{replaced[0]['id']}")
+    assert removed.status_code == 204
+    assert [t["name"] for t in (await client.get(f"/v1/messages/{message_ids[0]}")).json()["topics"]] == ["d"]
+    assert_problem(await client.delete(f"{path}/{replaced[0]['id']}"), 404)
+    cleared = (await client.put(path, json={"topics": []})).json()
+    assert cleared == []
+
+
+async def test_tagging_an_unknown_message_is_404_and_creates_no_topic(
+    client: httpx.AsyncClient, conn: Connection
+) -> None:
+    for method in ("put", "post"):
+        response = await client.request(method, "/v1/messages/424242/topics", json={"topics": ["ghost"]})
+        assert_problem(response, 404)
+    assert await conn.fetchval("SELECT count(*) FROM topics") == 0
+
+
+async def test_topic_messages_newest_first(client: httpx.AsyncClient, message_ids: list[int]) -> None:
+    tagged = message_ids[:4]
+    assign = await client.post("/v1/topics/assign", json={"message_ids": tagged, "topics": ["news"]})
+    assert assign.json() == {"assigned": 4}
+    topic = (await client.get("/v1/topics", params={"prefix": "news"})).json()["items"][0]
+    path = f"/v1/topics/{topic['id']}/messages"
+    paged = await all_pages(client, path, limit=3)
+    assert [m["id"] for m in paged] == sorted(tagged, reverse=True)
+    assert paged[0]["topics"] == [{"id": topic["id"], "name": "news"}]
+    slim = (await client.get(path, params={"fields": "content", "limit": 2})).json()
+    assert slim["items"] == [{"content": "m3"}, {"content": "m2"}]
+    rest = (await client.get(path, params={"fields": "content", "cursor": slim["next_cursor"]})).json()
+    assert rest["items"] == [{"content": "m1"}, {"content": "m0"}]
+    counted = (await client.get(path, params={"count": "exact", "offset": 3})).json()
+    assert counted["total"] == 4
+    assert [m["id"] for m in counted["items"]] == [tagged[0]]
+    assert (await client.get(f"/v1/topics/{topic['id']}")).json()["message_count"] == 4
+    assert_problem(await client.get("/v1/topics/999999/messages"), 404)
+
+
+async def test_assign_is_idempotent_and_all_or_nothing(
+    client: httpx.AsyncClient, conn: Connection, message_ids: list[int]
+) -> None:
+    first = await client.post("/v1/topics/assign", json={"message_ids": message_ids[:2], "topics": ["x", "y"]})
+    assert first.json() == {"assigned": 4}
+    again = await client.post("/v1/topics/assign", json={"message_ids": message_ids[:3], "topics": ["x", "y"]})
+    assert again.json() == {"assigned": 2}
+    before = await conn.fetchval("SELECT count(*) FROM message_topics")
+    missing = await client.post(
+        "/v1/topics/assign", json={"message_ids": [message_ids[4], 777001, 777002], "topics": ["brand-new"]}
+    )
+    body = assert_problem(missing, 422, "message_ids")
+    assert "777001" in body["detail"]
+    assert await conn.fetchval("SELECT count(*) FROM message_topics") == before
+    assert await conn.fetchval("SELECT count(*) FROM topics WHERE name = 'brand-new'") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message_ids": [], "topics": ["a"]},
+        {"message_ids": [1], "topics": []},
+        {"message_ids": [1] * 1001, "topics": ["a"]},
+        {"message_ids": [0], "topics": ["a"]},
+        {"message_ids": [1], "topics": ["a\u0000"]},
+    ],
+)
+async def test_bad_assignments_are_400(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    assert_problem(await client.post("/v1/topics/assign", json=body), 400)
+
+
+@asynccontextmanager
+async def serving(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on its own pool over a database of its own: requests really run at once and commit.
+
+    (A context manager in the test body, not a fixture: Litestar's lifespan must end in the task
+    that started it.)
+    """
+    settings = Settings(database_url=database_url, pool_min_size=8, pool_max_size=8, cursor_secret="s" * 32)
+    app = create_app(settings)
+    async with app.lifespan(), client_for(app) as http:
+        yield http
+
+
+async def test_concurrent_requests_create_one_topic(fresh_database: Callable[[], str]) -> None:
+    async with serving(fresh_database()) as live_client:
+        await _race_topic_creation(live_client)
+
+
+async def _race_topic_creation(live_client: httpx.AsyncClient) -> None:
+    user = await create_user(live_client)
+    conversation = await create_conversation(live_client, user["id"])
+    path = f"/v1/conversations/{conversation['id']}/messages"
+
+    async def post(n: int) -> httpx.Response:
+        return await live_client.post(path, json={"role": "user", "content": f"c{n}", "topics": ["race", f"own-{n}"]})
+
+    responses = await asyncio.gather(*(post(n) for n in range(20)))
+    assert [r.status_code for r in responses] == [201] * 20
+    race_ids = {next(t["id"] for t in r.json()["topics"] if t["name"] == "race") for r in responses}
+    assert len(race_ids) == 1
+    topics = await all_pages(live_client, "/v1/topics", prefix="race")
+    assert len(topics) == 1
+    assigned = await asyncio.gather(
+        *(
+            live_client.post("/v1/topics/assign", json={"message_ids": [r.json()["id"]], "topics": ["bulk-race"]})
+            for r in responses
+        )
+    )
+    assert {a.status_code for a in assigned} == {200}
+    assert len(await all_pages(live_client, "/v1/topics", prefix="bulk-race")) == 1
+
+
+async def test_concurrent_duplicates_store_one_message(fresh_database: Callable[[], str]) -> None:
+    async with serving(fresh_database()) as live_client:
+        await _race_duplicates(live_client)
+
+
+async def _race_duplicates(live_client: httpx.AsyncClient) -> None:
+    user = await create_user(live_client)
+    conversation = await create_conversation(live_client, user["id"])
+    path = f"/v1/conversations/{conversation['id']}/messages"
+    body = {"role": "user", "content": "only once", "client_msg_id": "retry-me", "topics": ["dup"]}
+    responses = await asyncio.gather(*(live_client.post(path, json=body) for _ in range(20)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 19 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert all(r.json()["topics"] == responses[0].json()["topics"] for r in responses)
+    batch = {"messages": [body, {**body, "client_msg_id": "batch-key"}]}
+    batches = await asyncio.gather(*(live_client.post(f"{path}/batch", json=batch) for _ in range(10)))
+    assert {b.status_code for b in batches} == {201}
+    created = [i for b in batches for i in b.json()["items"] if i["status"] == "created"]
+    assert len(created) == 1
+    stored = (await live_client.get(path, params={"count": "exact"})).json()
+    assert stored["total"] == 2
+    conversation_now = (await live_client.get(f"/v1/conversations/{conversation['id']}")).json()
+    assert conversation_now["message_count"] == 2
