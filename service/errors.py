@@ -10,6 +10,7 @@
     asyncpg ForeignKeyViolationError                   422     Referenced row does not exist
     asyncpg CheckViolation / NotNull / DataError       422     Value breaks a rule
     asyncpg QueryCanceledError (statement_timeout)     504     Database statement timed out
+    asyncpg TransactionRollbackError (deadlock …)      503     Database conflict + Retry-After
     pool acquire TimeoutError                          503     Database busy   + Retry-After
     connection refused / lost / server shutting down   503     Database unavailable + Retry-After
     anything else                                      500     Internal server error (logged)
@@ -186,27 +187,44 @@ def _constraint_detail(exc: asyncpg.PostgresError) -> str:
     return f"{exc.args[0] if exc.args else exc}" + (f" ({detail})" if detail else "")
 
 
-def on_database_error(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[dict[str, Any]]:
-    path = request.url.path
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        return problem(409, "Conflict", "conflict", _unique_detail(exc), instance=path)
-    if isinstance(exc, asyncpg.ForeignKeyViolationError):
-        return problem(
-            422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc), instance=path
-        )
-    if isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
-        return problem(422, "Value breaks a rule", "constraint-violation", _constraint_detail(exc), instance=path)
-    if isinstance(exc, asyncpg.QueryCanceledError):
-        return problem(
-            504,
-            "Database statement timed out",
-            "database-timeout",
-            "the database did not answer within the statement timeout",
-            instance=path,
-        )
-    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.AdminShutdownError | asyncpg.PostgresConnectionError):
-        return unavailable(request, exc)
-    return on_unexpected(request, exc)
+def on_unique_violation(request: Request[Any, Any, Any], exc: asyncpg.UniqueViolationError) -> Response[dict[str, Any]]:
+    return problem(409, "Conflict", "conflict", _unique_detail(exc), instance=request.url.path)
+
+
+def on_missing_reference(
+    request: Request[Any, Any, Any], exc: asyncpg.ForeignKeyViolationError
+) -> Response[dict[str, Any]]:
+    return problem(
+        422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc), instance=request.url.path
+    )
+
+
+def on_rule_broken(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[dict[str, Any]]:
+    return problem(
+        422, "Value breaks a rule", "constraint-violation", _constraint_detail(exc), instance=request.url.path
+    )
+
+
+def on_rolled_back(request: Request[Any, Any, Any], exc: asyncpg.TransactionRollbackError) -> Response[dict[str, Any]]:
+    # A deadlock or serialization failure that outlived the retries: the change was rolled back.
+    return problem(
+        503,
+        "Database conflict",
+        "database-conflict",
+        "the change collided with a concurrent one and was rolled back; retry it",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+        instance=request.url.path,
+    )
+
+
+def on_statement_timeout(request: Request[Any, Any, Any], exc: asyncpg.QueryCanceledError) -> Response[dict[str, Any]]:
+    return problem(
+        504,
+        "Database statement timed out",
+        "database-timeout",
+        "the database did not answer within the statement timeout",
+        instance=request.url.path,
+    )
 
 
 def unavailable(request: Request[Any, Any, Any], exc: BaseException) -> Response[dict[str, Any]]:
@@ -275,7 +293,16 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: on_validation_error,
     ProblemError: on_problem,
     HTTPException: on_http_exception,
-    asyncpg.PostgresError: on_database_error,
+    # Litestar picks the handler of the closest class in the exception's MRO.
+    asyncpg.UniqueViolationError: on_unique_violation,
+    asyncpg.ForeignKeyViolationError: on_missing_reference,
+    asyncpg.IntegrityConstraintViolationError: on_rule_broken,
+    asyncpg.DataError: on_rule_broken,
+    asyncpg.TransactionRollbackError: on_rolled_back,
+    asyncpg.QueryCanceledError: on_statement_timeout,
+    asyncpg.CannotConnectNowError: unavailable,
+    asyncpg.AdminShutdownError: unavailable,
+    asyncpg.PostgresConnectionError: unavailable,
     asyncpg.ConnectionDoesNotExistError: unavailable,
     ConnectionError: unavailable,
     OSError: unavailable,

@@ -29,7 +29,7 @@ from service.fields import (
     TopicNames,
 )
 from service.pages import DEFAULT_LIMIT, CountMode, Cursor, Limit, Offset, Page, count_rows, one_paging_mode, page_of
-from service.timestamps import from_micros, to_micros
+from service.timestamps import as_utc, from_micros, to_micros
 
 
 class MessageQueries(QueryFile, file="messages"):
@@ -281,6 +281,7 @@ class ConversationMessagesController(Controller):
     ) -> Page[Message]:
         skip = one_paging_mode(cursor, offset)
         chosen = parse_fields(fields)
+        since, until = as_utc(since), as_utc(until)
         scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
         after_micros, after_id = cursors.decode(cursor, scope, 2) if cursor else (None, None)
         filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}

@@ -1,4 +1,5 @@
-"""Timestamps inside cursors: whole microseconds since the Unix epoch, exact for PostgreSQL's timestamptz."""
+"""Times at the edges: in cursors as whole microseconds since the epoch (exact for timestamptz),
+and from query strings as UTC when they carry no offset."""
 
 from __future__ import annotations
 
@@ -14,3 +15,10 @@ def to_micros(moment: datetime) -> int:
 
 def from_micros(micros: int | None) -> datetime | None:
     return None if micros is None else EPOCH + micros * _MICROSECOND
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A time from a query string; one without an offset is taken as UTC (as documented)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)

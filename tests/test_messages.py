@@ -260,6 +260,14 @@ async def test_role_since_until_filters(client: httpx.AsyncClient, conn: Connect
     since, until = rows[1]["timestamp"].isoformat(), rows[4]["timestamp"].isoformat()
     window = (await client.get(chat["messages"], params={"since": since, "until": until, "order": "asc"})).json()
     assert [m["id"] for m in window["items"]] == [r["id"] for r in rows[1:4]]
+    # Without an offset a time is UTC; paging keeps working with it.
+    naive = rows[1]["timestamp"].replace(tzinfo=None).isoformat()
+    first = (await client.get(chat["messages"], params={"since": naive, "order": "asc", "limit": 2})).json()
+    assert [m["id"] for m in first["items"]] == [r["id"] for r in rows[1:3]]
+    second = (
+        await client.get(chat["messages"], params={"since": naive, "order": "asc", "cursor": first["next_cursor"]})
+    ).json()
+    assert [m["id"] for m in second["items"]] == [r["id"] for r in rows[3:]]
 
 
 async def test_fields_selects_only_those_columns(

@@ -1,0 +1,57 @@
+"""The error contract under load and locks: a slow statement is a 504, a full pool a 503, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+
+from service.app import create_app
+from service.settings import Settings
+from tests.api import assert_problem, create_user
+from tests.conftest import client_for
+
+
+async def test_a_statement_over_the_timeout_is_504(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    app = create_app(Settings(database_url=url, pool_min_size=1, pool_max_size=2, statement_timeout_ms=300))
+    async with app.lifespan(), client_for(app) as http:
+        user = await create_user(http)
+        blocker = await asyncpg.connect(url)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user["id"])
+                response = await asyncio.wait_for(
+                    http.patch(f"/v1/users/{user['id']}", json={"name": "Blocked"}), timeout=10
+                )
+        finally:
+            await blocker.close()
+        assert_problem(response, 504)
+        # The pool's connection survived the cancelled statement.
+        assert (await http.get(f"/v1/users/{user['id']}")).json()["name"] == user["name"]
+
+
+async def test_an_exhausted_pool_is_503_with_retry_after(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    app = create_app(
+        Settings(
+            database_url=url, pool_min_size=1, pool_max_size=1, pool_acquire_timeout=0.3, statement_timeout_ms=5000
+        )
+    )
+    async with app.lifespan(), client_for(app) as http:
+        user = await create_user(http)
+        blocker = await asyncpg.connect(url)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user["id"])
+                # The one connection waits on the lock; the next request finds the pool empty.
+                stuck = asyncio.create_task(http.patch(f"/v1/users/{user['id']}", json={"name": "Waits"}))
+                await asyncio.sleep(0.2)
+                busy = await asyncio.wait_for(http.get(f"/v1/users/{user['id']}"), timeout=10)
+            await stuck
+        finally:
+            await blocker.close()
+    body = assert_problem(busy, 503)
+    assert busy.headers["retry-after"] == "1"
+    assert "connection" in body["detail"]
