@@ -20,8 +20,11 @@ ALTER TABLE messages
 
 CREATE FUNCTION topic_ids(names text[]) RETURNS TABLE (id bigint, name text)
 LANGUAGE sql VOLATILE AS $$
+    -- Only names not seen yet reach the INSERT: no speculative insertion, no identity value
+    -- spent, for the common case of topics that exist.
     INSERT INTO topics (name)
     SELECT DISTINCT wanted FROM unnest(names) AS wanted
+    WHERE NOT EXISTS (SELECT 1 FROM topics AS t WHERE t.name = wanted)
     ON CONFLICT (name) DO NOTHING;
     SELECT t.id, t.name FROM topics AS t WHERE t.name = ANY (names);
 $$;

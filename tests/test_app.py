@@ -225,3 +225,20 @@ def test_serve_migrates_then_answers_over_http(fresh_database: Callable[[], str]
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "applied 0001_initial_schema" in output
+
+
+async def test_every_api_operation_documents_its_problems(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    operations = [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        if path.startswith("/v1/")
+        for method, operation in item.items()
+    ]
+    assert len(operations) >= 20
+    for path, method, operation in operations:
+        codes = set(operation["responses"])
+        assert {"400", "503", "504"} <= codes, (method, path, codes)
+        assert codes & {"200", "201", "204"}, (method, path, codes)
+        if "{" in path:
+            assert "404" in codes, (method, path, codes)
