@@ -19,6 +19,7 @@ from service.cursors import CursorCodec
 from service.devdb import database_url
 from service.health import HealthController
 from service.messages import ConversationMessagesController, MessagesController
+from service.search import SearchController
 from service.settings import Settings, load_settings
 from service.topics import MessageTopicsController, TopicsController
 from service.users import UsersController
@@ -86,6 +87,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             MessagesController,
             TopicsController,
             MessageTopicsController,
+            SearchController,
         ],
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),

@@ -59,6 +59,6 @@ class CursorCodec:
         if not isinstance(decoded, list) or not decoded or decoded[0] != scope:
             raise Invalid("the cursor belongs to another list, order or filter", field="cursor")
         position = decoded[1:]
-        if len(position) != size or not all(isinstance(value, int | str) for value in position):
+        if len(position) != size or not all(isinstance(value, int | float | str) for value in position):
             raise Invalid("the cursor does not fit this list", field="cursor")
         return position

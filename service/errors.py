@@ -131,6 +131,7 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
 
 
 _NAMED_IN_MESSAGE = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]+)`$")
+_MISSING_PARAMETER = re.compile(r"^Missing required (?P<source>\w+) parameter '(?P<name>[^']+)'")
 _REGEX_MESSAGE = re.compile(r"^Expected `str` matching regex '(?P<pattern>.*)'$")
 
 
@@ -162,6 +163,8 @@ def _field_error(item: dict[str, Any]) -> dict[str, Any]:
 def on_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     extra = exc.extra if isinstance(exc.extra, list) else []
     errors = [_field_error(item) for item in extra if isinstance(item, dict)]
+    if not errors and (missing := _MISSING_PARAMETER.match(str(exc.detail))):
+        errors = [{"field": missing.group("name"), "message": "is required", "source": missing.group("source")}]
     detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
     return problem(
         400, "Invalid request", "invalid-request", detail or str(exc.detail), errors=errors, instance=request.url.path

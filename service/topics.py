@@ -78,6 +78,23 @@ Prefix = Annotated[
 ]
 
 
+def prefix_range(prefix: str | None) -> tuple[str, str | None]:
+    """The byte range [from, to) holding every name that starts with ``prefix``.
+
+    UTF-8 orders like code points, so the first string past the prefix's range is the prefix with
+    its last character incremented (dropping trailing U+10FFFF, which has no successor).
+    """
+    if not prefix:
+        return "", None
+    stem = prefix.rstrip(chr(0x10FFFF))
+    if not stem:
+        return prefix, None
+    successor = ord(stem[-1]) + 1
+    if 0xD800 <= successor <= 0xDFFF:  # surrogates are not characters; skip past them
+        successor = 0xE000
+    return prefix, stem[:-1] + chr(successor)
+
+
 class TopicsController(Controller):
     path = "/v1/topics"
     tags = ("topics",)
@@ -103,11 +120,18 @@ class TopicsController(Controller):
         skip = one_paging_mode(cursor, offset)
         scope = f"topics:{prefix}"
         [after_name] = cursors.decode(cursor, scope, 1) if cursor else [None]
+        prefix_from, prefix_to = prefix_range(prefix)
         async with db.connection() as conn:
             rows = await sql.list_topics.many(
-                conn, Topic, after_name=after_name, prefix=prefix, limit=limit + 1, offset=skip
+                conn,
+                Topic,
+                after_name=after_name,
+                prefix_from=prefix_from,
+                prefix_to=prefix_to,
+                limit=limit + 1,
+                offset=skip,
             )
-            total = await count_rows(conn, count, sql.count_topics, prefix=prefix)
+            total = await count_rows(conn, count, sql.count_topics, prefix_from=prefix_from, prefix_to=prefix_to)
 
         def after(last: Topic) -> str:
             return cursors.encode(scope, last.name)

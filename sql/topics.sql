@@ -15,18 +15,22 @@ WHERE t.id = :topic_id;
 SELECT EXISTS (SELECT 1 FROM topics WHERE id = :topic_id);
 
 -- name: list_topics :many
--- Topics by name after :after_name (keyset), optionally only names starting with :prefix.
+-- Topics by name after :after_name (keyset). A prefix arrives as the byte range
+-- [prefix_from, prefix_to), which idx_topic_name_prefix (text_pattern_ops) scans directly;
+-- no prefix: the range is everything ('' to NULL).
 SELECT id, name, created_at
 FROM topics
 WHERE name > coalesce(:after_name::text, '')
-  AND (:prefix::text IS NULL OR starts_with(name, :prefix::text))
+  AND name ~>=~ :prefix_from::text
+  AND (:prefix_to::text IS NULL OR name ~<~ :prefix_to::text)
 ORDER BY name
 LIMIT :limit OFFSET :offset;
 
 -- name: count_topics :val
 SELECT count(*)
 FROM topics
-WHERE (:prefix::text IS NULL OR starts_with(name, :prefix::text));
+WHERE name ~>=~ :prefix_from::text
+  AND (:prefix_to::text IS NULL OR name ~<~ :prefix_to::text);
 
 -- name: list_topic_messages :many
 -- A topic's messages, newest first by id (ids grow with creation), walked backwards along the

@@ -118,9 +118,10 @@ def test_the_guide_indexes_exist_with_exact_definitions(database_url: str) -> No
 def test_no_index_duplicates_another(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         duplicates = conn.execute(
-            "SELECT indrelid::regclass::text, indkey::text, count(*) FROM pg_index "
+            "SELECT indrelid::regclass::text, indkey::text, indclass::text, count(*) FROM pg_index "
             "WHERE indrelid::regclass::text IN ('users', 'conversations', 'messages', 'topics', 'message_topics') "
-            "GROUP BY 1, 2 HAVING count(*) > 1"
+            "GROUP BY 1, 2, 3, coalesce(pg_get_expr(indexprs, indrelid), ''), "
+            "coalesce(pg_get_expr(indpred, indrelid), '') HAVING count(*) > 1"
         ).fetchall()
     assert duplicates == []
 

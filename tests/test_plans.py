@@ -15,7 +15,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from service import conversations, messages, topics
+from service import conversations, messages, search, topics
 from service.db import Connection, Query, configure_connection
 from tests.conftest import RUN_ID, create_database, drop_database
 
@@ -40,20 +40,22 @@ def literal(value: Any) -> str:
     return str(value)
 
 
-async def plans(conn: Connection, query: Query, **params: Any) -> list[list[dict[str, Any]]]:
+async def plans(conn: Connection, query: Query, *, generic: bool = True, **params: Any) -> list[list[dict[str, Any]]]:
     """The custom plan for these values and the generic plan, each as a flat list of nodes."""
     args = query.args(params)
     custom = await conn.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *args)
+    if not generic:
+        return [list(walk(custom[0]["Plan"]))]
     await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
     await conn.execute(f"PREPARE plan_check AS {query.sql}")
     try:
-        generic = await conn.fetchval(
+        generic_plan = await conn.fetchval(
             f"EXPLAIN (FORMAT JSON) EXECUTE plan_check({', '.join(literal(a) for a in args)})"
         )
     finally:
         await conn.execute("DEALLOCATE plan_check")
         await conn.execute("SET LOCAL plan_cache_mode = auto")
-    return [list(walk(plan[0]["Plan"])) for plan in (custom, generic)]
+    return [list(walk(plan[0]["Plan"])) for plan in (custom, generic_plan)]
 
 
 def index_scans(nodes: list[dict[str, Any]]) -> dict[str, str]:
@@ -198,3 +200,43 @@ async def test_one_message_uses_its_primary_key(seeded_conn: Connection, seeded:
     for nodes in await plans(seeded_conn, messages.sql.get_message, message_id=seeded["deep"]["id"]):
         assert "messages_pkey" in index_scans(nodes)
         assert no_seq_scan_of(nodes, "messages")
+
+
+def search_params(q: str, **scope: Any) -> dict[str, Any]:
+    return {
+        "q": q,
+        "conversation_id": None,
+        "user_id": None,
+        "topic": None,
+        "role": None,
+        "since": None,
+        "until": None,
+        "limit": 21,
+        **scope,
+    }
+
+
+async def test_a_whole_corpus_search_uses_the_gin_index(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
+    for query, position in (
+        (search.sql.search_messages_by_rank, {"before_rank": None, "before_id": None}),
+        (search.sql.search_messages_by_recent, {"before_ts": None, "before_id": None}),
+    ):
+        # Searches always run with a plan for their own values (search.plan_for_these_values).
+        for nodes in await plans(seeded_conn, query, generic=False, **search_params("12345"), **position):
+            assert "idx_message_search" in index_scans(nodes), (query.name, nodes)
+            assert no_seq_scan_of(nodes, "messages")
+
+
+async def test_a_scoped_search_uses_an_index(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
+    small = await seeded_conn.fetchrow("SELECT id, user_id FROM conversations WHERE title = 'small' LIMIT 1")
+    assert small is not None
+    for scope in ({"conversation_id": small["id"]}, {"user_id": small["user_id"]}):
+        for query, position in (
+            (search.sql.search_messages_by_rank, {"before_rank": None, "before_id": None}),
+            (search.sql.search_messages_by_recent, {"before_ts": None, "before_id": None}),
+        ):
+            # "small" is in 60,000 messages: the scope, not the word, must narrow the scan.
+            for nodes in await plans(seeded_conn, query, generic=False, **search_params("small", **scope), **position):
+                used = index_scans(nodes)
+                assert used.keys() - {"idx_message_search", "idx_message_topic"}, (scope, query.name, used)
+                assert no_seq_scan_of(nodes, "messages"), (scope, query.name, nodes)

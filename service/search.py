@@ -1,0 +1,145 @@
+"""Full-text search over message content and topic names (web-search syntax, ranked or recent)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+
+from service.cursors import CursorCodec
+from service.db import Database, Query, QueryFile
+from service.errors import Invalid, problem_responses
+from service.fields import NO_NUL, RoleQuery, TimeQuery
+from service.messages import TopicRef
+from service.pages import DEFAULT_LIMIT, Cursor, Limit, Page, page_of
+from service.timestamps import as_utc, from_micros, to_micros
+from service.topics import prefix_range
+
+
+class SearchQueries(QueryFile, file="search"):
+    plan_for_these_values: Query
+    search_messages_by_rank: Query
+    search_messages_by_recent: Query
+    search_topics: Query
+
+
+sql = SearchQueries()
+
+MAX_QUERY = 1000
+
+SearchText = Annotated[
+    str,
+    QueryParameter(
+        min_length=1,
+        max_length=MAX_QUERY,
+        pattern=NO_NUL,
+        description='Web-search syntax: words, "quoted phrases", or, -excluded',
+    ),
+]
+Sort = Annotated[
+    Literal["rank", "recent"], QueryParameter(description="rank: best first (default); recent: newest first")
+]
+IdFilter = Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)]
+TopicFilter = Annotated[str | None, QueryParameter(min_length=1, max_length=100, pattern=NO_NUL)]
+TopicLimit = Annotated[int, QueryParameter(ge=1, le=50, description="Most topics to return, 1-50 (default 10)")]
+
+
+class MessageHit(msgspec.Struct):
+    id: int
+    conversation_id: int
+    user_id: int
+    role: str
+    content: str
+    timestamp: datetime
+    edited_at: datetime | None
+    topics: list[TopicRef]
+    # ts_rank_cd of the message for this query (also given when sorted by recency).
+    rank: float
+    # The best fragments of the content with matches in <b>…</b> (plain text, not HTML-escaped).
+    highlight: str
+
+
+class TopicHit(msgspec.Struct):
+    id: int
+    name: str
+    created_at: datetime
+    message_count: int
+    rank: float
+    prefix_match: bool
+
+
+def _scope(*parts: Any) -> str:
+    # The query and filters can be long; the cursor carries a digest of them, which is enough to
+    # refuse a cursor of another search.
+    return "search:" + hashlib.sha256(msgspec.json.encode(parts)).hexdigest()[:24]
+
+
+def _require_words(q: str) -> str:
+    if not q.strip():
+        raise Invalid("the search query is empty", field="q")
+    return q
+
+
+class SearchController(Controller):
+    path = "/v1/search"
+    tags = ("search",)
+
+    @get("/messages", summary="Full-text search over messages", responses=problem_responses(400))
+    async def search_messages(
+        self,
+        q: SearchText,
+        db: NamedDependency[Database],
+        cursors: NamedDependency[CursorCodec],
+        sort: Sort = "rank",
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+        conversation_id: IdFilter = None,
+        user_id: IdFilter = None,
+        topic: TopicFilter = None,
+        role: RoleQuery = None,
+        since: TimeQuery = None,
+        until: TimeQuery = None,
+    ) -> Page[MessageHit]:
+        since, until = as_utc(since), as_utc(until)
+        filters: dict[str, Any] = {
+            "q": _require_words(q),
+            "conversation_id": conversation_id,
+            "user_id": user_id,
+            "topic": topic,
+            "role": role,
+            "since": since,
+            "until": until,
+        }
+        scope = _scope(
+            sort, q, conversation_id, user_id, topic, role, since and to_micros(since), until and to_micros(until)
+        )
+        after_key, after_id = cursors.decode(cursor, scope, 2) if cursor else (None, None)
+        if sort == "rank":
+            query, position = sql.search_messages_by_rank, {"before_rank": after_key}
+        else:
+            query, position = sql.search_messages_by_recent, {"before_ts": from_micros(after_key)}
+        async with db.connection() as conn, conn.transaction(readonly=True):
+            await sql.plan_for_these_values.val(conn)
+            rows = await query.many(conn, MessageHit, **filters, **position, before_id=after_id, limit=limit + 1)
+
+        def after(last: MessageHit) -> str:
+            key = last.rank if sort == "rank" else to_micros(last.timestamp)
+            return cursors.encode(scope, key, last.id)
+
+        return page_of(rows, limit, after, msgspec.UNSET)
+
+    @get("/topics", summary="Topic names by full text and prefix", responses=problem_responses(400))
+    async def search_topics(
+        self, q: SearchText, db: NamedDependency[Database], limit: TopicLimit = 10
+    ) -> Page[TopicHit]:
+        prefix_from, prefix_to = prefix_range(_require_words(q).strip())
+        async with db.connection() as conn:
+            rows = await sql.search_topics.many(
+                conn, TopicHit, q=q, prefix_from=prefix_from, prefix_to=prefix_to, limit=limit
+            )
+        return Page(items=rows)

@@ -1,0 +1,219 @@
+"""Search: the migrations that make it, ranked and recent pages, filters, syntax, and never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service import migrations
+from service.db import Connection
+from service.search import MAX_QUERY
+from service.topics import prefix_range
+from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
+
+SEARCH = "/v1/search/messages"
+
+
+def test_the_backfill_leaves_every_row_searchable(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    migrations.rollback(url, count=len(migrations.migration_ids()))
+    migrations.apply(url, up_to="0006_conversation_user_updated_index")
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO users (email, name) VALUES ('old@example.com', 'Old')")
+        conn.execute("INSERT INTO conversations (user_id) SELECT id FROM users")
+        conn.execute(
+            "INSERT INTO messages (conversation_id, user_id, role, content) "
+            "SELECT c.id, c.user_id, 'user', 'archived flights number ' || g "
+            "FROM conversations AS c, generate_series(1, 12000) AS g"
+        )
+    migrations.apply(url)
+    with psycopg.connect(url) as conn:
+        unsearchable = conn.execute("SELECT count(*) FROM messages WHERE search IS NULL").fetchone()
+        assert unsearchable == (0,)
+        found = conn.execute("SELECT count(*) FROM messages WHERE search @@ search_query('flight')").fetchone()
+        assert found == (12000,)
+        # New and edited rows stay current through the trigger.
+        conn.execute(
+            "INSERT INTO messages (conversation_id, user_id, role, content) "
+            "SELECT id, user_id, 'user', 'brand new zeppelin' FROM conversations"
+        )
+        conn.execute("UPDATE messages SET content = 'edited to airship' WHERE content = 'archived flights number 7'")
+        assert conn.execute("SELECT count(*) FROM messages WHERE search @@ search_query('zeppelin')").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM messages WHERE search @@ search_query('airship')").fetchone() == (1,)
+        indexes = {
+            r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename IN ('messages', 'topics')")
+        }
+        assert {"idx_message_search", "idx_topic_search", "idx_topic_name_prefix"} <= indexes
+        invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()
+        assert invalid == (0,)
+
+
+@pytest.fixture
+async def corpus(client: httpx.AsyncClient) -> dict[str, Any]:
+    """Two users, three conversations, messages in every role, some tagged."""
+    ada = await create_user(client, "ada@example.com")
+    bob = await create_user(client, "bob@example.com")
+    trip = await create_conversation(client, ada["id"], "trip")
+    work = await create_conversation(client, ada["id"], "work")
+    bobs = await create_conversation(client, bob["id"], "bob")
+    trip_items = await post_batch(
+        client,
+        trip["id"],
+        [
+            {"role": "user", "content": "Find cheap flights to Lisbon in May", "topics": ["travel"]},
+            {"role": "assistant", "content": "Flights to Lisbon start at 80 euros", "topics": ["travel", "prices"]},
+            {"role": "user", "content": "What about trains to Porto?"},
+            {"role": "tool", "content": "lookup: lisbon porto train schedule"},
+        ],
+    )
+    work_items = await post_batch(
+        client,
+        work["id"],
+        [{"role": "user", "content": f"Flight report number {n}: the flight was on time"} for n in range(25)],
+    )
+    bob_items = await post_batch(client, bobs["id"], [{"role": "user", "content": "Bob flights to Berlin"}])
+    return {
+        "ada": ada,
+        "bob": bob,
+        "trip": trip,
+        "work": work,
+        "bobs": bobs,
+        "trip_ids": [i["message"]["id"] for i in trip_items],
+        "work_ids": [i["message"]["id"] for i in work_items],
+        "bob_ids": [i["message"]["id"] for i in bob_items],
+    }
+
+
+async def search(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    return await all_pages(client, SEARCH, **params)
+
+
+async def test_ranked_pages_continue_exactly_where_the_last_stopped(
+    client: httpx.AsyncClient, corpus: dict[str, Any]
+) -> None:
+    every = await search(client, q="flight", limit=200)
+    assert len(every) == 2 + 25 + 1  # stemming: "flights" and "Flight" both match
+    ranks = [(hit["rank"], hit["id"]) for hit in every]
+    assert ranks == sorted(ranks, reverse=True)
+    for limit in (1, 4, 7):
+        paged = await search(client, q="flight", limit=limit)
+        assert [h["id"] for h in paged] == [h["id"] for h in every]
+    assert all("<b>" in hit["highlight"] for hit in every)
+    assert every[0]["topics"] is not None
+
+
+async def test_recent_pages_newest_first(client: httpx.AsyncClient, corpus: dict[str, Any]) -> None:
+    paged = await search(client, q="flight", sort="recent", limit=5)
+    ids = [h["id"] for h in paged]
+    assert ids == sorted(ids, reverse=True)  # one transaction, one timestamp: ties by id
+    assert len(ids) == 28
+
+
+async def test_filters(client: httpx.AsyncClient, conn: Connection, corpus: dict[str, Any]) -> None:
+    by_conversation = await search(client, q="lisbon", conversation_id=corpus["trip"]["id"])
+    assert {h["id"] for h in by_conversation} == {corpus["trip_ids"][0], corpus["trip_ids"][1], corpus["trip_ids"][3]}
+    by_user = await search(client, q="flight", user_id=corpus["bob"]["id"])
+    assert [h["id"] for h in by_user] == corpus["bob_ids"]
+    by_topic = await search(client, q="lisbon", topic="prices")
+    assert [h["id"] for h in by_topic] == [corpus["trip_ids"][1]]
+    by_role = await search(client, q="lisbon", role="tool")
+    assert [h["id"] for h in by_role] == [corpus["trip_ids"][3]]
+    await conn.execute(
+        "UPDATE messages SET \"timestamp\" = '2026-05-01T00:00:00Z'::timestamptz + id * interval '1 day'"
+    )
+    stamps = {r["id"]: r["timestamp"] for r in await conn.fetch('SELECT id, "timestamp" FROM messages')}
+    since = stamps[corpus["trip_ids"][1]].isoformat()
+    until = stamps[corpus["trip_ids"][3]].isoformat()
+    window = await search(client, q="lisbon", since=since, until=until)
+    assert [h["id"] for h in window] == [corpus["trip_ids"][1]]
+
+
+async def test_web_search_syntax(client: httpx.AsyncClient, corpus: dict[str, Any]) -> None:
+    phrase = await search(client, q='"cheap flights"')
+    assert [h["id"] for h in phrase] == [corpus["trip_ids"][0]]
+    either = await search(client, q="porto or berlin")
+    assert {h["id"] for h in either} == {corpus["trip_ids"][2], corpus["trip_ids"][3], corpus["bob_ids"][0]}
+    excluded = await search(client, q="lisbon -porto")
+    assert {h["id"] for h in excluded} == {corpus["trip_ids"][0], corpus["trip_ids"][1]}
+    assert await search(client, q="the and of") == []  # stop words only: nothing to match, not an error
+
+
+async def test_a_cursor_of_another_search_is_400(client: httpx.AsyncClient, corpus: dict[str, Any]) -> None:
+    page = (await client.get(SEARCH, params={"q": "flight", "limit": 2})).json()
+    assert page["next_cursor"]
+    for other in ({"q": "lisbon"}, {"q": "flight", "sort": "recent"}, {"q": "flight", "role": "user"}):
+        assert_problem(await client.get(SEARCH, params={**other, "cursor": page["next_cursor"]}), 400, "cursor")
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({}, "q"),
+        ({"q": ""}, "q"),
+        ({"q": "   "}, "q"),
+        ({"q": "x" * (MAX_QUERY + 1)}, "q"),
+        ({"q": "a\u0000b"}, "q"),
+        ({"q": "x", "sort": "best"}, "sort"),
+        ({"q": "x", "limit": 0}, "limit"),
+        ({"q": "x", "user_id": 0}, "user_id"),
+        ({"q": "x", "conversation_id": "c"}, "conversation_id"),
+        ({"q": "x", "role": "robot"}, "role"),
+        ({"q": "x", "until": "soon"}, "until"),
+    ],
+)
+async def test_bad_searches_are_400(client: httpx.AsyncClient, params: dict[str, Any], field: str) -> None:
+    assert_problem(await client.get(SEARCH, params=params), 400, field)
+
+
+@given(q=st.text(max_size=300) | st.sampled_from(['"', "-", "or", '"unterminated', "!&|:*()", "-- or --", "\\"]))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+async def test_any_query_is_200_or_400_never_500(client: httpx.AsyncClient, q: str) -> None:
+    for path in (SEARCH, "/v1/search/topics"):
+        response = await client.get(path, params={"q": q})
+        assert response.status_code in (200, 400), (q, response.text)
+
+
+async def test_ten_kilobytes_of_text_is_a_clean_400(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get(SEARCH, params={"q": "lorem ipsum " * 900}), 400, "q")
+
+
+async def test_topic_search_by_words_and_prefix(client: httpx.AsyncClient, corpus: dict[str, Any]) -> None:
+    for name in ("travelling", "time travel", "trains", "Travel"):
+        await client.post("/v1/topics", json={"name": name})
+    response = await client.get("/v1/search/topics", params={"q": "trav"})
+    assert response.status_code == 200
+    hits = {h["name"]: h for h in response.json()["items"]}
+    assert set(hits) == {"travel", "travelling"}  # prefix matches (case-sensitive), no stem of "trav"
+    assert hits["travel"]["message_count"] == 2
+    worded = {h["name"] for h in (await client.get("/v1/search/topics", params={"q": "travel"})).json()["items"]}
+    assert worded == {"travel", "travelling", "time travel", "Travel"}  # full text stems and folds case
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        (None, ("", None)),
+        ("trav", ("trav", "traw")),
+        ("a\U0010ffff", ("a\U0010ffff", "b")),
+        ("\U0010ffff", ("\U0010ffff", None)),
+        ("\ud7ff", ("\ud7ff", "\ue000")),
+    ],
+)
+def test_prefix_ranges(prefix: str | None, expected: tuple[str, str | None]) -> None:
+    assert prefix_range(prefix) == expected
+
+
+async def test_each_search_is_planned_for_its_own_values(
+    client: httpx.AsyncClient, conn: Connection, corpus: dict[str, Any]
+) -> None:
+    sent: list[str] = []
+    conn.add_query_logger(lambda q: sent.append(q.query))
+    await client.get(SEARCH, params={"q": "lisbon", "conversation_id": corpus["trip"]["id"]})
+    labels = [q.split("\n", 1)[0] for q in sent if q.startswith("-- search.")]
+    assert labels == ["-- search.plan_for_these_values", "-- search.search_messages_by_rank"]
