@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 FREYA := $(BIN)/python -m service
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate migration migrate-status rollback db-shell db-stop db-url test lint typecheck clean
+.PHONY: help install run migrate migration migrate-status rollback analyze vacuum db-shell db-stop db-url test lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,12 @@ migrate-status: $(STAMP) ## show the current revision, applied and pending migra
 
 rollback: $(STAMP) ## undo the last applied migration
 	$(FREYA) rollback
+
+analyze: $(STAMP) ## ANALYZE the service's tables (one with table=messages)
+	$(FREYA) maintain analyze $(if $(table),--table $(table))
+
+vacuum: $(STAMP) ## VACUUM (ANALYZE) the service's tables (one with table=messages)
+	$(FREYA) maintain vacuum_analyze $(if $(table),--table $(table))
 
 db-shell: $(STAMP) ## open psql on the service database
 	$(FREYA) db-shell

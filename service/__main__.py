@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 import sys
+import typing
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import psycopg
 
-from service import devdb, migrations
+from service import admin, devdb, idempotency, migrations
+from service.db import SharedConnectionDatabase
 from service.devdb import database_url
 from service.settings import Settings, SettingsError, load_settings
 
@@ -94,6 +99,36 @@ def db_stop(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def maintain(settings: Settings, args: argparse.Namespace) -> int:
+    report = asyncio.run(_maintain(database_url(settings), args.operation, args.table))
+    for run in report.tables:
+        print(f"{report.operation} {run.table}: {run.seconds:.3f} s")
+    print(f"done in {report.seconds:.3f} s")
+    return 0
+
+
+async def _maintain(url: str, operation: admin.Operation, table: admin.Table | None) -> admin.MaintenanceReport:
+    conn = await asyncpg.connect(url)
+    try:
+        return await admin.run_maintenance(conn, operation, [table] if table else None)
+    finally:
+        await conn.close()
+
+
+def purge_idempotency_keys(settings: Settings, args: argparse.Namespace) -> int:
+    async def purge() -> int:
+        conn = await asyncpg.connect(database_url(settings))
+        try:
+            return await idempotency.purge_expired(
+                SharedConnectionDatabase(conn), timedelta(hours=settings.idempotency_ttl_hours)
+            )
+        finally:
+            await conn.close()
+
+    print(f"purged {asyncio.run(purge())} expired idempotency keys")
+    return 0
+
+
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
@@ -115,6 +150,10 @@ def parser() -> argparse.ArgumentParser:
     command("new-migration", new_migration, "create the next numbered migration pair").add_argument(
         "name", help="snake_case summary, e.g. add_message_flags"
     )
+    maintenance = command("maintain", maintain, "run ANALYZE, VACUUM or both (VACUUM (ANALYZE))")
+    maintenance.add_argument("operation", choices=typing.get_args(admin.Operation))
+    maintenance.add_argument("--table", choices=admin.TABLES, help="one table (default: all of them)")
+    command("purge-idempotency-keys", purge_idempotency_keys, "delete idempotency keys past their lifetime")
     command("db-url", db_url, "print the database URL (starts the embedded server if needed)")
     command("db-shell", db_shell, "open psql on the database")
     command("db-stop", db_stop, "stop the embedded PostgreSQL")
@@ -131,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(settings, args)
-    except (devdb.EmbeddedPostgresError, psycopg.OperationalError) as error:
+    except (devdb.EmbeddedPostgresError, psycopg.OperationalError, OSError, asyncpg.PostgresError) as error:
         print(f"freya: database unavailable: {error}", file=sys.stderr)
         return 1
 

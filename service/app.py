@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import msgspec
 from litestar import Litestar
@@ -12,13 +13,24 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.prometheus import PrometheusController
 
 from service import db, errors
+from service.admin import AdminController
+from service.auth import AuthMiddleware, parse_tokens
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
 from service.health import HealthController
+from service.idempotency import IdempotencyMiddleware
 from service.messages import ConversationMessagesController, MessagesController
+from service.observability import (
+    RequestContextMiddleware,
+    add_request_id_header,
+    configure_logging,
+    prometheus_config,
+    watch_pool,
+)
 from service.search import SearchController
 from service.settings import Settings, load_settings
 from service.topics import MessageTopicsController, TopicsController
@@ -39,6 +51,20 @@ def _provide_cursors(state: State) -> CursorCodec:
     return cursors
 
 
+class _Prometheus:
+    """Litestar's Prometheus middleware and its /metrics controller, from one config."""
+
+    def __init__(self) -> None:
+        config = prometheus_config()
+        self.middleware = config.middleware
+
+        class MetricsController(PrometheusController):
+            path = "/metrics"
+            include_in_schema = False
+
+        self.controller = MetricsController
+
+
 def create_app(settings: Settings, database: db.Database | None = None) -> Litestar:
     """The Litestar app. Without ``database`` its lifespan opens a pool on ``settings.database_url``
     and prepares every SQL query before the app reports ready; tests pass their own connection.
@@ -46,6 +72,9 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
     cursors = CursorCodec(settings.cursor_secret)
     if cursors.generated:
         log.warning("FREYA_CURSOR_SECRET is not set: cursors are signed with a key drawn at start")
+    tokens = parse_tokens(settings.api_tokens) if settings.api_tokens else ()
+    if not tokens:
+        log.warning("FREYA_API_TOKENS is not set: every API route is open to anyone who can reach the port")
     state = State({"cursors": cursors} | ({"database": database} if database is not None else {}))
 
     @asynccontextmanager
@@ -73,10 +102,14 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
                 prepared,
             )
             app.state.database = db.PoolDatabase(pool, settings.pool_acquire_timeout)
+            watch_pool(app.state.database)
             yield
         finally:
+            # Graceful: waits for connections in use to be released, i.e. in-flight requests.
             await pool.close()
+            log.info("database pool closed")
 
+    prometheus = _Prometheus()
     return Litestar(
         route_handlers=[
             HealthController,
@@ -88,7 +121,16 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             TopicsController,
             MessageTopicsController,
             SearchController,
+            AdminController,
+            prometheus.controller,
         ],
+        middleware=[
+            RequestContextMiddleware(),
+            AuthMiddleware(tokens),
+            IdempotencyMiddleware(timedelta(hours=settings.idempotency_ttl_hours), settings.max_body_bytes),
+            prometheus.middleware,
+        ],
+        before_send=[add_request_id_header],
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
@@ -110,7 +152,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
 def create_app_from_env() -> Litestar:
     """The factory granian calls in each worker."""
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if settings.database_url is None:
         settings = msgspec.structs.replace(settings, database_url=database_url(settings))
     return create_app(settings)

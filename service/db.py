@@ -20,9 +20,11 @@ import abc
 import dataclasses
 import functools
 import re
+import time
 import typing
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -97,22 +99,32 @@ class Query:
 
     async def one(self, conn: Connection, into: type[T], /, **params: Any) -> T | None:
         self._expect("one")
+        started = time.perf_counter()
         row = await conn.fetchrow(self.sql, *self.args(params))
+        _count_time(started)
         return None if row is None else msgspec.convert(dict(row.items()), into)
 
     async def many(self, conn: Connection, into: type[T], /, **params: Any) -> list[T]:
         self._expect("many")
+        started = time.perf_counter()
         rows = await conn.fetch(self.sql, *self.args(params))
+        _count_time(started)
         return msgspec.convert([dict(row.items()) for row in rows], list[into])  # type: ignore[valid-type]
 
     async def val(self, conn: Connection, /, **params: Any) -> Any:
         self._expect("val")
-        return await conn.fetchval(self.sql, *self.args(params))
+        started = time.perf_counter()
+        value = await conn.fetchval(self.sql, *self.args(params))
+        _count_time(started)
+        return value
 
     async def exec(self, conn: Connection, /, **params: Any) -> str:
         self._expect("exec")
+        started = time.perf_counter()
         # The text comes from our own files only; request data always travels as arguments.
-        return await conn.execute(self.sql, *self.args(params))
+        status = await conn.execute(self.sql, *self.args(params))
+        _count_time(started)
+        return status
 
     def project(self, names: typing.Iterable[str]) -> Query:
         """The same query selecting only ``names`` (in the query's own order); unknown names raise KeyError.
@@ -124,6 +136,29 @@ class Query:
     def _expect(self, kind: Kind) -> None:
         if self.kind != kind:
             raise TypeError(f"{self.label} is a :{self.kind} query, called as :{kind}")
+
+
+@dataclass(slots=True)
+class DatabaseTime:
+    """Seconds one request spent waiting on its queries (reported in Server-Timing)."""
+
+    seconds: float = 0.0
+
+
+_request_time: ContextVar[DatabaseTime | None] = ContextVar("database_time", default=None)
+
+
+def start_timing() -> DatabaseTime:
+    """Begin summing query time for the current request (its context)."""
+    timing = DatabaseTime()
+    _request_time.set(timing)
+    return timing
+
+
+def _count_time(started: float) -> None:
+    timing = _request_time.get()
+    if timing is not None:
+        timing.seconds += time.perf_counter() - started
 
 
 @functools.lru_cache(maxsize=512)
@@ -294,12 +329,21 @@ class PoolDatabase(Database):
     def __init__(self, pool: Pool, acquire_timeout: float) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
+        # Requests waiting for a connection right now (a metrics gauge).
+        self.waiting = 0
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
-        # Without a timeout asyncpg waits for a free connection forever.
-        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+        self.waiting += 1
+        try:
+            # Without a timeout asyncpg waits for a free connection forever.
+            conn = await self.pool.acquire(timeout=self.acquire_timeout)
+        finally:
+            self.waiting -= 1
+        try:
             yield conn
+        finally:
+            await self.pool.release(conn)
 
 
 class SharedConnectionDatabase(Database):

@@ -112,6 +112,8 @@ class ProblemDetails(msgspec.Struct):
 
 _RESPONSE_DESCRIPTIONS = {
     400: "Invalid request: the errors list names each offending field",
+    401: "No valid service token (when FREYA_API_TOKENS is set)",
+    403: "The token lacks the scope this request needs",
     404: "Not found",
     409: "Conflict with an existing row",
     422: "Well-formed, but a value breaks a rule or references a missing row",
@@ -121,12 +123,12 @@ _RESPONSE_DESCRIPTIONS = {
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the problem responses a route can return (503/504 are always possible)."""
+    """OpenAPI entries for the problem responses a route can return (auth and database ones always can)."""
     return {
         status: ResponseSpec(
             data_container=ProblemDetails, description=_RESPONSE_DESCRIPTIONS[status], media_type=MEDIA_TYPE
         )
-        for status in (*statuses, 503, 504)
+        for status in (*statuses, 401, 403, 503, 504)
     }
 
 

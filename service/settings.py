@@ -41,6 +41,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # cursors stop working across restarts; set it (16+ characters) for cursors that outlive them.
     cursor_secret: Annotated[str, msgspec.Meta(min_length=16)] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: one readable line per record; json: one JSON object per line, for log collectors.
+    log_format: Literal["text", "json"] = "text"
+    # Service tokens, "name:token:scope,scope;…" with scopes read, write, admin. Unset: no
+    # authentication (the service warns at start).
+    api_tokens: str | None = None
+    # How long an Idempotency-Key is remembered, in hours.
+    idempotency_ttl_hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 30)] = 24
     # Check the schema and prepare every query at start; tests that share one connection turn it off.
     migrate_on_serve: bool = True
 
@@ -49,6 +56,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"FREYA_POOL_MIN_SIZE ({self.pool_min_size}) exceeds FREYA_POOL_MAX_SIZE ({self.pool_max_size})"
             )
+        if self.api_tokens is not None:
+            # Imported here: auth needs nothing of settings, and settings must stay importable first.
+            from service.auth import parse_tokens
+
+            parse_tokens(self.api_tokens)
         if self.database_url is not None and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ValueError("FREYA_DATABASE_URL must start with postgresql:// or postgres://")
 

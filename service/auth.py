@@ -1,0 +1,120 @@
+"""Service tokens: who may call /v1, and with which scopes (read, write, admin).
+
+FREYA_API_TOKENS holds ``name:token:scope,scope`` entries separated by ``;``. When it is set,
+everything but ``/health/*`` and ``/metrics`` needs ``Authorization: Bearer <token>``: a missing
+or unknown token is a 401, a token without the scope the request needs a 403. GET and HEAD need
+``read``, other methods ``write``, ``/v1/admin/*`` needs ``admin``. Tokens are compared as SHA-256
+digests in constant time against every configured token, and never logged; the caller's token
+*name* is what the rest of the service sees (``scope["state"]["principal"]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import cast
+
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.middleware import ASGIMiddleware
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
+
+SCOPES = frozenset({"read", "write", "admin"})
+ANONYMOUS = "anonymous"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MIN_TOKEN_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    digest: bytes
+    scopes: frozenset[str]
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def parse_tokens(spec: str) -> tuple[Token, ...]:
+    """The tokens of FREYA_API_TOKENS; ValueError says which entry is wrong (without echoing a token)."""
+    tokens: list[Token] = []
+    for number, entry in enumerate((e.strip() for e in spec.split(";") if e.strip()), start=1):
+        parts = entry.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"FREYA_API_TOKENS entry {number} must be name:token:scopes")
+        name, secret, scope_list = parts
+        scopes = frozenset(s.strip() for s in scope_list.split(",") if s.strip())
+        if not _NAME.match(name):
+            raise ValueError(f"FREYA_API_TOKENS entry {number}: the name may hold letters, digits, . _ - only")
+        if len(secret) < _MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"FREYA_API_TOKENS entry {number} ({name}): the token needs {_MIN_TOKEN_LENGTH}+ characters"
+            )
+        if not scopes or not scopes <= SCOPES:
+            raise ValueError(f"FREYA_API_TOKENS entry {number} ({name}): scopes must be among read, write, admin")
+        tokens.append(Token(name, _digest(secret), scopes))
+    if not tokens:
+        raise ValueError("FREYA_API_TOKENS is set but holds no token")
+    if len({t.name for t in tokens}) != len(tokens):
+        raise ValueError("FREYA_API_TOKENS names a token twice")
+    return tuple(tokens)
+
+
+def is_open(path: str) -> bool:
+    """Paths that stay reachable without a token: the probes and the metrics scrape."""
+    return path == "/metrics" or path.startswith("/health/")
+
+
+def required_scope(method: str, path: str) -> str:
+    if path == "/v1/admin" or path.startswith("/v1/admin/"):
+        return "admin"
+    return "read" if method in ("GET", "HEAD") else "write"
+
+
+def identify(tokens: tuple[Token, ...], authorization: str | None) -> Token | None:
+    """The token presented in an Authorization header, checked against all of them in constant time."""
+    if authorization is None:
+        return None
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return None
+    digest = _digest(presented.strip())
+    found = None
+    for token in tokens:
+        # No early exit: the time taken does not tell which token, or how much of one, matched.
+        if hmac.compare_digest(digest, token.digest):
+            found = token
+    return found
+
+
+class AuthMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, tokens: tuple[Token, ...]) -> None:
+        self.tokens = tokens
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if not self.tokens:
+            scope.setdefault("state", {})["principal"] = ANONYMOUS
+            await next_app(scope, receive, send)
+            return
+        path = scope["path"]
+        if is_open(path):
+            await next_app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        raw = headers.get(b"authorization")
+        token = identify(self.tokens, raw.decode("latin-1") if raw is not None else None)
+        if token is None:
+            raise NotAuthorizedException(
+                "a valid service token is required: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="freya"'},
+            )
+        needed = required_scope(cast("HTTPScope", scope)["method"], path)
+        if needed not in token.scopes:
+            raise PermissionDeniedException(f"token {token.name!r} lacks the {needed!r} scope this request needs")
+        scope.setdefault("state", {})["principal"] = token.name
+        await next_app(scope, receive, send)

@@ -1,0 +1,175 @@
+"""Idempotency keys: a retried POST gets the first answer again instead of creating twice.
+
+A POST under /v1 with an ``Idempotency-Key`` header is claimed in PostgreSQL for the caller (its
+token name) before it runs; its response (status and body) is stored when it finishes, and any
+later request with the same key and the same method, path, query and body gets that stored
+response with ``Idempotent-Replayed: true``. The same key with a different request is a 422,
+a retry while the first is still running a 409, a malformed key a 400. A 5xx is not kept, so the
+client may retry it. Keys are remembered for FREYA_IDEMPOTENCY_TTL_HOURS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from datetime import timedelta
+from typing import cast
+
+import msgspec
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
+
+from service.auth import ANONYMOUS
+from service.db import Database, Query, QueryFile
+from service.errors import Conflict, Invalid
+
+log = logging.getLogger("freya.idempotency")
+
+HEADER = b"idempotency-key"
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces: UUIDs, ULIDs, hashes
+# A first request with no answer after this long is taken to have died with its process.
+ABANDON_AFTER = timedelta(minutes=5)
+
+
+class IdempotencyQueries(QueryFile, file="idempotency"):
+    claim_key: Query
+    get_key: Query
+    store_response: Query
+    release_key: Query
+    purge_expired_keys: Query
+
+
+sql = IdempotencyQueries()
+
+
+class _Stored(msgspec.Struct):
+    fingerprint: bytes
+    status: int | None
+    content_type: str | None
+    body: bytes | None
+
+
+class IdempotencyMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, ttl: timedelta, max_body_bytes: int) -> None:
+        self.ttl = ttl
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        method = cast("HTTPScope", scope)["method"]
+        raw_key = dict(scope["headers"]).get(HEADER)
+        if method != "POST" or raw_key is None or not scope["path"].startswith("/v1/"):
+            await next_app(scope, receive, send)
+            return
+        key = raw_key.decode("latin-1")
+        if not _KEY.match(key):
+            raise Invalid(
+                "Idempotency-Key must be 1-255 printable ASCII characters without spaces", field="Idempotency-Key"
+            )
+        body, replay_receive = await _read_body(receive, self.max_body_bytes)
+        if body is None:  # over the size limit: let the app answer its 413
+            await next_app(scope, replay_receive, send)
+            return
+        principal = scope.get("state", {}).get("principal", ANONYMOUS)
+        fingerprint = hashlib.sha256(
+            b"\0".join([method.encode(), scope["path"].encode(), scope.get("query_string", b""), body])
+        ).digest()
+        database: Database = scope["app"].state.database
+        async with database.connection() as conn:
+            claimed = await sql.claim_key.val(
+                conn, principal=principal, key=key, fingerprint=fingerprint, ttl=self.ttl, abandon_after=ABANDON_AFTER
+            )
+            stored = None if claimed else await sql.get_key.one(conn, _Stored, principal=principal, key=key)
+        if stored is not None:
+            await _replay(stored, fingerprint, send)
+            return
+        await self._run_and_store(scope, replay_receive, send, next_app, database, principal, key)
+
+    async def _run_and_store(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        next_app: ASGIApp,
+        database: Database,
+        principal: str,
+        key: str,
+    ) -> None:
+        status = 500
+        content_type = ""
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status, content_type
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await next_app(scope, receive, capture)
+        finally:
+            async with database.connection() as conn:
+                if status < 500:
+                    await sql.store_response.exec(
+                        conn,
+                        principal=principal,
+                        key=key,
+                        status=status,
+                        content_type=content_type,
+                        body=b"".join(chunks),
+                    )
+                else:
+                    await sql.release_key.exec(conn, principal=principal, key=key)
+
+
+async def _replay(stored: _Stored, fingerprint: bytes, send: Send) -> None:
+    if stored.fingerprint != fingerprint:
+        raise Invalid(
+            "this Idempotency-Key was used for a different request; use a new key", field="Idempotency-Key", status=422
+        )
+    if stored.status is None:
+        raise Conflict("a request with this Idempotency-Key is still being processed; retry shortly")
+    headers = [(b"idempotent-replayed", b"true")]
+    if stored.content_type:
+        headers.append((b"content-type", stored.content_type.encode("latin-1")))
+    body = stored.body or b""
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": stored.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
+    """The whole request body (None when over ``limit``) and a receive that plays it to the app again."""
+    messages: list[ReceiveMessage] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+        if size > limit:
+            break
+    pending = iter(messages)
+
+    async def replay() -> ReceiveMessage:
+        for message in pending:
+            return message
+        return await receive()
+
+    if size > limit:
+        return None, replay
+    return b"".join(m["body"] for m in messages if m["type"] == "http.request"), replay
+
+
+async def purge_expired(database: Database, ttl: timedelta) -> int:
+    async with database.connection() as conn:
+        return int(await sql.purge_expired_keys.val(conn, ttl=ttl))
