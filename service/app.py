@@ -29,6 +29,7 @@ from service.observability import (
     add_request_id_header,
     configure_logging,
     prometheus_config,
+    stamp_request_ids,
     watch_pool,
 )
 from service.search import SearchController
@@ -69,6 +70,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
     """The Litestar app. Without ``database`` its lifespan opens a pool on ``settings.database_url``
     and prepares every SQL query before the app reports ready; tests pass their own connection.
     """
+    stamp_request_ids()
     cursors = CursorCodec(settings.cursor_secret)
     if cursors.generated:
         log.warning("FREYA_CURSOR_SECRET is not set: cursors are signed with a key drawn at start")

@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import cast
 
+from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import ASGIMiddleware
-from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 
 SCOPES = frozenset({"read", "write", "admin"})

@@ -84,10 +84,18 @@ async def add_request_id_header(message: Message, scope: Scope) -> None:
         MutableScopeHeaders.from_message(message)[REQUEST_ID_HEADER] = _request_id_of(scope)
 
 
-class _RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
+_plain_record_factory = logging.getLogRecordFactory()
+
+
+def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _plain_record_factory(*args, **kwargs)
+    record.request_id = request_id.get()
+    return record
+
+
+def stamp_request_ids() -> None:
+    """Give every log record, whoever writes it and wherever it goes, the current request's id."""
+    logging.setLogRecordFactory(_record_with_request_id)
 
 
 class JsonFormatter(logging.Formatter):
@@ -106,8 +114,8 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, log_format: str) -> None:
     """Route every logger (ours, Litestar's, asyncpg's) through one handler on stderr."""
+    stamp_request_ids()
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RequestIdFilter())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
