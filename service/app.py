@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import msgspec
-from litestar import Litestar
+from litestar import Litestar, route
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.params import FromPath
 from litestar.plugins.prometheus import PrometheusController
 
 from service import db, errors
@@ -50,6 +52,16 @@ def _provide_database(state: State) -> db.Database:
 def _provide_cursors(state: State) -> CursorCodec:
     cursors: CursorCodec = state.cursors
     return cursors
+
+
+@route(
+    "/v1/{rest:path}",
+    http_method=[HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE],
+    include_in_schema=False,
+)
+async def unknown_api_route(rest: FromPath[str]) -> None:
+    """Any other /v1 path: routed here so that it passes the token check (401 before 404)."""
+    raise errors.NotFound(f"no route /v1{rest}")
 
 
 class _Prometheus:
@@ -125,6 +137,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             SearchController,
             AdminController,
             prometheus.controller,
+            unknown_api_route,
         ],
         middleware=[
             RequestContextMiddleware(),
@@ -133,6 +146,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             prometheus.middleware,
         ],
         before_send=[add_request_id_header],
+        # Logging is ours (observability.configure_logging): one handler, request ids, text or JSON.
+        logging_config=None,
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import httpx
+import msgspec
+
+from service.app import create_app
+from service.settings import Settings
 
 PROBLEM = "application/problem+json"
 
@@ -54,3 +60,19 @@ async def all_pages(client: httpx.AsyncClient, path: str, **params: Any) -> list
         cursor = page["next_cursor"]
         if cursor is None:
             return items
+
+
+@asynccontextmanager
+async def serving(database_url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on its own pool over ``database_url``: requests really run at once and commit.
+
+    A context manager in the test body rather than a fixture: Litestar's lifespan must end in the
+    task that started it.
+    """
+    settings = msgspec.structs.replace(
+        Settings(database_url=database_url, pool_min_size=2, pool_max_size=8, cursor_secret="s" * 32), **overrides
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=cast(Any, app))
+    async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://freya.test") as http:
+        yield http

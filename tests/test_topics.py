@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from service.app import create_app
 from service.db import Connection
-from service.settings import Settings
-from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
-from tests.conftest import client_for
+from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch, serving
 
 
 @pytest.fixture
@@ -140,19 +136,6 @@ async def test_assign_is_idempotent_and_all_or_nothing(
 )
 async def test_bad_assignments_are_400(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
     assert_problem(await client.post("/v1/topics/assign", json=body), 400)
-
-
-@asynccontextmanager
-async def serving(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on its own pool over a database of its own: requests really run at once and commit.
-
-    (A context manager in the test body, not a fixture: Litestar's lifespan must end in the task
-    that started it.)
-    """
-    settings = Settings(database_url=database_url, pool_min_size=8, pool_max_size=8, cursor_secret="s" * 32)
-    app = create_app(settings)
-    async with app.lifespan(), client_for(app) as http:
-        yield http
 
 
 async def test_concurrent_requests_create_one_topic(fresh_database: Callable[[], str]) -> None:

@@ -1,0 +1,200 @@
+"""Faults: the database goes away and comes back, connections are killed, the pool is full, SIGTERM.
+
+These run against servers of their own (an embedded PostgreSQL they stop and start, a service
+process they signal), with loops bounded by counts, never by wall-clock expectations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psycopg
+import pytest
+
+from service import migrations
+from service.devdb import EmbeddedPostgres
+from service.settings import PROJECT_ROOT
+from tests.api import assert_problem, create_user, serving
+from tests.test_app import free_port
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of this test's own, to stop and start at will."""
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="freya-outage-")))
+    server.start()
+    with psycopg.connect(server.url(), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE freya")
+    migrations.apply(server.url("freya"))
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+async def eventually_ready(http: httpx.AsyncClient, attempts: int = 100) -> httpx.Response:
+    for _ in range(attempts):
+        response = await http.get("/health/ready")
+        if response.status_code == 200:
+            return response
+        await asyncio.sleep(0.1)
+    return response
+
+
+async def test_database_outage_and_recovery_without_restart(own_server: EmbeddedPostgres) -> None:
+    async with serving(own_server.url("freya"), connect_timeout=2.0, pool_acquire_timeout=2.0) as http:
+        user = await create_user(http)
+        assert (await http.get(f"/v1/users/{user['id']}")).status_code == 200
+
+        await asyncio.to_thread(own_server.stop)
+        assert (await http.get("/health/live")).status_code == 200
+        for path in ("/health/ready", f"/v1/users/{user['id']}"):
+            down = await http.get(path)
+            assert_problem(down, 503)
+            assert down.headers["retry-after"] == "1"
+        assert_problem(await http.post("/v1/users", json={"email": "b@example.com", "name": "B"}), 503)
+
+        await asyncio.to_thread(own_server.start)
+        assert (await eventually_ready(http)).status_code == 200
+        assert (await http.get(f"/v1/users/{user['id']}")).json() == user
+        assert (await http.post("/v1/users", json={"email": "b@example.com", "name": "B"})).status_code == 201
+
+
+async def test_killed_connections_are_replaced_transparently(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    async with serving(url, pool_min_size=4, pool_max_size=4) as http:
+        user = await create_user(http)
+        await asyncio.gather(*(http.get(f"/v1/users/{user['id']}") for _ in range(8)))
+        killer = await asyncpg.connect(url)
+        try:
+            # MATERIALIZED: filter first, then terminate (never this connection itself).
+            killed = await killer.fetchval(
+                "WITH target AS MATERIALIZED (SELECT pid FROM pg_stat_activity "
+                "WHERE application_name = 'freya-backend' AND datname = current_database()) "
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM target"
+            )
+        finally:
+            await killer.close()
+        assert killed >= 1
+        responses = await asyncio.gather(*(http.get(f"/v1/users/{user['id']}") for _ in range(8)))
+        assert [r.status_code for r in responses] == [200] * 8
+
+
+def hold_lock(url: str, user_id: int, locked: threading.Event, release: threading.Event) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        locked.set()
+        release.wait(30)
+        conn.rollback()
+
+
+async def test_failed_requests_never_wait_for_a_busy_pool(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    tokens = "writer:token-for-the-busy-pool:read,write"
+    auth = {"Authorization": "Bearer token-for-the-busy-pool"}
+    async with serving(url, api_tokens=tokens, pool_min_size=1, pool_max_size=1, pool_acquire_timeout=30.0) as http:
+        user = await create_user_with(http, auth)
+        locked, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=hold_lock, args=(url, user["id"], locked, release))
+        holder.start()
+        try:
+            await asyncio.to_thread(locked.wait, 30)
+            # The pool's only connection now waits on the lock.
+            stuck = asyncio.create_task(http.patch(f"/v1/users/{user['id']}", json={"name": "Later"}, headers=auth))
+            for _ in range(100):
+                if (await http.get("/metrics")).text.count("freya_db_pool_idle 0.0"):
+                    break
+                await asyncio.sleep(0.05)
+            answers = [
+                await http.post("/v1/users", json={"email": "nope"}, headers=auth),  # validation
+                await http.get(f"/v1/users/{user['id']}"),  # no token
+                await http.get("/v1/users/x", headers=auth),  # bad path id
+                await http.get("/v1/no/such/route", headers=auth),  # routing
+                await http.delete("/v1/users", headers=auth),  # method
+            ]
+            assert [a.status_code for a in answers] == [400, 401, 400, 404, 405]
+            assert not stuck.done(), "the pool was not busy, the test proves nothing"
+        finally:
+            release.set()
+            await asyncio.to_thread(holder.join, 30)
+        assert (await stuck).status_code == 200
+
+
+async def create_user_with(http: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, object]:
+    response = await http.post("/v1/users", json={"email": "busy@example.com", "name": "Busy"}, headers=headers)
+    assert response.status_code == 201, response.text
+    created: dict[str, object] = response.json()
+    return created
+
+
+def test_sigterm_lets_in_flight_requests_finish(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    port = free_port()
+    env = {**os.environ, "FREYA_DATABASE_URL": url, "FREYA_PORT": str(port), "FREYA_POOL_MIN_SIZE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "serve exited before it was ready"
+            time.sleep(0.1)
+        user = httpx.post(f"{base}/v1/users", json={"email": "term@example.com", "name": "T"}, timeout=5).json()
+        locked, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=hold_lock, args=(url, user["id"], locked, release))
+        holder.start()
+        locked.wait(30)
+        result: dict[str, httpx.Response] = {}
+
+        def in_flight() -> None:
+            result["response"] = httpx.patch(f"{base}/v1/users/{user['id']}", json={"name": "Finished"}, timeout=30)
+
+        request = threading.Thread(target=in_flight)
+        request.start()
+        with psycopg.connect(url) as watcher:
+            for _ in range(300):
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'freya-backend' "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        release.set()
+        request.join(30)
+        holder.join(30)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert result["response"].status_code == 200, output
+    assert result["response"].json()["name"] == "Finished"
+    assert process.returncode == 0, output
+    assert "database pool closed" in output
+    with psycopg.connect(url) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'freya-backend'").fetchone()
+    assert left == (0,)
