@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 FREYA := $(BIN)/python -m service
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate migration migrate-status rollback analyze vacuum db-shell db-stop db-url test lint clean
+.PHONY: help install run migrate migration migrate-status rollback analyze vacuum seed db-shell db-stop db-url test lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ analyze: $(STAMP) ## ANALYZE the service's tables (one with table=messages)
 
 vacuum: $(STAMP) ## VACUUM (ANALYZE) the service's tables (one with table=messages)
 	$(FREYA) maintain vacuum_analyze $(if $(table),--table $(table))
+
+seed: $(STAMP) ## generate realistic data: make seed messages=1000000 seed=42 (the defaults)
+	$(FREYA) seed $(if $(messages),--messages $(messages)) $(if $(seed),--seed $(seed))
 
 db-shell: $(STAMP) ## open psql on the service database
 	$(FREYA) db-shell

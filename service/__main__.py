@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 
-from service import admin, devdb, idempotency, migrations
+from service import admin, devdb, idempotency, migrations, seed
 from service.db import SharedConnectionDatabase
 from service.devdb import database_url
 from service.settings import Settings, SettingsError, load_settings
@@ -129,6 +129,18 @@ def purge_idempotency_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def seed_data(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> seed.SeedReport:
+        conn = await asyncpg.connect(database_url(settings))
+        try:
+            return await seed.seed(conn, args.messages, args.seed)
+        finally:
+            await conn.close()
+
+    print(seed.describe(asyncio.run(run())))
+    return 0
+
+
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
@@ -154,6 +166,9 @@ def parser() -> argparse.ArgumentParser:
     maintenance.add_argument("operation", choices=typing.get_args(admin.Operation))
     maintenance.add_argument("--table", choices=admin.TABLES, help="one table (default: all of them)")
     command("purge-idempotency-keys", purge_idempotency_keys, "delete idempotency keys past their lifetime")
+    seeding = command("seed", seed_data, "generate a realistic dataset (deterministic per --seed)")
+    seeding.add_argument("--messages", type=int, default=seed.DEFAULT_MESSAGES, help="how many messages")
+    seeding.add_argument("--seed", type=int, default=42, help="the random seed number")
     command("db-url", db_url, "print the database URL (starts the embedded server if needed)")
     command("db-shell", db_shell, "open psql on the database")
     command("db-stop", db_stop, "stop the embedded PostgreSQL")
