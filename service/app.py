@@ -6,34 +6,28 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import msgspec
-from litestar import Litestar, route
+from litestar import Litestar, Request, route
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.params import FromPath
 from litestar.plugins.prometheus import PrometheusController
 
 from service import db, errors
 from service.admin import AdminController
-from service.auth import AuthMiddleware, parse_tokens
+from service.auth import parse_tokens
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
 from service.health import HealthController
-from service.idempotency import IdempotencyMiddleware
+from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController
-from service.observability import (
-    RequestContextMiddleware,
-    add_request_id_header,
-    configure_logging,
-    prometheus_config,
-    stamp_request_ids,
-    watch_pool,
-)
+from service.observability import configure_logging, stamp_request_ids, watch_pool
+from service.pipeline import RequestPipeline
 from service.search import SearchController
 from service.settings import Settings, load_settings
 from service.topics import MessageTopicsController, TopicsController
@@ -55,27 +49,21 @@ def _provide_cursors(state: State) -> CursorCodec:
 
 
 @route(
-    "/v1/{rest:path}",
+    # Litestar's router does not fall back from a matched prefix, so /v1/… needs its own.
+    ["/{rest:path}", "/v1/{rest:path}"],
     http_method=[HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE],
     include_in_schema=False,
 )
-async def unknown_api_route(rest: FromPath[str]) -> None:
-    """Any other /v1 path: routed here so that it passes the token check (401 before 404)."""
-    raise errors.NotFound(f"no route /v1{rest}")
+async def unknown_route(request: Request[Any, Any, Any]) -> None:
+    """Any other path: routed here so that it passes the pipeline (token check first, then 404)."""
+    raise errors.NotFound(f"no route {request.url.path}")
 
 
-class _Prometheus:
-    """Litestar's Prometheus middleware and its /metrics controller, from one config."""
+class MetricsController(PrometheusController):
+    """Prometheus text of the default registry: the pipeline's request metrics and the pool gauges."""
 
-    def __init__(self) -> None:
-        config = prometheus_config()
-        self.middleware = config.middleware
-
-        class MetricsController(PrometheusController):
-            path = "/metrics"
-            include_in_schema = False
-
-        self.controller = MetricsController
+    path = "/metrics"
+    include_in_schema = False
 
 
 def create_app(settings: Settings, database: db.Database | None = None) -> Litestar:
@@ -123,7 +111,6 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             await pool.close()
             log.info("database pool closed")
 
-    prometheus = _Prometheus()
     return Litestar(
         route_handlers=[
             HealthController,
@@ -136,16 +123,14 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             MessageTopicsController,
             SearchController,
             AdminController,
-            prometheus.controller,
-            unknown_api_route,
+            MetricsController,
+            unknown_route,
         ],
         middleware=[
-            RequestContextMiddleware(),
-            AuthMiddleware(tokens),
-            IdempotencyMiddleware(timedelta(hours=settings.idempotency_ttl_hours), settings.max_body_bytes),
-            prometheus.middleware,
+            RequestPipeline(
+                tokens, Idempotency(timedelta(hours=settings.idempotency_ttl_hours), settings.max_body_bytes)
+            )
         ],
-        before_send=[add_request_id_header],
         # Logging is ours (observability.configure_logging): one handler, request ids, text or JSON.
         logging_config=None,
         dependencies={

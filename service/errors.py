@@ -32,6 +32,7 @@ from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from service.fields import EMAIL_PATTERN, NO_NUL
+from service.observability import request_id_of
 
 log = logging.getLogger("freya.errors")
 
@@ -83,11 +84,15 @@ def problem(
     *,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
-    instance: str | None = None,
+    request: Request[Any, Any, Any] | None = None,
 ) -> Response[dict[str, Any]]:
+    """A problem-details response; with the request, its path as ``instance`` and its id echoed."""
     body: dict[str, Any] = {"type": PROBLEM_BASE + kind, "title": title, "status": status, "detail": detail}
-    if instance is not None:
-        body["instance"] = instance
+    headers = dict(headers or {})
+    if request is not None:
+        body["instance"] = request.url.path
+        # Errors raised before the request pipeline ran (routing, 405) still carry the id.
+        headers["X-Request-ID"] = request_id_of(request.scope)
     if errors:
         body["errors"] = errors
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
@@ -168,9 +173,7 @@ def on_validation_error(request: Request[Any, Any, Any], exc: ValidationExceptio
     if not errors and (missing := _MISSING_PARAMETER.match(str(exc.detail))):
         errors = [{"field": missing.group("name"), "message": "is required", "source": missing.group("source")}]
     detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
-    return problem(
-        400, "Invalid request", "invalid-request", detail or str(exc.detail), errors=errors, instance=request.url.path
-    )
+    return problem(400, "Invalid request", "invalid-request", detail or str(exc.detail), errors=errors, request=request)
 
 
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -179,12 +182,12 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     title = _STATUS_TITLES.get(status, "Error")
     return problem(
-        status, title, title.lower().replace(" ", "-"), str(exc.detail), headers=exc.headers, instance=request.url.path
+        status, title, title.lower().replace(" ", "-"), str(exc.detail), headers=exc.headers, request=request
     )
 
 
 def on_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:
-    return problem(exc.status, exc.title, exc.kind, exc.detail, errors=exc.errors, instance=request.url.path)
+    return problem(exc.status, exc.title, exc.kind, exc.detail, errors=exc.errors, request=request)
 
 
 def _constraint_detail(exc: asyncpg.PostgresError) -> str:
@@ -193,21 +196,17 @@ def _constraint_detail(exc: asyncpg.PostgresError) -> str:
 
 
 def on_unique_violation(request: Request[Any, Any, Any], exc: asyncpg.UniqueViolationError) -> Response[dict[str, Any]]:
-    return problem(409, "Conflict", "conflict", _unique_detail(exc), instance=request.url.path)
+    return problem(409, "Conflict", "conflict", _unique_detail(exc), request=request)
 
 
 def on_missing_reference(
     request: Request[Any, Any, Any], exc: asyncpg.ForeignKeyViolationError
 ) -> Response[dict[str, Any]]:
-    return problem(
-        422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc), instance=request.url.path
-    )
+    return problem(422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc), request=request)
 
 
 def on_rule_broken(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[dict[str, Any]]:
-    return problem(
-        422, "Value breaks a rule", "constraint-violation", _constraint_detail(exc), instance=request.url.path
-    )
+    return problem(422, "Value breaks a rule", "constraint-violation", _constraint_detail(exc), request=request)
 
 
 def on_rolled_back(request: Request[Any, Any, Any], exc: asyncpg.TransactionRollbackError) -> Response[dict[str, Any]]:
@@ -218,7 +217,7 @@ def on_rolled_back(request: Request[Any, Any, Any], exc: asyncpg.TransactionRoll
         "database-conflict",
         "the change collided with a concurrent one and was rolled back; retry it",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
-        instance=request.url.path,
+        request=request,
     )
 
 
@@ -228,7 +227,7 @@ def on_statement_timeout(request: Request[Any, Any, Any], exc: asyncpg.QueryCanc
         "Database statement timed out",
         "database-timeout",
         "the database did not answer within the statement timeout",
-        instance=request.url.path,
+        request=request,
     )
 
 
@@ -240,7 +239,7 @@ def unavailable(request: Request[Any, Any, Any], exc: BaseException) -> Response
         "database-unavailable",
         "the database cannot be reached right now; retry shortly",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
-        instance=request.url.path,
+        request=request,
     )
 
 
@@ -251,7 +250,7 @@ def busy(request: Request[Any, Any, Any], exc: TimeoutError) -> Response[dict[st
         "database-busy",
         "no database connection came free within the acquire timeout",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
-        instance=request.url.path,
+        request=request,
     )
 
 
@@ -262,7 +261,7 @@ def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[d
         "Internal server error",
         "internal",
         "an unexpected error occurred; it has been logged",
-        instance=request.url.path,
+        request=request,
     )
 
 

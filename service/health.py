@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
-from litestar import Controller, Response, get
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 
 from service.db import Database, Query, QueryFile
@@ -49,7 +51,9 @@ class HealthController(Controller):
         summary="The database answers, the schema is current and no index is invalid",
         responses=problem_responses(),
     )
-    async def ready(self, db: NamedDependency[Database]) -> Response[Readiness] | Response[dict[str, object]]:
+    async def ready(
+        self, request: Request[Any, Any, Any], db: NamedDependency[Database]
+    ) -> Response[Readiness] | Response[dict[str, object]]:
         expected = migration_ids()
         async with db.connection() as conn:
             applied = {m.migration_id for m in await sql.applied_migrations.many(conn, AppliedMigration)}

@@ -17,11 +17,8 @@ from datetime import timedelta
 from typing import cast
 
 import msgspec
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
 
-from service.auth import ANONYMOUS
 from service.db import Database, Query, QueryFile
 from service.errors import Conflict, Invalid
 
@@ -51,29 +48,34 @@ class _Stored(msgspec.Struct):
     body: bytes | None
 
 
-class IdempotencyMiddleware(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
+class Idempotency:
+    """Runs POSTs that carry an Idempotency-Key once per (caller, key); see the module docstring."""
 
     def __init__(self, ttl: timedelta, max_body_bytes: int) -> None:
         self.ttl = ttl
         self.max_body_bytes = max_body_bytes
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        method = cast("HTTPScope", scope)["method"]
-        raw_key = dict(scope["headers"]).get(HEADER)
-        if method != "POST" or raw_key is None or not scope["path"].startswith("/v1/"):
-            await next_app(scope, receive, send)
-            return
-        key = raw_key.decode("latin-1")
+    @staticmethod
+    def key_of(method: str, path: str, headers: dict[bytes, bytes]) -> str | None:
+        """The key when this request is one to deduplicate (a POST under /v1 that carries one)."""
+        raw = headers.get(HEADER)
+        if raw is None or method != "POST" or not path.startswith("/v1/"):
+            return None
+        key = raw.decode("latin-1")
         if not _KEY.match(key):
             raise Invalid(
                 "Idempotency-Key must be 1-255 printable ASCII characters without spaces", field="Idempotency-Key"
             )
+        return key
+
+    async def run(
+        self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp, principal: str, key: str
+    ) -> None:
         body, replay_receive = await _read_body(receive, self.max_body_bytes)
         if body is None:  # over the size limit: let the app answer its 413
             await next_app(scope, replay_receive, send)
             return
-        principal = scope.get("state", {}).get("principal", ANONYMOUS)
+        method = cast("HTTPScope", scope)["method"]
         fingerprint = hashlib.sha256(
             b"\0".join([method.encode(), scope["path"].encode(), scope.get("query_string", b""), body])
         ).digest()
@@ -86,46 +88,35 @@ class IdempotencyMiddleware(ASGIMiddleware):
         if stored is not None:
             await _replay(stored, fingerprint, send)
             return
-        await self._run_and_store(scope, replay_receive, send, next_app, database, principal, key)
+        await _run_and_store(scope, replay_receive, send, next_app, database, principal, key)
 
-    async def _run_and_store(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        next_app: ASGIApp,
-        database: Database,
-        principal: str,
-        key: str,
-    ) -> None:
-        status = 500
-        content_type = ""
-        chunks: list[bytes] = []
 
-        async def capture(message: Message) -> None:
-            nonlocal status, content_type
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                content_type = dict(message.get("headers", [])).get(b"content-type", b"").decode("latin-1")
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-            await send(message)
+async def _run_and_store(
+    scope: Scope, receive: Receive, send: Send, next_app: ASGIApp, database: Database, principal: str, key: str
+) -> None:
+    status = 500
+    content_type = ""
+    chunks: list[bytes] = []
 
-        try:
-            await next_app(scope, receive, capture)
-        finally:
-            async with database.connection() as conn:
-                if status < 500:
-                    await sql.store_response.exec(
-                        conn,
-                        principal=principal,
-                        key=key,
-                        status=status,
-                        content_type=content_type,
-                        body=b"".join(chunks),
-                    )
-                else:
-                    await sql.release_key.exec(conn, principal=principal, key=key)
+    async def capture(message: Message) -> None:
+        nonlocal status, content_type
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            content_type = dict(message.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+        await send(message)
+
+    try:
+        await next_app(scope, receive, capture)
+    finally:
+        async with database.connection() as conn:
+            if status < 500:
+                await sql.store_response.exec(
+                    conn, principal=principal, key=key, status=status, content_type=content_type, body=b"".join(chunks)
+                )
+            else:
+                await sql.release_key.exec(conn, principal=principal, key=key)
 
 
 async def _replay(stored: _Stored, fingerprint: bytes, send: Send) -> None:

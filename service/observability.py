@@ -1,8 +1,8 @@
-"""What an on-call engineer sees: request ids, structured logs, Server-Timing, Prometheus metrics.
+"""What an on-call engineer sees: request ids, structured logs, Prometheus metrics.
 
 Every request carries an id (the caller's ``X-Request-ID`` when it is sane, else a new one),
-echoed on the response and stamped on every log line written while it runs. Time spent in the
-database is summed per request by the query layer and reported in ``Server-Timing``.
+echoed on the response and stamped on every log line written while it runs. The request
+pipeline (service/pipeline.py) sets it and feeds the metrics defined here.
 """
 
 from __future__ import annotations
@@ -17,71 +17,44 @@ from contextvars import ContextVar
 from typing import Any
 
 import msgspec
-from litestar.datastructures import MutableScopeHeaders
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.plugins.prometheus import PrometheusConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Gauge
+from litestar.types import Scope
+from prometheus_client import Counter, Gauge, Histogram
 
 from service import db
 
-REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 access_log = logging.getLogger("freya.access")
 
 
-def _request_id_of(scope: Scope) -> str:
+def request_id_of(scope: Scope) -> str:
+    """The request's id: the caller's X-Request-ID when sane, else a new one (kept in the scope)."""
     state = scope.setdefault("state", {})
-    if "request_id" not in state:
-        given = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER.encode())
+    rid: str | None = state.get("request_id")
+    if rid is None:
+        given = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER)
         text = given.decode("latin-1") if given is not None else ""
-        state["request_id"] = text if _SANE_REQUEST_ID.match(text) else uuid.uuid4().hex
-    rid: str = state["request_id"]
+        rid = text if _SANE_REQUEST_ID.match(text) else uuid.uuid4().hex
+        state["request_id"] = rid
     return rid
 
 
-class RequestContextMiddleware(ASGIMiddleware):
-    """Outermost: names the request, times it and its database work, logs one access line."""
-
-    scopes = (ScopeType.HTTP,)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        rid = _request_id_of(scope)
-        token = request_id.set(rid)
-        timer = db.start_timing()
-        started = time.perf_counter()
-        status = 500
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = MutableScopeHeaders.from_message(message)
-                total_ms = (time.perf_counter() - started) * 1000
-                headers["server-timing"] = f"db;dur={timer.seconds * 1000:.2f}, app;dur={total_ms:.2f}"
-            await send(message)
-
-        try:
-            await next_app(scope, receive, timed_send)
-        finally:
-            access_log.info(
-                "%s %s %d %.1fms db=%.1fms",
-                scope.get("method", "-"),
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-                timer.seconds * 1000,
-            )
-            request_id.reset(token)
+# Requests by route template (never the raw path, so ids do not explode the label set).
+REQUESTS = Counter("freya_requests", "HTTP requests answered", ["method", "path", "status_code"])
+LATENCY = Histogram(
+    "freya_request_duration_seconds",
+    "Time to answer a request",
+    ["method", "path"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+IN_PROGRESS = Gauge("freya_requests_in_progress", "Requests being answered now")
 
 
-async def add_request_id_header(message: Message, scope: Scope) -> None:
-    """before_send hook: every response, routed or not (a 404 too), echoes its request id."""
-    if message["type"] == "http.response.start":
-        MutableScopeHeaders.from_message(message)[REQUEST_ID_HEADER] = _request_id_of(scope)
+def record_request(method: str, path_template: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(method, path_template, str(status)).inc()
+    LATENCY.labels(method, path_template).observe(seconds)
 
 
 _plain_record_factory = logging.getLogRecordFactory()
@@ -125,11 +98,6 @@ def configure_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-def prometheus_config() -> PrometheusConfig:
-    # Requests by route template (group_path), status and method, with a latency histogram.
-    return PrometheusConfig(app_name="freya", prefix="freya", group_path=True, exclude=["/metrics"])
 
 
 # Pool gauges read the live pool at scrape time (the service runs one pool per worker process).
