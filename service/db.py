@@ -173,17 +173,12 @@ def _project(query: Query, names: frozenset[str]) -> Query:
     return dataclasses.replace(query, sql=query.sql[:start] + chosen + query.sql[end:])
 
 
-def parse_columns(sql: str, where: str) -> tuple[tuple[str, str], ...]:
-    """The marked select list split at top-level commas; every column must end in ``AS name``."""
-    if COLUMNS_START not in sql:
-        return ()
-    inner = sql[sql.index(COLUMNS_START) + len(COLUMNS_START) : sql.index(COLUMNS_END)]
-    if "$" in inner:
-        raise QueryFileError(f"{where}: the /*columns*/ list may not use parameters")
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas outside parentheses and string literals."""
     parts: list[str] = []
     current: list[str] = []
     depth, quoted = 0, False
-    for char in inner:
+    for char in text:
         if char == "'":
             quoted = not quoted
         elif not quoted and char == "(":
@@ -196,7 +191,26 @@ def parse_columns(sql: str, where: str) -> tuple[tuple[str, str], ...]:
         else:
             current.append(char)
     parts.append("".join(current).strip())
+    return parts
+
+
+def parse_columns(sql: str, where: str) -> tuple[tuple[str, str], ...]:
+    """The marked list split at top-level commas: select-list columns that each end in ``AS name``,
+    or the ``'name', expression`` pairs of a json_build_object."""
+    if COLUMNS_START not in sql:
+        return ()
+    inner = sql[sql.index(COLUMNS_START) + len(COLUMNS_START) : sql.index(COLUMNS_END)]
+    if "$" in inner:
+        raise QueryFileError(f"{where}: the /*columns*/ list may not use parameters")
+    parts = _split_top_level(inner)
     columns = []
+    if parts and parts[0].startswith("'"):
+        # Key/value pairs of a json_build_object: 'name', expression, 'name', expression …
+        if len(parts) % 2:
+            raise QueryFileError(f"{where}: the /*columns*/ pairs of json_build_object are uneven")
+        for key, value in zip(parts[::2], parts[1::2], strict=True):
+            columns.append((key.strip("'"), f"{key}, {value}"))
+        return tuple(columns)
     for part in parts:
         alias = _ALIAS.search(part)
         if alias is None:

@@ -28,7 +28,18 @@ from service.fields import (
     TimeQuery,
     TopicNames,
 )
-from service.pages import DEFAULT_LIMIT, CountMode, Cursor, Limit, Offset, Page, count_rows, one_paging_mode, page_of
+from service.pages import (
+    DEFAULT_LIMIT,
+    CountMode,
+    Cursor,
+    JsonRows,
+    Limit,
+    Offset,
+    Page,
+    count_rows,
+    json_page,
+    one_paging_mode,
+)
 from service.timestamps import as_utc, from_micros, to_micros
 
 
@@ -213,17 +224,8 @@ def parse_fields(fields: str | None) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def _projected(query: Query, fields: frozenset[str] | None, keyset: bool) -> Query:
-    if fields is None:
-        return query
-    # A keyset page also selects its sort key, from which the next cursor is made.
-    return query.project(fields | {"id", "timestamp"} if keyset else fields)
-
-
-def _only(message: Message, fields: frozenset[str] | None) -> Message:
-    if fields is None:
-        return message
-    return msgspec.structs.replace(message, **{f: msgspec.UNSET for f in FIELDS if f not in fields})
+def _projected(query: Query, fields: frozenset[str] | None) -> Query:
+    return query if fields is None else query.project(fields)
 
 
 FieldsQuery = Annotated[
@@ -263,7 +265,10 @@ class ConversationMessagesController(Controller):
         async with db.connection() as conn:
             return BatchResult(await add_messages(conn, conversation_id, data.messages, in_batch=True))
 
-    @get(summary="Page through a conversation's messages", responses=problem_responses(400, 404))
+    @get(
+        summary="Page through a conversation's messages",
+        responses={200: ResponseSpec(data_container=Page[Message], description="A page")} | problem_responses(400, 404),
+    )
     async def list_messages(
         self,
         conversation_id: PathId,
@@ -278,7 +283,7 @@ class ConversationMessagesController(Controller):
         since: TimeQuery = None,
         until: TimeQuery = None,
         fields: FieldsQuery = None,
-    ) -> Page[Message]:
+    ) -> Response[bytes]:
         skip = one_paging_mode(cursor, offset)
         chosen = parse_fields(fields)
         since, until = as_utc(since), as_utc(until)
@@ -286,24 +291,27 @@ class ConversationMessagesController(Controller):
         after_micros, after_id = cursors.decode(cursor, scope, 2) if cursor else (None, None)
         filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}
         if order == "desc":
-            query = _projected(sql.list_messages_newest_first, chosen, keyset=offset is None)
-            position = {"before_ts": from_micros(after_micros), "before_id": after_id}
+            query, position = (
+                sql.list_messages_newest_first,
+                {"before_ts": from_micros(after_micros), "before_id": after_id},
+            )
         else:
-            query = _projected(sql.list_messages_oldest_first, chosen, keyset=offset is None)
-            position = {"after_ts": from_micros(after_micros), "after_id": after_id}
+            query, position = (
+                sql.list_messages_oldest_first,
+                {"after_ts": from_micros(after_micros), "after_id": after_id},
+            )
         async with db.connection() as conn:
-            rows = await query.many(conn, Message, **filters, **position, limit=limit + 1, offset=skip)
-            if not rows and not await conversations.sql.conversation_exists.val(conn, conversation_id=conversation_id):
+            page = await _projected(query, chosen).one(conn, JsonRows, **filters, **position, limit=limit, offset=skip)
+            assert page is not None
+            if page.items == b"[]" and not await conversations.sql.conversation_exists.val(
+                conn, conversation_id=conversation_id
+            ):
                 raise NotFound(f"conversation {conversation_id} does not exist")
             total = await count_rows(conn, count, sql.count_messages, **filters)
-
-        def after(last: Message) -> str:
-            assert isinstance(last.timestamp, datetime)
-            return cursors.encode(scope, to_micros(last.timestamp), last.id)
-
-        page = page_of(rows, limit, after if offset is None else None, total)
-        page.items = [_only(message, chosen) for message in page.items]
-        return page
+        next_cursor = None
+        if page.more and offset is None and page.last_timestamp is not None:
+            next_cursor = cursors.encode(scope, to_micros(page.last_timestamp), page.last_id)
+        return json_page(page.items, next_cursor, total)
 
 
 class MessagesController(Controller):
@@ -316,7 +324,7 @@ class MessagesController(Controller):
     ) -> Message:
         chosen = parse_fields(fields)
         async with db.connection() as conn:
-            found = await _projected(sql.get_message, chosen, keyset=False).one(conn, Message, message_id=message_id)
+            found = await _projected(sql.get_message, chosen).one(conn, Message, message_id=message_id)
         if found is None:
             raise NotFound(f"message {message_id} does not exist")
         return found

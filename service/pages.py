@@ -7,9 +7,11 @@ tools and small jumps, capped at MAX_OFFSET because PostgreSQL reads and discard
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
+from litestar import MediaType, Response
 from litestar.params import QueryParameter
 
 from service import db
@@ -57,6 +59,23 @@ def page_of(
     more = len(rows) > limit
     next_cursor = cursor_after(items[-1]) if more and items and cursor_after is not None else None
     return Page(items=items, next_cursor=next_cursor, total=total)
+
+
+class JsonRows(msgspec.Struct):
+    """A page whose items PostgreSQL encoded: the JSON array, whether more follow, the last sort key."""
+
+    items: bytes
+    more: bool
+    last_id: int | None
+    last_timestamp: datetime | None = None
+
+
+def json_page(items: bytes, next_cursor: str | None, total: int | msgspec.UnsetType) -> Response[bytes]:
+    """The list envelope around items that are JSON already: no decoding, no re-encoding."""
+    body = b'{"items":' + items + b',"next_cursor":' + msgspec.json.encode(next_cursor)
+    if not isinstance(total, msgspec.UnsetType):
+        body += b',"total":' + str(total).encode()
+    return Response(body + b"}", media_type=MediaType.JSON)
 
 
 async def count_rows(

@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, delete, get, post, put
+from litestar import Controller, Response, delete, get, post, put
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 
 from service.cursors import CursorCodec
@@ -15,7 +16,19 @@ from service.db import Database, Query, QueryFile
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import MAX_BATCH, Id, PathId, TopicName, TopicNames
 from service.messages import FieldsQuery, Message, TopicRef, parse_fields
-from service.pages import DEFAULT_LIMIT, CountMode, Cursor, Limit, Offset, Page, count_rows, one_paging_mode, page_of
+from service.pages import (
+    DEFAULT_LIMIT,
+    CountMode,
+    Cursor,
+    JsonRows,
+    Limit,
+    Offset,
+    Page,
+    count_rows,
+    json_page,
+    one_paging_mode,
+    page_of,
+)
 
 
 class TopicQueries(QueryFile, file="topics"):
@@ -146,7 +159,11 @@ class TopicsController(Controller):
             raise NotFound(f"topic {topic_id} does not exist")
         return found
 
-    @get("/{topic_id:str}/messages", summary="A topic's messages, newest first", responses=problem_responses(400, 404))
+    @get(
+        "/{topic_id:str}/messages",
+        summary="A topic's messages, newest first",
+        responses={200: ResponseSpec(data_container=Page[Message], description="A page")} | problem_responses(400, 404),
+    )
     async def list_topic_messages(
         self,
         topic_id: PathId,
@@ -157,25 +174,20 @@ class TopicsController(Controller):
         offset: Offset = None,
         count: CountMode = "none",
         fields: FieldsQuery = None,
-    ) -> Page[Message]:
+    ) -> Response[bytes]:
         skip = one_paging_mode(cursor, offset)
         chosen = parse_fields(fields)
         scope = f"topic-messages:{topic_id}"
         [before_id] = cursors.decode(cursor, scope, 1) if cursor else [None]
-        query = sql.list_topic_messages if chosen is None else sql.list_topic_messages.project(chosen | {"id"})
+        query = sql.list_topic_messages if chosen is None else sql.list_topic_messages.project(chosen)
         async with db.connection() as conn:
-            rows = await query.many(conn, Message, topic_id=topic_id, before_id=before_id, limit=limit + 1, offset=skip)
-            if not rows and not await sql.topic_exists.val(conn, topic_id=topic_id):
+            page = await query.one(conn, JsonRows, topic_id=topic_id, before_id=before_id, limit=limit, offset=skip)
+            assert page is not None
+            if page.items == b"[]" and not await sql.topic_exists.val(conn, topic_id=topic_id):
                 raise NotFound(f"topic {topic_id} does not exist")
             total = await count_rows(conn, count, sql.count_topic_messages, topic_id=topic_id)
-
-        def after(last: Message) -> str:
-            return cursors.encode(scope, last.id)
-
-        page = page_of(rows, limit, after if offset is None else None, total)
-        if chosen is not None and "id" not in chosen:
-            page.items = [msgspec.structs.replace(m, id=msgspec.UNSET) for m in page.items]
-        return page
+        next_cursor = cursors.encode(scope, page.last_id) if page.more and offset is None else None
+        return json_page(page.items, next_cursor, total)
 
     @post(
         "/assign",

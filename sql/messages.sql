@@ -123,44 +123,76 @@ SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS
 FROM messages AS m
 WHERE m.id = :message_id;
 
--- name: list_messages_newest_first :many
+-- name: list_messages_newest_first :one
 -- A page of a conversation, newest first, after the keyset position (before_ts, before_id) when a
 -- cursor is given (NULLs become +infinity, so the statement has one plan shape). The bare
 -- "timestamp" <= bound makes the position an index condition of idx_message_timestamp
 -- (conversation_id, timestamp): the scan starts at the cursor, not at the newest message.
 -- since is inclusive, until exclusive; role filters.
-SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
-       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = m.id) AS topics/*end columns*/
-FROM messages AS m
-WHERE m.conversation_id = :conversation_id
-  AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
-  AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, 'infinity'),
-                               coalesce(:before_id::bigint, 9223372036854775807))
-  AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
-  AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-  AND (:role::text IS NULL OR m.role = :role::text)
-ORDER BY m."timestamp" DESC, m.id DESC
-LIMIT :limit OFFSET :offset;
+-- The page comes back as one row: items, a UTF-8 JSON array built by PostgreSQL (no per-row
+-- work in Python), whether another page follows (limit + 1 rows were read), and the sort key of
+-- the last item, from which the next cursor is made. fields= projects the object's keys.
+WITH page AS (
+    SELECT m.id, m."timestamp",
+           json_build_object(/*columns*/'id', m.id, 'conversation_id', m.conversation_id, 'user_id', m.user_id,
+               'role', m.role, 'content', m.content, 'timestamp', api_time(m."timestamp"),
+               'edited_at', api_time(m.edited_at),
+               'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+                FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+                WHERE mt.message_id = m.id)/*end columns*/) AS item
+    FROM messages AS m
+    WHERE m.conversation_id = :conversation_id
+      AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
+      AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, 'infinity'),
+                                   coalesce(:before_id::bigint, 9223372036854775807))
+      AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+      AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+      AND (:role::text IS NULL OR m.role = :role::text)
+    ORDER BY m."timestamp" DESC, m.id DESC
+    LIMIT :limit::integer + 1 OFFSET :offset
+),
+numbered AS (
+    SELECT row_number() OVER (ORDER BY "timestamp" DESC, id DESC) AS n, id, "timestamp", item
+    FROM page
+)
+SELECT convert_to(coalesce(json_agg(item ORDER BY n) FILTER (WHERE n <= :limit::integer), '[]')::text, 'UTF8') AS items,
+       count(*) > :limit::integer AS more,
+       max("timestamp") FILTER (WHERE n = :limit::integer) AS last_timestamp,
+       max(id) FILTER (WHERE n = :limit::integer) AS last_id
+FROM numbered;
 
--- name: list_messages_oldest_first :many
+-- name: list_messages_oldest_first :one
 -- The same page walked the other way: after (after_ts, after_id), oldest first.
-SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
-       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = m.id) AS topics/*end columns*/
-FROM messages AS m
-WHERE m.conversation_id = :conversation_id
-  AND m."timestamp" >= coalesce(:after_ts::timestamptz, '-infinity')
-  AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, '-infinity'), coalesce(:after_id::bigint, 0))
-  AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
-  AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-  AND (:role::text IS NULL OR m.role = :role::text)
-ORDER BY m."timestamp", m.id
-LIMIT :limit OFFSET :offset;
+-- The page comes back as one row: items, a UTF-8 JSON array built by PostgreSQL (no per-row
+-- work in Python), whether another page follows (limit + 1 rows were read), and the sort key of
+-- the last item, from which the next cursor is made. fields= projects the object's keys.
+WITH page AS (
+    SELECT m.id, m."timestamp",
+           json_build_object(/*columns*/'id', m.id, 'conversation_id', m.conversation_id, 'user_id', m.user_id,
+               'role', m.role, 'content', m.content, 'timestamp', api_time(m."timestamp"),
+               'edited_at', api_time(m.edited_at),
+               'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+                FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+                WHERE mt.message_id = m.id)/*end columns*/) AS item
+    FROM messages AS m
+    WHERE m.conversation_id = :conversation_id
+      AND m."timestamp" >= coalesce(:after_ts::timestamptz, '-infinity')
+      AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, '-infinity'), coalesce(:after_id::bigint, 0))
+      AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+      AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+      AND (:role::text IS NULL OR m.role = :role::text)
+    ORDER BY m."timestamp", m.id
+    LIMIT :limit::integer + 1 OFFSET :offset
+),
+numbered AS (
+    SELECT row_number() OVER (ORDER BY "timestamp", id) AS n, id, "timestamp", item
+    FROM page
+)
+SELECT convert_to(coalesce(json_agg(item ORDER BY n) FILTER (WHERE n <= :limit::integer), '[]')::text, 'UTF8') AS items,
+       count(*) > :limit::integer AS more,
+       max("timestamp") FILTER (WHERE n = :limit::integer) AS last_timestamp,
+       max(id) FILTER (WHERE n = :limit::integer) AS last_id
+FROM numbered;
 
 -- name: count_messages :val
 SELECT count(*)

@@ -32,20 +32,33 @@ FROM topics
 WHERE name ~>=~ :prefix_from::text
   AND (:prefix_to::text IS NULL OR name ~<~ :prefix_to::text);
 
--- name: list_topic_messages :many
+-- name: list_topic_messages :one
 -- A topic's messages, newest first by id (ids grow with creation), walked backwards along the
 -- message_topics primary key (topic_id, message_id): a page costs its own size at any depth.
-SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
-       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS tag JOIN topics AS t ON t.id = tag.topic_id
-        WHERE tag.message_id = m.id) AS topics/*end columns*/
-FROM message_topics AS mt
-JOIN messages AS m ON m.id = mt.message_id
-WHERE mt.topic_id = :topic_id
-  AND mt.message_id < coalesce(:before_id::bigint, 9223372036854775807)
-ORDER BY mt.message_id DESC
-LIMIT :limit OFFSET :offset;
+-- One row, as messages.list_messages_newest_first: the items as JSON, more, the last id.
+WITH page AS (
+    SELECT m.id,
+           json_build_object(/*columns*/'id', m.id, 'conversation_id', m.conversation_id, 'user_id', m.user_id,
+               'role', m.role, 'content', m.content, 'timestamp', api_time(m."timestamp"),
+               'edited_at', api_time(m.edited_at),
+               'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
+                          FROM message_topics AS tag JOIN topics AS t ON t.id = tag.topic_id
+                          WHERE tag.message_id = m.id)/*end columns*/) AS item
+    FROM message_topics AS mt
+    JOIN messages AS m ON m.id = mt.message_id
+    WHERE mt.topic_id = :topic_id
+      AND mt.message_id < coalesce(:before_id::bigint, 9223372036854775807)
+    ORDER BY mt.message_id DESC
+    LIMIT :limit::integer + 1 OFFSET :offset
+),
+numbered AS (
+    SELECT row_number() OVER (ORDER BY id DESC) AS n, id, item
+    FROM page
+)
+SELECT convert_to(coalesce(json_agg(item ORDER BY n) FILTER (WHERE n <= :limit::integer), '[]')::text, 'UTF8') AS items,
+       count(*) > :limit::integer AS more,
+       max(id) FILTER (WHERE n = :limit::integer) AS last_id
+FROM numbered;
 
 -- name: count_topic_messages :val
 SELECT count(*)
