@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 FREYA := $(BIN)/python -m service
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate migration migrate-status rollback analyze vacuum seed db-shell db-stop db-url test lint clean
+.PHONY: help install run migrate migration migrate-status rollback analyze vacuum seed bench loadtest db-shell db-stop db-url test lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,14 @@ vacuum: $(STAMP) ## VACUUM (ANALYZE) the service's tables (one with table=messag
 
 seed: $(STAMP) ## generate realistic data: make seed messages=1000000 seed=42 (the defaults)
 	$(FREYA) seed $(if $(messages),--messages $(messages)) $(if $(seed),--seed $(seed))
+
+bench: $(STAMP) ## benchmark hot operations: service (wrk) vs the same SQL (pgbench); see BENCHMARKS.md
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration))
+
+loadtest: $(STAMP) ## run the Locust mix against the running service (make run): duration=60s users=20
+	$(BIN)/python -m pip install --quiet -e '.[load]'
+	$(BIN)/locust -f tests/load/locustfile.py --headless -u $(or $(users),20) -r 5 -t $(or $(duration),60s) --host $(or $(host),http://127.0.0.1:8000) --csv .freya/loadtest --html .freya/loadtest.html
 
 db-shell: $(STAMP) ## open psql on the service database
 	$(FREYA) db-shell

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -203,6 +203,11 @@ def _make_traversable(path: Path) -> None:
             wanted = mode | 0o044 | (0o011 if entry.is_dir() or mode & 0o100 else 0)
             if wanted != mode:
                 entry.chmod(wanted)
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server's URL naming another database (the socket and credentials kept)."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
 def database_url(settings: Settings) -> str:

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -27,15 +26,10 @@ from psycopg import sql
 from service import devdb, migrations
 from service.app import create_app
 from service.db import Connection, SharedConnectionDatabase, configure_connection
+from service.devdb import with_database
 from service.settings import Settings
 
 RUN_ID = uuid.uuid4().hex[:8]
-
-
-def with_database(url: str, database: str) -> str:
-    """The same server URL, naming another database."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 @pytest.fixture(scope="session")
