@@ -152,6 +152,8 @@ class EmbeddedPostgres:
                 f"unix_socket_directories = '{self.socket_dir}'\n"
                 "shared_preload_libraries = 'pg_stat_statements'\n"
                 "max_connections = 200\n"
+                # Room for a million-message seed to stay in memory (PostgreSQL's default is 128MB).
+                "shared_buffers = '512MB'\n"
             )
 
     def _pg_ctl_start(self) -> None:

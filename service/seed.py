@@ -49,6 +49,9 @@ short big small large tiny important urgent later tomorrow yesterday today week 
 paris berlin rome madrid london tokyo kyoto seoul boston chicago denver seattle toronto sydney
 """.split()
 
+# A few words that only about one message in 2,000 carries: what a rare-term search meets.
+_RARE_WORDS = ["quokka", "zeppelin", "marzipan", "fjord", "theremin", "axolotl", "sextant", "origami"]
+
 _TOPICS_BASE = """
 travel flights hotels food recipes cooking programming python databases postgres devops cloud music
 movies books health fitness sleep finance budgeting banking work meetings email writing translation
@@ -246,6 +249,8 @@ def _message_batches(
         for _ in range(length):
             role = rng.choices(_ROLES, weights=_ROLE_WEIGHTS)[0]
             words = rng.choices(_WORDS, cum_weights=word_weights, k=int(3 + 57 * rng.random() ** 2))
+            if rng.random() < 0.0005:
+                words.append(rng.choice(_RARE_WORDS))
             content = " ".join(words).capitalize() + rng.choice((".", "?", "!", "."))
             author = owner if role == "user" else assistant_id
             batch.append((next_id, conversation_id, author, role, content, moment))
