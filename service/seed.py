@@ -118,6 +118,7 @@ class _Progress:
     def __init__(self, label: str, total: int, quiet: bool) -> None:
         self.label, self.total, self.quiet = label, total, quiet
         self.done = 0
+        self.last_filled = -1
         self.started = time.perf_counter()
 
     def advance(self, rows: int) -> None:
@@ -128,11 +129,12 @@ class _Progress:
         width = 30
         filled = int(width * self.done / self.total) if self.total else width
         rate = f"{self.done / elapsed:>10,.0f} rows/s" if elapsed > 0.5 else ""
-        sys.stderr.write(
-            f"\r{self.label:<13} [{'#' * filled}{'.' * (width - filled)}] {self.done:>11,}/{self.total:,} {rate}"
-        )
-        if self.done >= self.total:
-            sys.stderr.write("\n")
+        line = f"{self.label:<13} [{'#' * filled}{'.' * (width - filled)}] {self.done:>11,}/{self.total:,} {rate}"
+        if sys.stderr.isatty():  # redraw in place
+            sys.stderr.write("\r" + line + ("\n" if self.done >= self.total else ""))
+        elif filled != self.last_filled or self.done >= self.total:  # a log file: a line per step
+            sys.stderr.write(line + "\n")
+        self.last_filled = filled
         sys.stderr.flush()
 
 
