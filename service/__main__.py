@@ -185,8 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(settings, args)
-    except (devdb.EmbeddedPostgresError, psycopg.OperationalError, OSError, asyncpg.PostgresError) as error:
+    except (devdb.EmbeddedPostgresError, psycopg.OperationalError, OSError) as error:
         print(f"freya: database unavailable: {error}", file=sys.stderr)
+        return 1
+    except asyncpg.PostgresError as error:
+        hint = " (run make migrate first?)" if isinstance(error, asyncpg.UndefinedTableError) else ""
+        print(f"freya: database error: {error}{hint}", file=sys.stderr)
         return 1
 
 

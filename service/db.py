@@ -17,6 +17,8 @@ start-up: a typo or a schema drift stops the service with the query's name.
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.util
 import dataclasses
 import functools
 import re
@@ -309,7 +311,14 @@ class QueryFile:
 
 
 def load_all(sql_dir: Path = SQL_DIR) -> list[Query]:
-    """Every query of every file; a file no QueryFile claims is an error (it would never be prepared)."""
+    """Every query of every file; a file no QueryFile claims is an error (it would never be prepared).
+
+    ``sql/<name>.sql`` belongs to the slice ``service/<name>.py``: importing it registers its
+    QueryFile class, whether or not the app itself uses that module (the seed's, for example).
+    """
+    for path in sql_dir.glob("*.sql"):
+        if path.stem not in QueryFile.registry and importlib.util.find_spec(f"service.{path.stem}") is not None:
+            importlib.import_module(f"service.{path.stem}")
     unclaimed = sorted(p.stem for p in sql_dir.glob("*.sql") if p.stem not in QueryFile.registry)
     if unclaimed:
         raise QueryFileError(f"SQL files without a QueryFile class: {unclaimed}")

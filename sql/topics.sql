@@ -33,10 +33,20 @@ WHERE name ~>=~ :prefix_from::text
   AND (:prefix_to::text IS NULL OR name ~<~ :prefix_to::text);
 
 -- name: list_topic_messages :one
--- A topic's messages, newest first by id (ids grow with creation), walked backwards along the
--- message_topics primary key (topic_id, message_id): a page costs its own size at any depth.
+-- A topic's messages, newest first by id (ids grow with creation). The page of ids is cut from
+-- the message_topics primary key (topic_id, message_id) first, walked backwards, and only those
+-- messages are then fetched by primary key: a page costs its own size at any depth, and however
+-- many newer messages carry other topics (a merge join along messages_pkey would walk them all).
 -- One row, as messages.list_messages_newest_first: the items as JSON, more, the last id.
-WITH page AS (
+WITH page_ids AS (
+    SELECT mt.message_id
+    FROM message_topics AS mt
+    WHERE mt.topic_id = :topic_id
+      AND mt.message_id < coalesce(:before_id::bigint, 9223372036854775807)
+    ORDER BY mt.message_id DESC
+    LIMIT :limit::integer + 1 OFFSET :offset
+),
+page AS (
     SELECT m.id,
            json_build_object(/*columns*/'id', m.id, 'conversation_id', m.conversation_id, 'user_id', m.user_id,
                'role', m.role, 'content', m.content, 'timestamp', api_time(m."timestamp"),
@@ -44,12 +54,11 @@ WITH page AS (
                'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
                           FROM message_topics AS tag JOIN topics AS t ON t.id = tag.topic_id
                           WHERE tag.message_id = m.id)/*end columns*/) AS item
-    FROM message_topics AS mt
-    JOIN messages AS m ON m.id = mt.message_id
-    WHERE mt.topic_id = :topic_id
-      AND mt.message_id < coalesce(:before_id::bigint, 9223372036854775807)
-    ORDER BY mt.message_id DESC
-    LIMIT :limit::integer + 1 OFFSET :offset
+    FROM page_ids AS p
+    CROSS JOIN LATERAL (
+        SELECT id, conversation_id, user_id, role, content, "timestamp", edited_at
+        FROM messages WHERE messages.id = p.message_id
+    ) AS m
 ),
 numbered AS (
     SELECT row_number() OVER (ORDER BY id DESC) AS n, id, item
