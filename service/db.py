@@ -17,10 +17,10 @@ start-up: a typo or a schema drift stops the service with the query's name.
 from __future__ import annotations
 
 import abc
-import importlib
-import importlib.util
 import dataclasses
 import functools
+import importlib
+import importlib.util
 import re
 import time
 import typing
