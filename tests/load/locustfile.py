@@ -5,7 +5,8 @@
            --csv report --html report.html
 
 Set FREYA_LOADTEST_TOKEN when the service requires tokens (a token with read and write).
-The data should come from `make seed`: users 1…N/200 exist, each with conversations.
+The data should come from `make seed`: users 1…N/200 exist, each with conversations; set
+FREYA_LOADTEST_USERS to N/200 when the seed was not the default 1,000,000 messages.
 """
 
 from __future__ import annotations
