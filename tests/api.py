@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -10,7 +15,7 @@ import httpx
 import msgspec
 
 from service.app import create_app
-from service.settings import Settings
+from service.settings import PROJECT_ROOT, Settings
 
 PROBLEM = "application/problem+json"
 
@@ -76,3 +81,39 @@ async def serving(database_url: str, **overrides: Any) -> AsyncIterator[httpx.As
     transport = httpx.ASGITransport(app=cast(Any, app))
     async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://freya.test") as http:
         yield http
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_service(database_url: str) -> tuple[subprocess.Popen[str], str]:
+    """`python -m service serve` on a free port, as an operator starts it; waits until it is ready.
+
+    Returns the process (output piped, to read after it ends) and its base URL.
+    """
+    port = free_port()
+    env = {**os.environ, "FREYA_DATABASE_URL": database_url, "FREYA_PORT": str(port), "FREYA_POOL_MIN_SIZE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise AssertionError("serve exited before it was ready:\n" + (process.communicate()[0] or ""))
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("serve was not ready after 600 checks:\n" + process.communicate()[0])

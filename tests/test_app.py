@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +17,7 @@ from service.app import create_app
 from service.db import QueryPrepareError, SharedConnectionDatabase
 from service.devdb import EmbeddedPostgres
 from service.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
-from tests.api import assert_problem
+from tests.api import assert_problem, start_service
 from tests.conftest import client_for
 
 
@@ -185,38 +180,11 @@ def test_embedded_server_starts_on_demand_is_reused_and_stops(tmp_path: Path) ->
     assert not (tmp_path / "pg").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_serve_migrates_then_answers_over_http(fresh_database: Callable[[], str]) -> None:
     url = fresh_database()
     migrations.rollback(url, count=len(migrations.migration_ids()))
-    port = free_port()
-    env = {**os.environ, "FREYA_DATABASE_URL": url, "FREYA_PORT": str(port), "FREYA_POOL_MIN_SIZE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, base = start_service(url)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "serve exited before it was ready"
-            assert time.monotonic() < deadline, "not ready within 60 s"
-            time.sleep(0.2)
         created = httpx.post(f"{base}/v1/users", json={"email": "Served@Example.com", "name": "Served"}, timeout=5)
         assert created.status_code == 201
         assert created.json()["email"] == "served@example.com"

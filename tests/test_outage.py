@@ -7,10 +7,7 @@ process they signal), with loops bounded by counts, never by wall-clock expectat
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,9 +21,7 @@ import pytest
 
 from service import migrations
 from service.devdb import EmbeddedPostgres
-from service.settings import PROJECT_ROOT
-from tests.api import assert_problem, create_user, serving
-from tests.test_app import free_port
+from tests.api import assert_problem, create_user, serving, start_service
 
 
 @pytest.fixture
@@ -140,26 +135,8 @@ async def create_user_with(http: httpx.AsyncClient, headers: dict[str, str]) -> 
 
 def test_sigterm_lets_in_flight_requests_finish(fresh_database: Callable[[], str]) -> None:
     url = fresh_database()
-    port = free_port()
-    env = {**os.environ, "FREYA_DATABASE_URL": url, "FREYA_PORT": str(port), "FREYA_POOL_MIN_SIZE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_service(url)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "serve exited before it was ready"
-            time.sleep(0.1)
         user = httpx.post(f"{base}/v1/users", json={"email": "term@example.com", "name": "T"}, timeout=5).json()
         locked, release = threading.Event(), threading.Event()
         holder = threading.Thread(target=hold_lock, args=(url, user["id"], locked, release))
