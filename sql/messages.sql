@@ -47,9 +47,10 @@ fresh AS (
     ORDER BY i.ord
 ),
 inserted AS (
-    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id)
+    -- search filled here, so the row trigger of migration 0014 is skipped for these rows.
+    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search)
     OVERRIDING SYSTEM VALUE
-    SELECT f.id, c.id, coalesce(f.user_id, c.user_id), f.role, f.content, f.client_msg_id
+    SELECT f.id, c.id, coalesce(f.user_id, c.user_id), f.role, f.content, f.client_msg_id, search_vector(f.content)
     FROM fresh AS f CROSS JOIN conversation AS c
     ORDER BY f.ord
     ON CONFLICT (conversation_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
