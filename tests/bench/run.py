@@ -499,8 +499,8 @@ def main() -> int:
 
     by_name = {r.name: r for r in results}
     if "batch_create_1000" in by_name:
-        batch = by_name["batch_create_1000"]
-        batch.extra["messages_per_second"] = round(batch.service.requests_per_second * 1000)
+        batch_result = by_name["batch_create_1000"]
+        batch_result.extra["messages_per_second"] = round(batch_result.service.requests_per_second * 1000)
     checks: dict[str, bool] = {}
     if "page_50" in by_name:
         checks["page_50"] = by_name["page_50"].ratio >= 0.35
