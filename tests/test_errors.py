@@ -47,7 +47,15 @@ async def test_an_exhausted_pool_is_503_with_retry_after(fresh_database: Callabl
                 await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user["id"])
                 # The one connection waits on the lock; the next request finds the pool empty.
                 stuck = asyncio.create_task(http.patch(f"/v1/users/{user['id']}", json={"name": "Waits"}))
-                await asyncio.sleep(0.2)
+                for _ in range(200):
+                    waiting = await blocker.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND application_name = 'freya-backend'"
+                    )
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.05)
+                assert waiting, "the pool's connection never reached the lock"
                 busy = await asyncio.wait_for(http.get(f"/v1/users/{user['id']}"), timeout=10)
             await stuck
         finally:
