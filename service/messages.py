@@ -228,6 +228,16 @@ def _projected(query: Query, fields: frozenset[str] | None) -> Query:
     return query if fields is None else query.project(fields)
 
 
+def _conversation_page_query(
+    order: Literal["desc", "asc"], fields: frozenset[str] | None, after: list[Any] | None
+) -> tuple[Query, dict[str, Any]]:
+    """The page query for this order and projection, with the cursor's position as its parameters."""
+    moment, message_id = (from_micros(after[0]), after[1]) if after else (None, None)
+    if order == "desc":
+        return _projected(sql.list_messages_newest_first, fields), {"before_ts": moment, "before_id": message_id}
+    return _projected(sql.list_messages_oldest_first, fields), {"after_ts": moment, "after_id": message_id}
+
+
 FieldsQuery = Annotated[
     str | None,
     QueryParameter(
@@ -285,23 +295,13 @@ class ConversationMessagesController(Controller):
         fields: FieldsQuery = None,
     ) -> Response[bytes]:
         skip = one_paging_mode(cursor, offset)
-        chosen = parse_fields(fields)
         since, until = as_utc(since), as_utc(until)
         scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
-        after_micros, after_id = cursors.decode(cursor, scope, 2) if cursor else (None, None)
+        after = cursors.decode(cursor, scope, 2) if cursor else None
+        query, position = _conversation_page_query(order, parse_fields(fields), after)
         filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}
-        if order == "desc":
-            query, position = (
-                sql.list_messages_newest_first,
-                {"before_ts": from_micros(after_micros), "before_id": after_id},
-            )
-        else:
-            query, position = (
-                sql.list_messages_oldest_first,
-                {"after_ts": from_micros(after_micros), "after_id": after_id},
-            )
         async with db.connection() as conn:
-            page = await _projected(query, chosen).one(conn, JsonRows, **filters, **position, limit=limit, offset=skip)
+            page = await query.one(conn, JsonRows, **filters, **position, limit=limit, offset=skip)
             assert page is not None
             if page.items == b"[]" and not await conversations.sql.conversation_exists.val(
                 conn, conversation_id=conversation_id

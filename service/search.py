@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from service.cursors import CursorCodec
-from service.db import Database, Query, QueryFile
+from service.db import Connection, Database, Query, QueryFile
 from service.errors import Invalid, problem_responses
 from service.fields import NO_NUL, RoleQuery, TimeQuery
 from service.messages import TopicRef
@@ -85,6 +85,20 @@ def _require_words(q: str) -> str:
     return q
 
 
+async def search_messages_txn(
+    conn: Connection, sort: Literal["rank", "recent"], filters: dict[str, Any], after: list[Any] | None, limit: int
+) -> list[MessageHit]:
+    """One search, planned for its own values, in a read-only transaction of its own."""
+    after_key, after_id = after if after else (None, None)
+    if sort == "rank":
+        query, position = sql.search_messages_by_rank, {"before_rank": after_key}
+    else:
+        query, position = sql.search_messages_by_recent, {"before_ts": from_micros(after_key)}
+    async with conn.transaction(readonly=True):
+        await sql.plan_for_these_values.val(conn)
+        return await query.many(conn, MessageHit, **filters, **position, before_id=after_id, limit=limit)
+
+
 class SearchController(Controller):
     path = "/v1/search"
     tags = ("search",)
@@ -118,14 +132,9 @@ class SearchController(Controller):
         scope = _scope(
             sort, q, conversation_id, user_id, topic, role, since and to_micros(since), until and to_micros(until)
         )
-        after_key, after_id = cursors.decode(cursor, scope, 2) if cursor else (None, None)
-        if sort == "rank":
-            query, position = sql.search_messages_by_rank, {"before_rank": after_key}
-        else:
-            query, position = sql.search_messages_by_recent, {"before_ts": from_micros(after_key)}
-        async with db.connection() as conn, conn.transaction(readonly=True):
-            await sql.plan_for_these_values.val(conn)
-            rows = await query.many(conn, MessageHit, **filters, **position, before_id=after_id, limit=limit + 1)
+        position = cursors.decode(cursor, scope, 2) if cursor else None
+        async with db.connection() as conn:
+            rows = await search_messages_txn(conn, sort, filters, position, limit + 1)
 
         def after(last: MessageHit) -> str:
             key = last.rank if sort == "rank" else to_micros(last.timestamp)
