@@ -12,7 +12,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -29,12 +29,15 @@ request_id: ContextVar[str] = ContextVar("request_id", default="-")
 access_log = logging.getLogger("freya.access")
 
 
-def request_id_of(scope: Scope) -> str:
-    """The request's id: the caller's X-Request-ID when sane, else a new one (kept in the scope)."""
+def request_id_of(scope: Scope, headers: Mapping[bytes, bytes] | None = None) -> str:
+    """The request's id: the caller's X-Request-ID when sane, else a new one (kept in the scope).
+
+    ``headers``: the scope's headers as a mapping, when the caller has built it already.
+    """
     state = scope.setdefault("state", {})
     rid: str | None = state.get("request_id")
     if rid is None:
-        given = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER)
+        given = (headers if headers is not None else dict(scope.get("headers", []))).get(REQUEST_ID_HEADER)
         text = given.decode("latin-1") if given is not None else ""
         rid = text if _SANE_REQUEST_ID.match(text) else uuid.uuid4().hex
         state["request_id"] = rid

@@ -39,7 +39,8 @@ class RequestPipeline(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = time.perf_counter()
-        rid = request_id_of(scope)
+        headers = dict(scope["headers"])  # built once: the id, the token and the key all read it
+        rid = request_id_of(scope, headers)
         context = request_id.set(rid)
         timing = db.start_timing()
         method = cast("HTTPScope", scope)["method"]
@@ -51,18 +52,18 @@ class RequestPipeline(ASGIMiddleware):
             if message["type"] == "http.response.start":
                 status = message["status"]
                 total_ms = (time.perf_counter() - started) * 1000
-                headers = list(message.get("headers", ()))
-                if not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):  # problems carry it already
-                    headers.append((REQUEST_ID_HEADER, rid.encode()))
-                headers.append(
+                response_headers = list(message.get("headers", ()))
+                # Problem answers carry the id already (errors.problem adds it).
+                if not any(name.lower() == REQUEST_ID_HEADER for name, _ in response_headers):
+                    response_headers.append((REQUEST_ID_HEADER, rid.encode()))
+                response_headers.append(
                     (b"server-timing", f"db;dur={timing.seconds * 1000:.2f}, app;dur={total_ms:.2f}".encode())
                 )
-                message["headers"] = headers
+                message["headers"] = response_headers
             await send(message)
 
         IN_PROGRESS.inc()
         try:
-            headers = dict(scope["headers"])
             principal = authorize(self.tokens, method, path, headers.get(b"authorization"))
             key = self.idempotency.key_of(method, path, headers)
             if key is None:
