@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 FREYA := $(BIN)/python -m service
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate migration migrate-status rollback analyze vacuum seed bench loadtest db-shell db-stop db-url test lint clean
+.PHONY: help install run migrate migration migrate-status rollback analyze vacuum purge seed bench loadtest db-shell db-stop db-url test lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ analyze: $(STAMP) ## ANALYZE the service's tables (one with table=messages)
 
 vacuum: $(STAMP) ## VACUUM (ANALYZE) the service's tables (one with table=messages)
 	$(FREYA) maintain vacuum_analyze $(if $(table),--table $(table))
+
+purge: $(STAMP) ## remove deleted rows past FREYA_RETENTION_DAYS (30) and changes past FREYA_CHANGES_RETENTION_DAYS (7)
+	$(FREYA) purge
 
 seed: $(STAMP) ## generate realistic data: make seed messages=1000000 seed=42 (the defaults)
 	$(FREYA) seed $(if $(messages),--messages $(messages)) $(if $(seed),--seed $(seed))

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 
-from service import admin, devdb, idempotency, migrations, seed
+from service import admin, devdb, idempotency, migrations, purge, seed
 from service.db import SharedConnectionDatabase
 from service.devdb import database_url
 from service.settings import Settings, SettingsError, load_settings
@@ -129,6 +129,22 @@ def purge_idempotency_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def purge_deleted(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> purge.PurgeReport:
+        conn = await asyncpg.connect(database_url(settings))
+        try:
+            return await purge.purge(
+                conn,
+                retention=timedelta(days=settings.retention_days),
+                changes_retention=timedelta(days=settings.changes_retention_days),
+            )
+        finally:
+            await conn.close()
+
+    print(asyncio.run(run()).describe())
+    return 0
+
+
 def seed_data(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> seed.SeedReport:
         conn = await asyncpg.connect(database_url(settings))
@@ -165,6 +181,11 @@ def parser() -> argparse.ArgumentParser:
     maintenance = command("maintain", maintain, "run ANALYZE, VACUUM or both (VACUUM (ANALYZE))")
     maintenance.add_argument("operation", choices=typing.get_args(admin.Operation))
     maintenance.add_argument("--table", choices=admin.TABLES, help="one table (default: all of them)")
+    command(
+        "purge",
+        purge_deleted,
+        "remove rows deleted over FREYA_RETENTION_DAYS ago and changes over FREYA_CHANGES_RETENTION_DAYS old",
+    )
     command("purge-idempotency-keys", purge_idempotency_keys, "delete idempotency keys past their lifetime")
     seeding = command("seed", seed_data, "generate a realistic dataset (deterministic per --seed)")
     seeding.add_argument("--messages", type=int, default=seed.DEFAULT_MESSAGES, help="how many messages")

@@ -20,6 +20,7 @@ from litestar.plugins.prometheus import PrometheusController
 from service import db, errors
 from service.admin import AdminController
 from service.auth import parse_tokens
+from service.changes import ChangesController, ChangeSignal
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
@@ -28,6 +29,7 @@ from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController
 from service.observability import configure_logging, stamp_request_ids, watch_pool
 from service.pipeline import RequestPipeline
+from service.revisions import RevisionsController
 from service.search import SearchController
 from service.settings import Settings, load_settings
 from service.topics import MessageTopicsController, TopicsController
@@ -46,6 +48,11 @@ def _provide_database(state: State) -> db.Database:
 def _provide_cursors(state: State) -> CursorCodec:
     cursors: CursorCodec = state.cursors
     return cursors
+
+
+def _provide_changes_signal(state: State) -> ChangeSignal:
+    signal: ChangeSignal = state.changes_signal
+    return signal
 
 
 @route(
@@ -77,7 +84,19 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
     tokens = parse_tokens(settings.api_tokens) if settings.api_tokens else ()
     if not tokens:
         log.warning("FREYA_API_TOKENS is not set: every API route is open to anyone who can reach the port")
-    state = State({"cursors": cursors} | ({"database": database} if database is not None else {}))
+    # The feed's LISTEN connection; with no URL (a test's own connection) waiting polls instead.
+    changes_signal = ChangeSignal(settings.database_url, settings.connect_timeout)
+    state = State(
+        {"cursors": cursors, "changes_signal": changes_signal}
+        | ({"database": database} if database is not None else {})
+    )
+
+    @asynccontextmanager
+    async def changes_lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await changes_signal.close()
 
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -119,9 +138,11 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             UserConversationsController,
             ConversationMessagesController,
             MessagesController,
+            RevisionsController,
             TopicsController,
             MessageTopicsController,
             SearchController,
+            ChangesController,
             AdminController,
             MetricsController,
             unknown_route,
@@ -136,9 +157,10 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
+            "changes_signal": Provide(_provide_changes_signal, sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
-        lifespan=[pool_lifespan],
+        lifespan=[pool_lifespan, changes_lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -24,6 +24,7 @@ class ConversationQueries(QueryFile, file="conversations"):
     conversation_exists: Query
     update_conversation_title: Query
     delete_conversation: Query
+    restore_conversation: Query
     list_user_conversations: Query
     count_user_conversations: Query
 
@@ -86,7 +87,7 @@ class ConversationsController(Controller):
 
     @delete(
         "/{conversation_id:str}",
-        summary="Delete a conversation and its messages",
+        summary="Delete a conversation and its messages (restorable for FREYA_RETENTION_DAYS)",
         responses=problem_responses(400, 404),
     )
     async def delete_conversation(self, conversation_id: PathId, db: NamedDependency[Database]) -> None:
@@ -94,6 +95,20 @@ class ConversationsController(Controller):
             deleted = await sql.delete_conversation.val(conn, conversation_id=conversation_id)
         if deleted is None:
             raise NotFound(f"conversation {conversation_id} does not exist")
+
+    @post(
+        "/{conversation_id:str}/restore",
+        status_code=200,
+        summary="Restore a deleted conversation with the messages deleted with it (a live one is answered as it is)",
+        responses=problem_responses(400, 404),
+    )
+    async def restore_conversation(self, conversation_id: PathId, db: NamedDependency[Database]) -> Conversation:
+        async with db.connection() as conn, conn.transaction():
+            await sql.restore_conversation.val(conn, conversation_id=conversation_id)
+            restored = await sql.get_conversation.one(conn, Conversation, conversation_id=conversation_id)
+        if restored is None:
+            raise NotFound(f"conversation {conversation_id} does not exist (or was purged)")
+        return restored
 
 
 class UserConversationsController(Controller):

@@ -5,6 +5,7 @@
     litestar ValidationException (body/query/path)     400     Invalid request
     Invalid (our own value checks)                     400/422 as raised, with ``errors``
     NotFound                                           404     Not found
+    Gone (a feed cursor before what is kept)           410     Gone
     litestar NotFound / MethodNotAllowed / 413 …       as is   Litestar's title
     Conflict, asyncpg UniqueViolationError             409     Conflict
     asyncpg ForeignKeyViolationError                   422     Referenced row does not exist
@@ -76,6 +77,10 @@ class Conflict(ProblemError):
     status, title, kind = 409, "Conflict", "conflict"
 
 
+class Gone(ProblemError):
+    status, title, kind = 410, "Gone", "gone"
+
+
 def problem(
     status: int,
     title: str,
@@ -121,6 +126,7 @@ _RESPONSE_DESCRIPTIONS = {
     403: "The token lacks the scope this request needs",
     404: "Not found",
     409: "Conflict with an existing row",
+    410: "What the request points at was pruned and is gone for good",
     422: "Well-formed, but a value breaks a rule or references a missing row",
     503: "Database unavailable or busy; retry after Retry-After seconds",
     504: "Database statement timed out",

@@ -16,7 +16,7 @@ from litestar.params import JSONBody, QueryParameter
 from service import conversations
 from service.cursors import CursorCodec
 from service.db import Connection, Database, Query, QueryFile
-from service.errors import Invalid, NotFound, problem_responses
+from service.errors import Conflict, Invalid, NotFound, problem_responses
 from service.fields import (
     MAX_BATCH,
     ClientMsgId,
@@ -53,6 +53,7 @@ class MessageQueries(QueryFile, file="messages"):
     update_message: Query
     update_messages: Query
     delete_message: Query
+    restore_message: Query
 
 
 sql = MessageQueries()
@@ -126,7 +127,7 @@ class BulkUpdated(msgspec.Struct):
 
 class _Added(msgspec.Struct):
     ord: int
-    status: Literal["created", "duplicate", "unknown_user"]
+    status: Literal["created", "duplicate", "unknown_user", "deleted_duplicate"]
     id: int | None
     conversation_id: int | None
     user_id: int | None
@@ -139,6 +140,12 @@ class _Added(msgspec.Struct):
 
 class _StoredByKey(Message):
     client_msg_id: str | msgspec.UnsetType = msgspec.UNSET
+    deleted: bool = False
+
+
+class _Restored(msgspec.Struct):
+    conversation_deleted: bool
+    restored: bool
 
 
 class _BulkOutcome(msgspec.Struct):
@@ -188,6 +195,8 @@ async def add_messages(
                 for index in unknown
             ],
         )
+    if deleted := [row.ord - 1 for row in rows if row.status == "deleted_duplicate"]:
+        raise _deleted_duplicate(items, deleted, in_batch=in_batch)
     found = {row.ord: BatchItem(row.status, _as_message(row)) for row in rows}  # type: ignore[arg-type]
     if lost := [number for number in range(1, len(items) + 1) if number not in found]:
         await _fill_lost_races(conn, conversation_id, items, lost, found)
@@ -209,7 +218,24 @@ async def _fill_lost_races(
     for number, key in zip(lost, keys, strict=True):
         if key not in winners:
             raise NotFound(f"conversation {conversation_id} does not exist")
+        if winners[key].deleted:
+            raise _deleted_duplicate(items, [number - 1], in_batch=len(items) > 1)
         found[number] = BatchItem("duplicate", _as_message(winners[key]))
+
+
+def _deleted_duplicate(items: Sequence[MessageCreate], indexes: list[int], *, in_batch: bool) -> Conflict:
+    """A client_msg_id whose message was deleted: replaying it would show a deleted message, and
+    storing it again would write twice; the caller restores that message or uses a new id."""
+    return Conflict(
+        "client_msg_id names a deleted message (restore it, or post with a new client_msg_id); nothing was written",
+        errors=[
+            {
+                "field": f"messages[{index}].client_msg_id" if in_batch else "client_msg_id",
+                "message": f"{items[index].client_msg_id!r} belongs to a deleted message",
+            }
+            for index in indexes
+        ],
+    )
 
 
 def parse_fields(fields: str | None) -> frozenset[str] | None:
@@ -362,12 +388,33 @@ class MessagesController(Controller):
             )
         return BulkUpdated(updated=outcome.updated)
 
-    @delete("/{message_id:str}", summary="Delete a message", responses=problem_responses(400, 404))
+    @delete(
+        "/{message_id:str}",
+        summary="Delete a message (restorable for FREYA_RETENTION_DAYS)",
+        responses=problem_responses(400, 404),
+    )
     async def delete_message(self, message_id: PathId, db: NamedDependency[Database]) -> None:
         async with db.connection() as conn:
             deleted = await sql.delete_message.val(conn, message_id=message_id)
         if deleted is None:
             raise NotFound(f"message {message_id} does not exist")
+
+    @post(
+        "/{message_id:str}/restore",
+        status_code=200,
+        summary="Restore a deleted message with its topics (a live one is answered as it is)",
+        responses=problem_responses(400, 404, 409),
+    )
+    async def restore_message(self, message_id: PathId, db: NamedDependency[Database]) -> Message:
+        async with db.connection() as conn, conn.transaction():
+            outcome = await sql.restore_message.one(conn, _Restored, message_id=message_id)
+            assert outcome is not None
+            if outcome.conversation_deleted:
+                raise Conflict(f"message {message_id} belongs to a deleted conversation: restore the conversation")
+            restored = await sql.get_message.one(conn, Message, message_id=message_id)
+        if restored is None:
+            raise NotFound(f"message {message_id} does not exist (or was purged)")
+        return restored
 
 
 def _check_bulk_updates(updates: Sequence[MessageUpdateItem]) -> None:

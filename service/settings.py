@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     api_tokens: str | None = None
     # How long an Idempotency-Key is remembered, in hours.
     idempotency_ttl_hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 30)] = 24
+    # Days a deleted conversation or message stays restorable; then `make purge` removes it for good.
+    retention_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 30
+    # Days the change feed keeps a change; `make purge` prunes older ones (their cursors get a 410).
+    changes_retention_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 7
     # Check the schema and prepare every query at start; tests that share one connection turn it off.
     migrate_on_serve: bool = True
 

@@ -7,30 +7,43 @@ RETURNING id, user_id, title, created_at, updated_at, message_count;
 -- name: get_conversation :one
 SELECT id, user_id, title, created_at, updated_at, message_count
 FROM conversations
-WHERE id = :conversation_id;
+WHERE id = :conversation_id AND deleted_at IS NULL;
 
 -- name: conversation_exists :val
-SELECT EXISTS (SELECT 1 FROM conversations WHERE id = :conversation_id);
+SELECT EXISTS (SELECT 1 FROM conversations WHERE id = :conversation_id AND deleted_at IS NULL);
 
 -- name: update_conversation_title :one
 UPDATE conversations
 SET title = :title
-WHERE id = :conversation_id
+WHERE id = :conversation_id AND deleted_at IS NULL
 RETURNING id, user_id, title, created_at, updated_at, message_count;
 
 -- name: delete_conversation :val
--- Cascades to its messages and their tags.
-DELETE FROM conversations
-WHERE id = :conversation_id
+-- Marks a live conversation deleted; migration 0130's trigger marks its live messages deleted
+-- with it (so a restore brings back exactly those) in a statement of its own, which sees every
+-- message committed while this one waited for the conversation's row lock.
+UPDATE conversations
+SET deleted_at = now()
+WHERE id = :conversation_id AND deleted_at IS NULL
+RETURNING id;
+
+-- name: restore_conversation :val
+-- Brings a deleted conversation back, with the messages deleted with it (by trigger; not those
+-- deleted before it). No row when it does not exist or is not deleted.
+UPDATE conversations
+SET deleted_at = NULL
+WHERE id = :conversation_id AND deleted_at IS NOT NULL
 RETURNING id;
 
 -- name: list_user_conversations :many
 -- A user's conversations, most recently active first: keyset after (before_updated_at, before_id)
 -- when a cursor is given, else from the top (NULLs become +infinity so the plan has one shape),
--- skipping :offset rows for offset pages. Served in order by idx_conversation_user_updated.
+-- skipping :offset rows for offset pages. Served in order by idx_conversation_live_user_updated
+-- (live conversations only).
 SELECT id, user_id, title, created_at, updated_at, message_count
 FROM conversations
 WHERE user_id = :user_id
+  AND deleted_at IS NULL
   AND updated_at <= coalesce(:before_updated_at::timestamptz, 'infinity')
   AND (updated_at, id) < (coalesce(:before_updated_at::timestamptz, 'infinity'),
                           coalesce(:before_id::bigint, 9223372036854775807))
@@ -40,4 +53,4 @@ LIMIT :limit OFFSET :offset;
 -- name: count_user_conversations :val
 SELECT count(*)
 FROM conversations
-WHERE user_id = :user_id;
+WHERE user_id = :user_id AND deleted_at IS NULL;

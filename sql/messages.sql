@@ -8,11 +8,15 @@
 --   unknown_user  its user_id does not exist: then nothing at all is written.
 -- An item missing from the result lost a race for its client_msg_id against a concurrent
 -- request (ON CONFLICT DO NOTHING); the caller reads the winner with get_messages_by_client_ids.
--- No rows at all: the conversation does not exist.
+--   deleted_duplicate  its client_msg_id names a message that was deleted: nothing at all is written.
+-- No rows at all: the conversation does not exist or is deleted. Its row is locked first (as
+-- deleting it does), so a message never lands in a conversation being deleted.
 -- Ids are drawn in item order, so the batch keeps its order under (timestamp, id).
 -- The triggers of migration 0004 move the conversation's message_count and updated_at.
 WITH conversation AS (
-    SELECT c.id, c.user_id FROM conversations AS c WHERE c.id = :conversation_id
+    SELECT c.id, c.user_id FROM conversations AS c
+    WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+    FOR NO KEY UPDATE
 ),
 input AS (
     SELECT i.ord::integer AS ord, i.role, i.content, i.user_id, i.client_msg_id
@@ -25,7 +29,7 @@ unknown_user AS (
       AND NOT EXISTS (SELECT 1 FROM users AS u WHERE u.id = i.user_id)
 ),
 stored AS (
-    SELECT i.ord, m.id
+    SELECT i.ord, m.id, m.deleted_at IS NOT NULL AS deleted
     FROM input AS i
     JOIN messages AS m ON m.conversation_id = :conversation_id AND m.client_msg_id = i.client_msg_id
 ),
@@ -42,6 +46,7 @@ fresh AS (
     FROM input AS i
     WHERE EXISTS (SELECT 1 FROM conversation)
       AND NOT EXISTS (SELECT 1 FROM unknown_user)
+      AND NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.deleted)
       AND NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.ord = i.ord)
       AND (i.client_msg_id IS NULL OR i.ord IN (SELECT f.ord FROM first_of_key AS f))
     ORDER BY i.ord
@@ -82,6 +87,10 @@ SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conv
        NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::json AS topics
 FROM unknown_user AS u
 UNION ALL
+SELECT s.ord, 'deleted_duplicate', s.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM stored AS s
+WHERE s.deleted
+UNION ALL
 SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
        coalesce(nt.topics, '[]'::json)
 FROM fresh AS f
@@ -94,6 +103,7 @@ SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content
         WHERE mt.message_id = m.id)
 FROM stored AS s
 JOIN messages AS m ON m.id = s.id
+WHERE NOT s.deleted
 UNION ALL
 SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
        coalesce(nt.topics, '[]'::json)
@@ -107,7 +117,7 @@ ORDER BY ord;
 
 -- name: get_messages_by_client_ids :many
 -- The stored messages of a conversation with these client_msg_ids (after a lost race).
-SELECT m.client_msg_id, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
+SELECT m.client_msg_id, m.deleted_at IS NOT NULL AS deleted, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
        (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
         FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
         WHERE mt.message_id = m.id) AS topics
@@ -122,7 +132,7 @@ SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS
         FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
         WHERE mt.message_id = m.id) AS topics/*end columns*/
 FROM messages AS m
-WHERE m.id = :message_id;
+WHERE m.id = :message_id AND m.deleted_at IS NULL;
 
 -- name: list_messages_newest_first :one
 -- A page of a conversation, newest first, after the keyset position (before_ts, before_id) when a
@@ -143,6 +153,7 @@ WITH page AS (
                 WHERE mt.message_id = m.id)/*end columns*/) AS item
     FROM messages AS m
     WHERE m.conversation_id = :conversation_id
+      AND m.deleted_at IS NULL
       AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
       AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, 'infinity'),
                                    coalesce(:before_id::bigint, 9223372036854775807))
@@ -177,6 +188,7 @@ WITH page AS (
                 WHERE mt.message_id = m.id)/*end columns*/) AS item
     FROM messages AS m
     WHERE m.conversation_id = :conversation_id
+      AND m.deleted_at IS NULL
       AND m."timestamp" >= coalesce(:after_ts::timestamptz, '-infinity')
       AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, '-infinity'), coalesce(:after_id::bigint, 0))
       AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
@@ -199,18 +211,20 @@ FROM numbered;
 SELECT count(*)
 FROM messages AS m
 WHERE m.conversation_id = :conversation_id
+  AND m.deleted_at IS NULL
   AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
   AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
   AND (:role::text IS NULL OR m.role = :role::text);
 
 -- name: update_message :one
--- Changes content and/or role (NULL keeps the stored value) and stamps edited_at.
+-- Changes content and/or role (NULL keeps the stored value) and stamps edited_at; migration
+-- 0130's trigger keeps the replaced version as a revision.
 WITH updated AS (
     UPDATE messages
     SET content = coalesce(:content::text, content),
         role = coalesce(:role::text, role),
         edited_at = now()
-    WHERE id = :message_id
+    WHERE id = :message_id AND deleted_at IS NULL
     RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at
 )
 SELECT u.id, u.conversation_id, u.user_id, u.role, u.content, u."timestamp", u.edited_at,
@@ -221,14 +235,15 @@ FROM updated AS u;
 
 -- name: update_messages :one
 -- Bulk edit in one statement: each id gets its content and/or role (NULL keeps the value). If any
--- id does not exist nothing is written and missing lists them.
+-- id does not exist (or is deleted) nothing is written and missing lists them. Revisions are
+-- kept by migration 0130's statement trigger: still one statement.
 WITH input AS (
     SELECT u.id, u.content, u.role
     FROM unnest(:ids::bigint[], :contents::text[], :roles::text[]) AS u (id, content, role)
 ),
 missing AS (
     SELECT i.id FROM input AS i
-    WHERE NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.id = i.id)
+    WHERE NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.id = i.id AND m.deleted_at IS NULL)
 ),
 updated AS (
     UPDATE messages AS m
@@ -244,7 +259,38 @@ SELECT (SELECT count(*) FROM updated) AS updated,
        coalesce((SELECT array_agg(id ORDER BY id) FROM missing), '{}') AS missing;
 
 -- name: delete_message :val
--- Its tags go by cascade; the conversation's message_count by trigger.
-DELETE FROM messages
-WHERE id = :message_id
-RETURNING id;
+-- Marks a live message deleted; migration 0130's trigger sets its tags aside and moves the
+-- conversation's message_count. The conversation's row is locked first, in the order a
+-- conversation's delete takes them (conversation, then messages), so the two cannot deadlock.
+WITH conversation AS (
+    SELECT c.id FROM conversations AS c
+    WHERE c.id = (SELECT m.conversation_id FROM messages AS m WHERE m.id = :message_id)
+    FOR NO KEY UPDATE
+)
+UPDATE messages AS m
+SET deleted_at = now()
+FROM conversation AS c
+WHERE m.id = :message_id AND m.conversation_id = c.id AND m.deleted_at IS NULL
+RETURNING m.id;
+
+-- name: restore_message :one
+-- Brings a deleted message back, tags included (by trigger). conversation_deleted: its
+-- conversation is deleted, so it stays deleted (a 409); restored: it was deleted and is live again. The conversation's row is locked first, and its
+-- deleted_at read from the latest version, so a concurrent conversation delete cannot miss it.
+WITH target AS (
+    SELECT m.id, m.conversation_id FROM messages AS m WHERE m.id = :message_id
+),
+conversation AS (
+    SELECT c.id, c.deleted_at FROM conversations AS c
+    WHERE c.id = (SELECT t.conversation_id FROM target AS t)
+    FOR NO KEY UPDATE
+),
+restored AS (
+    UPDATE messages AS m
+    SET deleted_at = NULL, deleted_with_conversation = false
+    FROM conversation AS c
+    WHERE m.id = :message_id AND m.conversation_id = c.id AND c.deleted_at IS NULL AND m.deleted_at IS NOT NULL
+    RETURNING m.id
+)
+SELECT coalesce((SELECT c.deleted_at IS NOT NULL FROM conversation AS c), false) AS conversation_deleted,
+       EXISTS (SELECT 1 FROM restored) AS restored;

@@ -16,6 +16,7 @@ WITH hit AS (
            ts_rank_cd(m.search, search_query(:q)) AS rank
     FROM messages AS m
     WHERE m.search @@ search_query(:q)
+      AND m.deleted_at IS NULL
       AND (:conversation_id::bigint IS NULL OR m.conversation_id = :conversation_id::bigint)
       AND (:user_id::bigint IS NULL OR m.user_id = :user_id::bigint)
       AND (:role::text IS NULL OR m.role = :role::text)
@@ -47,6 +48,7 @@ WITH page AS (
            ts_rank_cd(m.search, search_query(:q)) AS rank
     FROM messages AS m
     WHERE m.search @@ search_query(:q)
+      AND m.deleted_at IS NULL
       AND (:conversation_id::bigint IS NULL OR m.conversation_id = :conversation_id::bigint)
       AND (:user_id::bigint IS NULL OR m.user_id = :user_id::bigint)
       AND (:role::text IS NULL OR m.role = :role::text)

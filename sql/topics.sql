@@ -78,7 +78,9 @@ WHERE topic_id = :topic_id;
 -- Sets a message's topics to exactly :topics (creating missing ones) and returns them; found is
 -- false, and nothing is written, when the message does not exist.
 WITH message AS (
-    SELECT id FROM messages WHERE id = :message_id
+    -- FOR SHARE: a concurrent delete (which sets tags aside) waits for this tagging, or this
+    -- tagging sees the message deleted.
+    SELECT id FROM messages WHERE id = :message_id AND deleted_at IS NULL FOR SHARE
 ),
 wanted AS (
     SELECT id, name
@@ -104,7 +106,9 @@ SELECT EXISTS (SELECT 1 FROM message) AS found,
 -- Adds :topics to a message (creating missing ones) and returns all of its topics; found is
 -- false, and nothing is written, when the message does not exist.
 WITH message AS (
-    SELECT id FROM messages WHERE id = :message_id
+    -- FOR SHARE: a concurrent delete (which sets tags aside) waits for this tagging, or this
+    -- tagging sees the message deleted.
+    SELECT id FROM messages WHERE id = :message_id AND deleted_at IS NULL FOR SHARE
 ),
 wanted AS (
     SELECT id, name
@@ -138,9 +142,15 @@ RETURNING message_id;
 WITH input AS (
     SELECT DISTINCT unnest(:message_ids::bigint[]) AS id
 ),
+live AS (
+    -- FOR SHARE, as in add_message_topics: no tag lands on a message being deleted.
+    SELECT m.id FROM messages AS m
+    WHERE m.id IN (SELECT id FROM input) AND m.deleted_at IS NULL
+    FOR SHARE
+),
 missing AS (
     SELECT i.id FROM input AS i
-    WHERE NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.id = i.id)
+    WHERE i.id NOT IN (SELECT id FROM live)
 ),
 wanted AS (
     SELECT id, name

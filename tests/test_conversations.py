@@ -74,8 +74,12 @@ async def test_delete_takes_the_messages_along(client: httpx.AsyncClient, conn: 
     await post_batch(client, conversation["id"], [{"role": "user", "content": "hi", "topics": ["greeting"]}])
     response = await client.delete(f"/v1/conversations/{conversation['id']}")
     assert response.status_code == 204
-    assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+    # Soft: the rows stay, restorable, gone from every read; tags set aside.
+    assert await conn.fetchval("SELECT count(*) FROM messages WHERE deleted_at IS NULL") == 0
     assert await conn.fetchval("SELECT count(*) FROM message_topics") == 0
+    assert await conn.fetchval("SELECT count(*) FROM deleted_message_topics") == 1
+    assert_problem(await client.get(f"/v1/conversations/{conversation['id']}"), 404)
+    assert_problem(await client.get(f"/v1/conversations/{conversation['id']}/messages"), 404)
     assert await conn.fetchval("SELECT count(*) FROM topics") == 1  # topics outlive their messages
     assert_problem(await client.delete(f"/v1/conversations/{conversation['id']}"), 404)
 

@@ -457,7 +457,10 @@ async def test_delete_a_message(client: httpx.AsyncClient, conn: Connection, cha
     )
     response = await client.delete(f"/v1/messages/{items[0]['message']['id']}")
     assert response.status_code == 204
-    assert await counts(conn) == (1, 1, 1)
+    # Soft: the row stays (restorable), its tag is set aside, and every read says 404.
+    assert await counts(conn) == (2, 1, 1)
+    assert await conn.fetchval("SELECT count(*) FROM deleted_message_topics") == 1
+    assert_problem(await client.get(f"/v1/messages/{items[0]['message']['id']}"), 404)
     conversation = (await client.get(f"/v1/conversations/{chat['conversation']['id']}")).json()
     assert conversation["message_count"] == 1
     assert_problem(await client.delete(f"/v1/messages/{items[0]['message']['id']}"), 404)

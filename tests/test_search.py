@@ -49,7 +49,7 @@ def test_the_backfill_leaves_every_row_searchable(fresh_database: Callable[[], s
         indexes = {
             r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename IN ('messages', 'topics')")
         }
-        assert {"idx_message_search", "idx_topic_search", "idx_topic_name_prefix"} <= indexes
+        assert {"idx_message_live_search", "idx_topic_search", "idx_topic_name_prefix"} <= indexes
         invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()
         assert invalid == (0,)
 

@@ -1,0 +1,3 @@
+-- transactional: false
+
+DROP INDEX CONCURRENTLY idx_message_live_search;

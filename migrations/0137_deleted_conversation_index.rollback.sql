@@ -1,0 +1,3 @@
+-- transactional: false
+
+DROP INDEX CONCURRENTLY idx_conversation_deleted_at;
