@@ -17,7 +17,20 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusController
 
-from service import db, errors
+from service import (
+    admin,
+    changes,
+    conversations,
+    db,
+    errors,
+    health,
+    idempotency,
+    messages,
+    revisions,
+    search,
+    topics,
+    users,
+)
 from service.admin import AdminController
 from service.auth import parse_tokens
 from service.changes import ChangesController, ChangeSignal
@@ -26,9 +39,11 @@ from service.cursors import CursorCodec
 from service.devdb import database_url
 from service.health import HealthController
 from service.idempotency import Idempotency
-from service.messages import ConversationMessagesController, MessagesController
+from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
 from service.observability import configure_logging, stamp_request_ids, watch_pool
+from service.pages import provide_paging
 from service.pipeline import RequestPipeline
+from service.queries import prepare_all, queries_of
 from service.revisions import RevisionsController
 from service.search import SearchController
 from service.settings import Settings, load_settings
@@ -38,6 +53,20 @@ from service.users import UsersController
 log = logging.getLogger("freya")
 
 VERSION = "1.0.0"
+
+# The SQL files this app runs, prepared at start (the seed's, for one, is not among them).
+SERVED_QUERIES = (
+    admin.sql,
+    changes.sql,
+    conversations.sql,
+    health.sql,
+    idempotency.sql,
+    messages.sql,
+    revisions.sql,
+    search.sql,
+    topics.sql,
+    users.sql,
+)
 
 
 def _provide_database(state: State) -> db.Database:
@@ -115,7 +144,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         )
         try:
             async with pool.acquire() as conn:
-                prepared = await db.prepare_all(conn, db.load_all())
+                prepared = await prepare_all(conn, queries_of(SERVED_QUERIES))
             log.info(
                 "database pool open (%d-%d connections), %d queries prepared",
                 settings.pool_min_size,
@@ -139,6 +168,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             ConversationMessagesController,
             MessagesController,
             RevisionsController,
+            TopicMessagesController,
             TopicsController,
             MessageTopicsController,
             SearchController,
@@ -158,6 +188,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
             "changes_signal": Provide(_provide_changes_signal, sync_to_thread=False),
+            "paging": Provide(provide_paging),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
         lifespan=[pool_lifespan, changes_lifespan],

@@ -13,6 +13,7 @@ LISTEN); the triggers NOTIFY freya_changes, which PostgreSQL delivers at commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
@@ -24,9 +25,10 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from service.cursors import CursorCodec
-from service.db import Connection, Database, Query, QueryFile
+from service.db import Connection, Database
 from service.errors import Gone, problem_responses
 from service.pages import DEFAULT_LIMIT, Cursor, Limit
+from service.queries import Query, QueryFile
 
 log = logging.getLogger("freya.changes")
 
@@ -57,6 +59,13 @@ class Change(msgspec.Struct):
     at: datetime
     conversation_id: int | None
     user_id: int | None
+
+
+class FeedKey(msgspec.Struct, array_like=True, frozen=True):
+    """A position in the feed: after the change (xid, seq)."""
+
+    xid: int
+    seq: int
 
 
 class ChangePage(msgspec.Struct):
@@ -157,8 +166,8 @@ class ChangesController(Controller):
     ) -> ChangePage:
         """Changes after ``cursor`` (from the oldest kept without one). An empty page still carries
         ``next_cursor``; with ``wait`` it is held until a change commits or the time is up."""
-        position = tuple(cursors.decode(cursor, _SCOPE, 2)) if cursor else (0, 0)
-        after: tuple[int, int] = (int(position[0]), int(position[1]))
+        start = cursors.decode(cursor, _SCOPE, FeedKey) if cursor else FeedKey(0, 0)
+        after = (start.xid, start.seq)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         listening = wait > 0 and await changes_signal.listen()
@@ -180,14 +189,12 @@ class ChangesController(Controller):
             pause = remaining
             if feed.held_back or not listening:
                 pause = min(remaining, next(rechecks, _HELD_BACK_RECHECK[-1]))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), pause)
-            except TimeoutError:
-                pass
         if items:
             last = items[-1]
             after = (cast(int, last.xid), cast(int, last.seq))
-        return ChangePage(items=[_as_change(row) for row in items], next_cursor=cursors.encode(_SCOPE, *after))
+        return ChangePage(items=[_as_change(row) for row in items], next_cursor=cursors.encode(_SCOPE, FeedKey(*after)))
 
 
 def _as_change(row: _FeedRow) -> Change:

@@ -16,7 +16,8 @@ from datetime import timedelta
 import msgspec
 
 from service import changes
-from service.db import Connection, Query, QueryFile
+from service.db import Connection
+from service.queries import Query, QueryFile
 
 BATCH = 1000
 

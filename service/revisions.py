@@ -12,11 +12,12 @@ import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
 
-from service.cursors import CursorCodec
-from service.db import Database, Query, QueryFile
+from service.cursors import IdKey
+from service.db import Database
 from service.errors import NotFound, problem_responses
 from service.fields import PathId, Role
-from service.pages import DEFAULT_LIMIT, CountMode, Cursor, Limit, Offset, Page, count_rows, one_paging_mode, page_of
+from service.pages import Page, Paging, rows_under_parent
+from service.queries import Query, QueryFile
 
 
 class RevisionQueries(QueryFile, file="revisions"):
@@ -34,42 +35,29 @@ class Revision(msgspec.Struct):
     edited_at: datetime
 
 
-class _RevisionRow(msgspec.Struct):
-    revision: int | None
-    role: Role | None
-    content: str | None
-    edited_at: datetime | None
-
-
 class RevisionsController(Controller):
     path = "/v1/messages/{message_id:str}/revisions"
     tags = ("messages",)
 
     @get(summary="A message's earlier versions, newest first", responses=problem_responses(400, 404))
     async def list_revisions(
-        self,
-        message_id: PathId,
-        db: NamedDependency[Database],
-        cursors: NamedDependency[CursorCodec],
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
-        offset: Offset = None,
-        count: CountMode = "none",
+        self, message_id: PathId, db: NamedDependency[Database], paging: NamedDependency[Paging]
     ) -> Page[Revision]:
-        skip = one_paging_mode(cursor, offset)
         scope = f"revisions:{message_id}"
-        [before] = cursors.decode(cursor, scope, 1) if cursor else [None]
+        after = paging.after(scope, IdKey)
         async with db.connection() as conn:
-            rows = await sql.list_revisions.many(
-                conn, _RevisionRow, message_id=message_id, before_revision=before, limit=limit + 1, offset=skip
+            rows = rows_under_parent(
+                await sql.list_revisions.records(
+                    conn,
+                    message_id=message_id,
+                    before_revision=after and after.id,
+                    limit=paging.limit,
+                    offset=paging.offset,
+                ),
+                "revision",
             )
-            if not rows:
+            if rows is None:
                 raise NotFound(f"message {message_id} does not exist")
-            total = await count_rows(conn, count, sql.count_revisions, message_id=message_id)
-        # A live message without revisions comes back as one row of NULLs.
-        revisions = [Revision(**msgspec.structs.asdict(row)) for row in rows if row.revision is not None]
-
-        def after(last: Revision) -> str:
-            return cursors.encode(scope, last.revision)
-
-        return page_of(revisions, limit, after if offset is None else None, total)
+            total = await paging.total(conn, sql.count_revisions, message_id=message_id)
+        revisions = [Revision(*row) for row in rows]
+        return paging.page(revisions, scope, lambda index: IdKey(revisions[index].revision), total=total)

@@ -1,8 +1,8 @@
 -- name: list_revisions :many
 -- A live message's earlier versions, newest first, after the keyset position before_revision when
--- a cursor is given, skipping :offset rows for offset pages. One row with NULL revision when the
--- message has none (so an empty page of a live message is told from a missing one), no row when
--- the message does not exist or is deleted. Served by the primary key (message_id, revision).
+-- a cursor is given, skipping :offset rows for offset pages; limit + 1 rows, the extra one says
+-- more follow. The message is the outer side of the join: no row at all when it does not exist
+-- or is deleted, one row of NULLs an empty page. Served by the primary key (message_id, revision).
 SELECT r.revision, r.role, r.content, r.edited_at
 FROM messages AS m
 LEFT JOIN LATERAL (
@@ -11,7 +11,7 @@ LEFT JOIN LATERAL (
     WHERE v.message_id = m.id
       AND v.revision < coalesce(:before_revision::integer, 2147483647)
     ORDER BY v.revision DESC
-    LIMIT :limit OFFSET :offset
+    LIMIT :limit::integer + 1 OFFSET :offset
 ) AS r ON true
 WHERE m.id = :message_id AND m.deleted_at IS NULL
 ORDER BY r.revision DESC;

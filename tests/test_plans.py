@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from service import conversations, messages, search, topics
-from service.db import Connection, Query, configure_connection
+from service.db import Connection, configure_connection
+from service.queries import Query
 from tests.conftest import RUN_ID, create_database, drop_database
 
 BIG_CONVERSATION_MESSAGES = 50_000
@@ -37,6 +38,8 @@ def literal(value: Any) -> str:
         return f"'{value.isoformat()}'"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(literal(item) for item in value) + "]"
     return str(value)
 
 
@@ -65,6 +68,11 @@ def index_scans(nodes: list[dict[str, Any]]) -> dict[str, str]:
 
 def no_seq_scan_of(nodes: list[dict[str, Any]], table: str) -> bool:
     return not any(n["Node Type"] == "Seq Scan" and n.get("Relation Name") == table for n in nodes)
+
+
+def no_per_row_subplan(nodes: list[dict[str, Any]]) -> bool:
+    """No correlated subquery run once per row (a SubPlan); an InitPlan runs once and is fine."""
+    return not any(n.get("Parent Relationship") == "SubPlan" for n in nodes)
 
 
 SEED = [
@@ -131,10 +139,10 @@ async def seeded(seeded_conn: Connection) -> dict[str, Any]:
 
 
 def page_filters(conversation_id: int) -> dict[str, Any]:
-    return {"conversation_id": conversation_id, "since": None, "until": None, "role": None, "limit": 51, "offset": 0}
+    return {"conversation_id": conversation_id, "since": None, "until": None, "role": None, "limit": 50, "offset": 0}
 
 
-async def test_conversation_pages_use_idx_message_timestamp_at_any_depth(
+async def test_conversation_pages_use_the_live_timestamp_index_at_any_depth(
     seeded_conn: Connection, seeded: dict[str, Any]
 ) -> None:
     deep_ts, deep_id = seeded["deep"]["timestamp"], seeded["deep"]["id"]
@@ -147,16 +155,17 @@ async def test_conversation_pages_use_idx_message_timestamp_at_any_depth(
     for query, position in cases:
         for nodes in await plans(seeded_conn, query, **page_filters(seeded["big"]), **position):
             scans = index_scans(nodes)
-            assert "idx_message_timestamp" in scans, (query.name, position, nodes)
+            assert "idx_message_live_timestamp" in scans, (query.name, position, nodes)
             # The position bounds the index scan itself: it starts at the cursor, not at the top.
-            assert "timestamp" in scans["idx_message_timestamp"], scans
+            assert "timestamp" in scans["idx_message_live_timestamp"], scans
             assert no_seq_scan_of(nodes, "messages"), nodes
+            assert no_per_row_subplan(nodes), nodes
 
 
 async def test_fields_projection_keeps_the_plan(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
     query = messages.sql.list_messages_newest_first.project(["content", "id", "timestamp"])
     for nodes in await plans(seeded_conn, query, **page_filters(seeded["big"]), before_ts=None, before_id=None):
-        assert "idx_message_timestamp" in index_scans(nodes)
+        assert "idx_message_live_timestamp" in index_scans(nodes)
         assert no_seq_scan_of(nodes, "messages")
         assert "idx_message_topic" not in index_scans(nodes)  # no topics subquery without topics
 
@@ -167,14 +176,16 @@ async def test_a_topics_messages_use_the_message_topics_primary_key(
     for before_id in (None, 60_000):
         for nodes in await plans(
             seeded_conn,
-            topics.sql.list_topic_messages,
+            messages.sql.list_topic_messages,
             topic_id=seeded["topic_id"],
             before_id=before_id,
-            limit=51,
+            limit=50,
             offset=0,
         ):
             assert "message_topics_pkey" in index_scans(nodes), nodes
+            assert "messages_pkey" in index_scans(nodes), nodes
             assert no_seq_scan_of(nodes, "messages")
+            assert no_per_row_subplan(nodes), nodes
             assert no_seq_scan_of(nodes, "message_topics")
 
 
@@ -186,21 +197,31 @@ async def test_a_users_conversations_use_an_index(seeded_conn: Connection, seede
             user_id=user_id,
             before_updated_at=None,
             before_id=None,
-            limit=51,
+            limit=50,
             offset=0,
         ):
             used = index_scans(nodes)
-            assert used.keys() & {"idx_conversation_user_updated", "idx_conversation_user_id"}, nodes
+            assert no_per_row_subplan(nodes), nodes
+            assert used.keys() & {"idx_conversation_live_user_updated", "idx_conversation_user_id"}, nodes
             assert no_seq_scan_of(nodes, "conversations")
             if user_id == seeded["user_id"]:
                 # 3,000 conversations: read in order along the index, a page at a time.
-                assert "idx_conversation_user_updated" in used
+                assert "idx_conversation_live_user_updated" in used
 
 
 async def test_one_message_uses_its_primary_key(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
     for nodes in await plans(seeded_conn, messages.sql.get_message, message_id=seeded["deep"]["id"]):
         assert "messages_pkey" in index_scans(nodes)
         assert no_seq_scan_of(nodes, "messages")
+        assert no_per_row_subplan(nodes), nodes
+
+
+async def test_a_pages_topics_are_one_index_lookup(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
+    page = [row["id"] for row in await seeded_conn.fetch("SELECT id FROM messages ORDER BY id DESC LIMIT 50")]
+    for nodes in await plans(seeded_conn, topics.sql.topics_of_messages, message_ids=page):
+        assert "idx_message_topic" in index_scans(nodes), nodes
+        assert no_seq_scan_of(nodes, "message_topics")
+        assert no_per_row_subplan(nodes), nodes
 
 
 def search_params(q: str, **scope: Any) -> dict[str, Any]:
@@ -212,7 +233,8 @@ def search_params(q: str, **scope: Any) -> dict[str, Any]:
         "role": None,
         "since": None,
         "until": None,
-        "limit": 21,
+        "limit": 20,
+        "offset": 0,
         **scope,
     }
 
@@ -224,8 +246,9 @@ async def test_a_whole_corpus_search_uses_the_gin_index(seeded_conn: Connection,
     ):
         # Searches always run with a plan for their own values (search.plan_for_these_values).
         for nodes in await plans(seeded_conn, query, generic=False, **search_params("12345"), **position):
-            assert "idx_message_search" in index_scans(nodes), (query.name, nodes)
+            assert "idx_message_live_search" in index_scans(nodes), (query.name, nodes)
             assert no_seq_scan_of(nodes, "messages")
+            assert no_per_row_subplan(nodes), nodes
 
 
 async def test_a_scoped_search_uses_an_index(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
@@ -239,5 +262,5 @@ async def test_a_scoped_search_uses_an_index(seeded_conn: Connection, seeded: di
             # "small" is in 60,000 messages: the scope, not the word, must narrow the scan.
             for nodes in await plans(seeded_conn, query, generic=False, **search_params("small", **scope), **position):
                 used = index_scans(nodes)
-                assert used.keys() - {"idx_message_search", "idx_message_topic"}, (scope, query.name, used)
+                assert used.keys() - {"idx_message_live_search", "idx_message_topic"}, (scope, query.name, used)
                 assert no_seq_scan_of(nodes, "messages"), (scope, query.name, nodes)
