@@ -178,10 +178,13 @@ class ChangesController(Controller):
                 rows = await _read(conn, after, limit)
             feed = rows[0]
             if after < (feed.pruned_xid, feed.pruned_seq):
-                raise Gone(
-                    "the cursor points before the oldest change kept (FREYA_CHANGES_RETENTION_DAYS); "
-                    "start again without a cursor and resynchronise"
-                )
+                if cursor is not None:
+                    raise Gone(
+                        "the cursor points before the oldest change kept (FREYA_CHANGES_RETENTION_DAYS); "
+                        "start again without a cursor and resynchronise"
+                    )
+                # No cursor: start at the oldest change kept.
+                after = (feed.pruned_xid, feed.pruned_seq)
             items = [row for row in rows if row.seq is not None]
             remaining = deadline - loop.time()
             if items or remaining <= 0:
