@@ -267,5 +267,6 @@ async def test_deleting_a_user_erases_everything_of_theirs_at_once(
         "(SELECT count(*) FROM message_revisions) AS revisions, (SELECT count(*) FROM deleted_message_topics) AS tags, "
         "(SELECT count(*) FROM message_topics) AS live_tags"
     )
+    assert left is not None
     assert dict(left) == {"messages": 0, "conversations": 1, "revisions": 0, "tags": 0, "live_tags": 0}
     assert (await client.get(f"/v1/conversations/{others['id']}")).json()["message_count"] == 0
