@@ -215,17 +215,19 @@ async def seed(conn: Connection, messages: int, seed_number: int = 42, *, quiet:
     progress = _Progress("messages", plan.messages, quiet)
     tags = 0
     for batch in _message_batches(conversations, lengths, first_message, rng, word_weights):
-        await conn.copy_records_to_table(
-            "messages",
-            records=batch,
-            columns=["id", "conversation_id", "user_id", "role", "content", "timestamp"],
-        )
         tag_rows = []
         for row in batch:
             if rng.random() < 0.4:
                 for topic in set(rng.choices(topic_ids, cum_weights=topic_weights, k=rng.choice((1, 1, 2, 3)))):
                     tag_rows.append((topic, row[0]))
-        await conn.copy_records_to_table("message_topics", records=tag_rows, columns=["topic_id", "message_id"])
+        # One transaction: the messages and their tags are one creation each in the change feed.
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "messages",
+                records=batch,
+                columns=["id", "conversation_id", "user_id", "role", "content", "timestamp"],
+            )
+            await conn.copy_records_to_table("message_topics", records=tag_rows, columns=["topic_id", "message_id"])
         tags += len(tag_rows)
         progress.advance(len(batch))
 
