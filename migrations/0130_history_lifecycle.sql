@@ -22,8 +22,9 @@
 -- * changes: the feed. Each row carries its transaction's id (xid) and a sequence number; a reader
 --   returns only rows whose xid is below its snapshot's xmin. Every transaction below xmin has
 --   ended, and any transaction that commits later has an xid at or above it, so nothing can
---   appear behind a reader's (xid, seq) cursor. NOTIFY freya_changes (delivered at commit) wakes
---   waiting readers. changes_horizon is the position up to which old changes were pruned.
+--   appear behind a reader's (xid, seq) cursor. changes_horizon is the position up to which old
+--   changes were pruned. No NOTIFY: a notifying transaction holds a cluster-wide lock through its
+--   commit, which serialised concurrent posts (measured: -70% single-post throughput).
 
 SET LOCAL lock_timeout = '10s';
 
@@ -90,9 +91,6 @@ BEGIN
         INSERT INTO changes (entity, entity_id, op, user_id)
         SELECT 'user', u.id, hard_delete_op(), u.id FROM changed_users AS u ORDER BY u.id;
     END IF;
-    IF FOUND THEN
-        PERFORM pg_notify('freya_changes', '');
-    END IF;
     RETURN NULL;
 END
 $$;
@@ -101,7 +99,6 @@ CREATE FUNCTION user_updated() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO changes (entity, entity_id, op, user_id) VALUES ('user', NEW.id, 'updated', NEW.id);
-    PERFORM pg_notify('freya_changes', '');
     RETURN NULL;
 END
 $$;
@@ -131,9 +128,6 @@ BEGIN
         INSERT INTO changes (entity, entity_id, op, conversation_id, user_id)
         SELECT 'conversation', c.id, hard_delete_op(), c.id, c.user_id FROM changed_conversations AS c ORDER BY c.id;
     END IF;
-    IF FOUND THEN
-        PERFORM pg_notify('freya_changes', '');
-    END IF;
     RETURN NULL;
 END
 $$;
@@ -148,7 +142,6 @@ BEGIN
                  WHEN OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL THEN 'restored'
                  ELSE 'updated' END::change_op,
             NEW.id, NEW.user_id);
-    PERFORM pg_notify('freya_changes', '');
     IF OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN
         UPDATE messages
         SET deleted_at = NEW.deleted_at, deleted_with_conversation = true
@@ -187,9 +180,6 @@ BEGIN
         INSERT INTO changes (entity, entity_id, op, conversation_id, user_id)
         SELECT 'message', m.id, hard_delete_op(), m.conversation_id, m.user_id FROM changed_messages AS m ORDER BY m.id;
     END IF;
-    IF FOUND THEN
-        PERFORM pg_notify('freya_changes', '');
-    END IF;
     RETURN NULL;
 END
 $$;
@@ -211,9 +201,6 @@ BEGIN
        OR o.content IS DISTINCT FROM n.content
        OR o.edited_at IS DISTINCT FROM n.edited_at
     ORDER BY n.id;
-    IF FOUND THEN
-        PERFORM pg_notify('freya_changes', '');
-    END IF;
 
     -- An edit (it stamps edited_at) keeps what it replaced. Revisions are numbered per message;
     -- this statement runs after the row locks were taken, so it sees every earlier edit's revision.
@@ -310,9 +297,6 @@ BEGIN
           WHERE c.xid = pg_current_xact_id()::text::bigint AND c.entity = 'message' AND c.entity_id = m.id
       )
     ORDER BY m.id;
-    IF FOUND THEN
-        PERFORM pg_notify('freya_changes', '');
-    END IF;
     RETURN NULL;
 END
 $$;
@@ -330,9 +314,6 @@ LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO changes (entity, entity_id, op)
     SELECT 'topic', t.id, 'created' FROM changed_topics AS t ORDER BY t.id;
-    IF FOUND THEN
-        PERFORM pg_notify('freya_changes', '');
-    END IF;
     RETURN NULL;
 END
 $$;

@@ -33,7 +33,7 @@ from service import (
 )
 from service.admin import AdminController
 from service.auth import parse_tokens
-from service.changes import ChangesController, ChangeSignal
+from service.changes import ChangesController, FeedWatch
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
@@ -79,9 +79,9 @@ def _provide_cursors(state: State) -> CursorCodec:
     return cursors
 
 
-def _provide_changes_signal(state: State) -> ChangeSignal:
-    signal: ChangeSignal = state.changes_signal
-    return signal
+def _provide_feed_watch(state: State) -> FeedWatch:
+    watch: FeedWatch = state.feed_watch
+    return watch
 
 
 @route(
@@ -113,19 +113,17 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
     tokens = parse_tokens(settings.api_tokens) if settings.api_tokens else ()
     if not tokens:
         log.warning("FREYA_API_TOKENS is not set: every API route is open to anyone who can reach the port")
-    # The feed's LISTEN connection; with no URL (a test's own connection) waiting polls instead.
-    changes_signal = ChangeSignal(settings.database_url, settings.connect_timeout)
+    feed_watch = FeedWatch()
     state = State(
-        {"cursors": cursors, "changes_signal": changes_signal}
-        | ({"database": database} if database is not None else {})
+        {"cursors": cursors, "feed_watch": feed_watch} | ({"database": database} if database is not None else {})
     )
 
     @asynccontextmanager
-    async def changes_lifespan(app: Litestar) -> AsyncIterator[None]:
+    async def feed_watch_lifespan(app: Litestar) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await changes_signal.close()
+            await feed_watch.close()
 
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -187,11 +185,11 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
-            "changes_signal": Provide(_provide_changes_signal, sync_to_thread=False),
+            "feed_watch": Provide(_provide_feed_watch, sync_to_thread=False),
             "paging": Provide(provide_paging),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
-        lifespan=[pool_lifespan, changes_lifespan],
+        lifespan=[pool_lifespan, feed_watch_lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -3,8 +3,7 @@
 -- transactions below this statement's snapshot xmin: those have all ended, and any transaction
 -- that commits later has an xid at or above xmin, so no change can ever appear behind a cursor
 -- (migration 0130 has the reasoning). Always one row at least: the first carries the feed's
--- state (visible_below, the pruned horizon, held_back: committed changes past the cursor that
--- wait for an older transaction to end), the rest are the page's changes (NULLs when empty).
+-- state (visible_below, the pruned horizon), the rest are the page's changes (NULLs when empty).
 WITH feed AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS visible_below, h.xid AS pruned_xid,
            h.seq AS pruned_seq
@@ -19,14 +18,19 @@ page AS (
     LIMIT :limit
 )
 SELECT f.visible_below, f.pruned_xid, f.pruned_seq,
-       EXISTS (
-           SELECT 1 FROM changes AS c
-           WHERE c.xid >= f.visible_below AND (c.xid, c.seq) > (:after_xid::bigint, :after_seq::bigint)
-       ) AS held_back,
        p.xid, p.seq, p.entity::text AS entity, p.entity_id, p.op::text AS op, p.at, p.conversation_id, p.user_id
 FROM feed AS f
 LEFT JOIN page AS p ON true
 ORDER BY p.xid, p.seq;
+
+-- name: feed_head :one
+-- The newest change a reader can see now (see read_changes); it moves when a change commits and
+-- every older transaction has ended. One row off the end of the primary key.
+SELECT c.xid, c.seq
+FROM changes AS c
+WHERE c.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ORDER BY c.xid DESC, c.seq DESC
+LIMIT 1;
 
 -- name: prune_changes :val
 -- Deletes up to :batch of the oldest changes made more than :older_than ago (of ended transactions),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -9,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service import purge
+from service import conversations, messages, purge
 from service.db import Connection
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
@@ -270,3 +272,44 @@ async def test_deleting_a_user_erases_everything_of_theirs_at_once(
     assert left is not None
     assert dict(left) == {"messages": 0, "conversations": 1, "revisions": 0, "tags": 0, "live_tags": 0}
     assert (await client.get(f"/v1/conversations/{others['id']}")).json()["message_count"] == 0
+
+
+async def test_a_post_racing_a_conversation_delete_never_leaves_a_live_message_in_it(
+    fresh_database: Callable[[], str],
+) -> None:
+    url = fresh_database()
+    poster, deleter = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        user_id = await poster.fetchval("INSERT INTO users (email, name) VALUES ('r@example.com', 'R') RETURNING id")
+        conversation_id = await poster.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user_id)
+        one = {"roles": ["user"], "contents": ["racing"], "user_ids": [None], "client_msg_ids": [None]}
+        tags: dict[str, list[Any]] = {"tag_items": [], "tag_names": []}
+
+        # The post commits while the delete waits for the conversation's row: the delete sees it.
+        async with poster.transaction():
+            [posted] = await messages.sql.add_messages.records(poster, conversation_id=conversation_id, **one, **tags)
+            deleting = asyncio.create_task(
+                conversations.sql.delete_conversation.val(deleter, conversation_id=conversation_id)
+            )
+            await asyncio.sleep(0.1)
+            assert not deleting.done()  # waiting for the post's lock on the conversation
+        assert await deleting == conversation_id
+        assert await poster.fetchval("SELECT deleted_at IS NOT NULL FROM messages WHERE id = $1", posted["id"])
+
+        # The other way round: a post waiting for the delete finds the conversation gone.
+        await conversations.sql.restore_conversation.val(poster, conversation_id=conversation_id)
+        async with deleter.transaction():
+            await conversations.sql.delete_conversation.val(deleter, conversation_id=conversation_id)
+            posting = asyncio.create_task(
+                messages.sql.add_messages.records(poster, conversation_id=conversation_id, **one, **tags)
+            )
+            await asyncio.sleep(0.1)
+            assert not posting.done()
+        assert await posting == []  # no row: the conversation is deleted (a 404)
+        live = await poster.fetchval(
+            "SELECT count(*) FROM messages WHERE conversation_id = $1 AND deleted_at IS NULL", conversation_id
+        )
+        assert live == 0
+    finally:
+        await poster.close()
+        await deleter.close()
