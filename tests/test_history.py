@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from service import conversations, messages, purge
+from service.__main__ import main
 from service.db import Connection
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
@@ -313,3 +314,35 @@ async def test_a_post_racing_a_conversation_delete_never_leaves_a_live_message_i
     finally:
         await poster.close()
         await deleter.close()
+
+
+def test_make_purge_honours_the_retention_settings(
+    fresh_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = fresh_database()
+
+    async def delete_one_message() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("INSERT INTO users (email, name) VALUES ('p@example.com', 'P')")
+            await conn.execute("INSERT INTO conversations (user_id) SELECT id FROM users")
+            await conn.execute(
+                "INSERT INTO messages (conversation_id, user_id, role, content) "
+                "SELECT id, user_id, 'user', 'bye' FROM conversations"
+            )
+            await conn.execute("UPDATE messages SET deleted_at = now() - interval '2 days'")
+        finally:
+            await conn.close()
+
+    asyncio.run(delete_one_message())
+    monkeypatch.setenv("FREYA_DATABASE_URL", url)
+    monkeypatch.setenv("FREYA_RETENTION_DAYS", "3")
+    assert main(["purge"]) == 0
+    assert "purged 0 deleted messages" in capsys.readouterr().out
+    monkeypatch.setenv("FREYA_RETENTION_DAYS", "1")
+    assert main(["purge"]) == 0
+    out = capsys.readouterr().out
+    assert "purged 1 deleted messages (with 0 revisions and 0 tags) and 0 deleted conversations" in out, out
+    monkeypatch.setenv("FREYA_CHANGES_RETENTION_DAYS", "-1")
+    assert main(["purge"]) == 2
+    assert "FREYA_CHANGES_RETENTION_DAYS" in capsys.readouterr().err
