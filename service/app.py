@@ -186,7 +186,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
             "feed_watch": Provide(_provide_feed_watch, sync_to_thread=False),
-            "paging": Provide(provide_paging),
+            "paging": Provide(provide_paging, sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
         lifespan=[pool_lifespan, feed_watch_lifespan],
