@@ -28,7 +28,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from service.cursors import CursorCodec
-from service.db import Connection, Database
+from service.db import Database
 from service.errors import Gone, problem_responses
 from service.pages import DEFAULT_LIMIT, Cursor, Limit
 from service.queries import Query, QueryFile
@@ -161,8 +161,34 @@ class FeedWatch:
                 await self._task
 
 
-async def _read(conn: Connection, after: tuple[int, int], limit: int) -> list[_FeedRow]:
-    return await sql.read_changes.many(conn, _FeedRow, after_xid=after[0], after_seq=after[1], limit=limit)
+async def read_feed(
+    db: Database, watch: FeedWatch, after: tuple[int, int], limit: int, wait: float, *, resuming: bool
+) -> tuple[list[_FeedRow], tuple[int, int]]:
+    """The changes after ``after`` (waiting up to ``wait`` seconds for one) and the position after
+    them. Gone when a resumed position is behind what was pruned; a fresh start begins after it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    async with watch.watching(db) if wait > 0 else contextlib.nullcontext():
+        while True:
+            woken = watch.event
+            async with db.connection() as conn:
+                rows = await sql.read_changes.many(conn, _FeedRow, after_xid=after[0], after_seq=after[1], limit=limit)
+            feed = rows[0]
+            if after < (feed.pruned_xid, feed.pruned_seq):
+                if resuming:
+                    raise Gone(
+                        "the cursor points before the oldest change kept (FREYA_CHANGES_RETENTION_DAYS); "
+                        "start again without a cursor and resynchronise"
+                    )
+                after = (feed.pruned_xid, feed.pruned_seq)
+            items = [row for row in rows if row.seq is not None]
+            remaining = deadline - loop.time()
+            if items:
+                return items, (cast(int, items[-1].xid), cast(int, items[-1].seq))
+            if remaining <= 0:
+                return [], after
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), remaining)
 
 
 class ChangesController(Controller):
@@ -182,33 +208,8 @@ class ChangesController(Controller):
         """Changes after ``cursor`` (from the oldest kept without one). An empty page still carries
         ``next_cursor``; with ``wait`` it is held until a change commits or the time is up."""
         start = cursors.decode(cursor, _SCOPE, FeedKey) if cursor else FeedKey(0, 0)
-        after = (start.xid, start.seq)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        async with feed_watch.watching(db) if wait > 0 else contextlib.nullcontext():
-            while True:
-                woken = feed_watch.event
-                async with db.connection() as conn:
-                    rows = await _read(conn, after, limit)
-                feed = rows[0]
-                if after < (feed.pruned_xid, feed.pruned_seq):
-                    if cursor is not None:
-                        raise Gone(
-                            "the cursor points before the oldest change kept (FREYA_CHANGES_RETENTION_DAYS); "
-                            "start again without a cursor and resynchronise"
-                        )
-                    # No cursor: start at the oldest change kept.
-                    after = (feed.pruned_xid, feed.pruned_seq)
-                items = [row for row in rows if row.seq is not None]
-                remaining = deadline - loop.time()
-                if items or remaining <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), remaining)
-        if items:
-            last = items[-1]
-            after = (cast(int, last.xid), cast(int, last.seq))
-        return ChangePage(items=[_as_change(row) for row in items], next_cursor=cursors.encode(_SCOPE, FeedKey(*after)))
+        rows, after = await read_feed(db, feed_watch, (start.xid, start.seq), limit, wait, resuming=cursor is not None)
+        return ChangePage(items=[_as_change(row) for row in rows], next_cursor=cursors.encode(_SCOPE, FeedKey(*after)))
 
 
 def _as_change(row: _FeedRow) -> Change:
