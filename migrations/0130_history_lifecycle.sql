@@ -84,13 +84,10 @@ $$;
 CREATE FUNCTION users_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO changes (entity, entity_id, op, user_id)
-        SELECT 'user', u.id, 'created', u.id FROM changed_users AS u ORDER BY u.id;
-    ELSE
-        INSERT INTO changes (entity, entity_id, op, user_id)
-        SELECT 'user', u.id, hard_delete_op(), u.id FROM changed_users AS u ORDER BY u.id;
-    END IF;
+    INSERT INTO changes (entity, entity_id, op, user_id)
+    SELECT 'user', u.id, CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE hard_delete_op() END, u.id
+    FROM changed_users AS u
+    ORDER BY u.id;
     RETURN NULL;
 END
 $$;
@@ -121,13 +118,10 @@ CREATE TRIGGER users_changes_on_update
 CREATE FUNCTION conversations_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO changes (entity, entity_id, op, conversation_id, user_id)
-        SELECT 'conversation', c.id, 'created', c.id, c.user_id FROM changed_conversations AS c ORDER BY c.id;
-    ELSE
-        INSERT INTO changes (entity, entity_id, op, conversation_id, user_id)
-        SELECT 'conversation', c.id, hard_delete_op(), c.id, c.user_id FROM changed_conversations AS c ORDER BY c.id;
-    END IF;
+    INSERT INTO changes (entity, entity_id, op, conversation_id, user_id)
+    SELECT 'conversation', c.id, CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE hard_delete_op() END, c.id, c.user_id
+    FROM changed_conversations AS c
+    ORDER BY c.id;
     RETURN NULL;
 END
 $$;
@@ -173,13 +167,11 @@ CREATE TRIGGER conversations_changes_on_update
 CREATE FUNCTION messages_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO changes (entity, entity_id, op, conversation_id, user_id)
-        SELECT 'message', m.id, 'created', m.conversation_id, m.user_id FROM changed_messages AS m ORDER BY m.id;
-    ELSE
-        INSERT INTO changes (entity, entity_id, op, conversation_id, user_id)
-        SELECT 'message', m.id, hard_delete_op(), m.conversation_id, m.user_id FROM changed_messages AS m ORDER BY m.id;
-    END IF;
+    INSERT INTO changes (entity, entity_id, op, conversation_id, user_id)
+    SELECT 'message', m.id, CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE hard_delete_op() END,
+           m.conversation_id, m.user_id
+    FROM changed_messages AS m
+    ORDER BY m.id;
     RETURN NULL;
 END
 $$;
