@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import secrets
 import sys
@@ -74,7 +75,15 @@ def migrate_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def new_migration(settings: Settings, args: argparse.Namespace) -> int:
-    for path in migrations.create(args.name):
+    try:
+        if args.check:  # the Makefile asks first, so a bad name is one line and nothing else
+            migrations.check_summary(args.name)
+            return 0
+        created = migrations.create(args.name)
+    except ValueError as error:
+        print(f"freya: {error}", file=sys.stderr)
+        return 2
+    for path in created:
         print(f"created {path.relative_to(migrations.MIGRATIONS_DIR.parent)}")
     return 0
 
@@ -144,8 +153,20 @@ def seed_data(settings: Settings, args: argparse.Namespace) -> int:
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
+class _Version(argparse.Action):
+    """``--version``: the package, the API contract and the newest migration this code ships."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from service.app import VERSION  # the app is heavy to import: only when asked
+
+        package = importlib.metadata.version("freya-backend")
+        print(f"freya-backend {package} (API {VERSION}, schema {migrations.migration_ids()[-1]})")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m service", description="Freya backend")
+    root.add_argument("--version", action=_Version, nargs=0, help="print the versions and exit")
     commands = root.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
@@ -159,9 +180,9 @@ def parser() -> argparse.ArgumentParser:
         "--count", type=int, default=1, help="how many to undo (default 1)"
     )
     command("migrate-status", migrate_status, "show the current revision, applied and pending migrations")
-    command("new-migration", new_migration, "create the next numbered migration pair").add_argument(
-        "name", help="snake_case summary, e.g. add_message_flags"
-    )
+    migration = command("new-migration", new_migration, "create the next numbered migration pair")
+    migration.add_argument("name", help="snake_case summary, e.g. add_message_flags")
+    migration.add_argument("--check", action="store_true", help="only check the name; create nothing")
     maintenance = command("maintain", maintain, "run ANALYZE, VACUUM or both (VACUUM (ANALYZE))")
     maintenance.add_argument("operation", choices=typing.get_args(admin.Operation))
     maintenance.add_argument("--table", choices=admin.TABLES, help="one table (default: all of them)")

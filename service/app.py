@@ -23,7 +23,7 @@ from service.auth import parse_tokens
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
-from service.health import HealthController
+from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController
 from service.observability import configure_logging, stamp_request_ids, watch_pool
@@ -77,7 +77,10 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
     tokens = parse_tokens(settings.api_tokens) if settings.api_tokens else ()
     if not tokens:
         log.warning("FREYA_API_TOKENS is not set: every API route is open to anyone who can reach the port")
-    state = State({"cursors": cursors} | ({"database": database} if database is not None else {}))
+    state = State(
+        {"cursors": cursors, "expected_migrations": expected_migrations()}
+        | ({"database": database} if database is not None else {})
+    )
 
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
