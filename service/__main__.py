@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import multiprocessing
 import os
 import secrets
+import shutil
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +28,11 @@ from service.settings import Settings, SettingsError, load_settings
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
 
+    from service.observability import configure_logging, logging_config
+
+    configure_logging(settings.log_level, settings.log_format)
     url = database_url(settings)
     for migration_id in migrations.apply(url):
         print(f"applied {migration_id}", flush=True)
@@ -34,16 +41,56 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     os.environ["FREYA_DATABASE_URL"] = url
     os.environ.setdefault("FREYA_CURSOR_SECRET", secrets.token_urlsafe(32))
     print(f"serving on http://{settings.host}:{settings.port} (OpenAPI UI at /schema)", flush=True)
-    Granian(
-        "service.app:create_app_from_env",
-        factory=True,
-        interface=Interfaces.ASGI,
-        loop=Loops.uvloop,
-        address=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-    ).serve()
+    with metrics_directory(Path(settings.data_dir)) as metrics_dir:
+        # prometheus_client picks its multiprocess mode when it is first imported, and this process
+        # has imported it already: workers must start afresh (spawn), not as forks of this one.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        multiprocessing.set_start_method("spawn", force=True)
+        Granian(
+            "service.app:create_app_from_env",
+            factory=True,
+            interface=Interfaces.ASGI,
+            loop=Loops.uvloop,
+            address=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            # granian's own lines (start, workers, shutdown) in the service's format, on its handler.
+            log_level=LogLevels(settings.log_level.lower()),
+            log_dictconfig=logging_config(settings.log_level, settings.log_format),
+        ).serve()
     return 0
+
+
+@contextmanager
+def metrics_directory(data_dir: Path) -> Iterator[Path]:
+    """A fresh, empty directory for this server's worker metrics, removed when it stops.
+
+    Named after the serving process; those of servers that are gone (killed, so never cleaned)
+    are removed too, and a server's totals never include another's.
+    """
+    parent = data_dir / "metrics"
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob("serve-*"):
+        pid = old.name.removeprefix("serve-")
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = parent / f"serve-{os.getpid()}"
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir()
+    try:
+        yield mine
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process
+        return True
+    return True
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> int:

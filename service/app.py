@@ -9,13 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, route
+from litestar import Controller, Litestar, Request, Response, get, route
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusController
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import db, errors
 from service.admin import AdminController
@@ -26,7 +26,7 @@ from service.devdb import database_url
 from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController
-from service.observability import configure_logging, stamp_request_ids, watch_pool
+from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
 from service.pipeline import RequestPipeline
 from service.search import SearchController
 from service.settings import Settings, load_settings
@@ -59,11 +59,15 @@ async def unknown_route(request: Request[Any, Any, Any]) -> None:
     raise errors.NotFound(f"no route {request.url.path}")
 
 
-class MetricsController(PrometheusController):
-    """Prometheus text of the default registry: the pipeline's request metrics and the pool gauges."""
+class MetricsController(Controller):
+    """Prometheus text: the pipeline's request metrics and the pool gauges, of every worker."""
 
     path = "/metrics"
     include_in_schema = False
+
+    @get(sync_to_thread=False)
+    def metrics(self) -> Response[bytes]:
+        return Response(scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings, database: db.Database | None = None) -> Litestar:
@@ -107,8 +111,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
                 prepared,
             )
             app.state.database = db.PoolDatabase(pool, settings.pool_acquire_timeout)
-            watch_pool(app.state.database)
-            yield
+            async with watching_pool(app.state.database):
+                yield
         finally:
             # Graceful: waits for connections in use to be released, i.e. in-flight requests.
             await pool.close()
