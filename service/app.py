@@ -14,7 +14,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import db, errors
@@ -23,6 +23,7 @@ from service.auth import parse_tokens
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
+from service.docs import DOCS_PATH, docs_asset, swagger_ui
 from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController
@@ -131,6 +132,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             SearchController,
             AdminController,
             MetricsController,
+            docs_asset,
             unknown_route,
         ],
         middleware=[
@@ -152,8 +154,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             title="Freya backend",
             version=VERSION,
             description="Chat history of the Freya assistant: users, conversations, messages, topics.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(path="/openapi.json")],
+            path=DOCS_PATH,
+            render_plugins=[swagger_ui(), JsonRenderPlugin(path="/openapi.json")],
         ),
     )
 
