@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FREYA := $(BIN)/python -m service
+# Where the embedded server, reports and results go: FREYA_DATA_DIR, as for the service itself.
+DATA_DIR := $(or $(FREYA_DATA_DIR),.freya)
 
 .DEFAULT_GOAL := help
 # No "Entering directory" lines either, when called from another make: output is the target's own.
@@ -59,9 +61,10 @@ bench: $(STAMP) ## benchmark hot operations: service (wrk) vs the same SQL (pgbe
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration))
 
-loadtest: $(STAMP) ## run the Locust mix against the running service (make run): duration=60s users=20
+loadtest: $(STAMP) ## run the Locust mix against the running service (make run): duration=60s users=20; report under FREYA_DATA_DIR
 	$(BIN)/python -m pip install --quiet -e '.[load]'
-	$(BIN)/locust -f tests/load/locustfile.py --headless -u $(or $(users),20) -r 5 -t $(or $(duration),60s) --host $(or $(host),http://127.0.0.1:8000) --csv .freya/loadtest --html .freya/loadtest.html
+	@mkdir -p $(DATA_DIR)
+	$(BIN)/locust -f tests/load/locustfile.py --headless -u $(or $(users),20) -r 5 -t $(or $(duration),60s) --host $(or $(host),http://127.0.0.1:8000) --csv $(DATA_DIR)/loadtest --html $(DATA_DIR)/loadtest.html
 
 db-shell: $(STAMP) ## open psql on the service database
 	$(FREYA) db-shell

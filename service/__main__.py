@@ -186,8 +186,12 @@ def purge_idempotency_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def seed_data(settings: Settings, args: argparse.Namespace) -> int:
+    url = database_url(settings)
+    for migration_id in migrations.apply(url):  # a fresh database can be seeded first, as `serve` would do
+        print(f"applied {migration_id}", flush=True)
+
     async def run() -> seed.SeedReport:
-        conn = await asyncpg.connect(database_url(settings))
+        conn = await asyncpg.connect(url)
         try:
             return await seed.seed(conn, args.messages, args.seed)
         finally:

@@ -44,7 +44,6 @@ from service.settings import PROJECT_ROOT, load_settings
 from service.timestamps import to_micros
 
 LOAD = PROJECT_ROOT / "tests" / "load"
-OUT = PROJECT_ROOT / ".freya" / "bench"
 BENCH_DATABASE = "freya_bench"
 TARGETS = {
     "page_50": "service/pgbench >= 0.35",
@@ -327,9 +326,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="granian worker processes")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, help="where results go (default: bench/ under FREYA_DATA_DIR)")
     parser.add_argument("--only", help="comma-separated operation names, e.g. page_50,batch_create_1000")
     args = parser.parse_args()
+    args.out = args.out or Path(load_settings().data_dir) / "bench"
 
     wrk = ensure_wrk()
     url = bench_database(args.messages)
