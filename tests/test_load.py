@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import importlib.util
 import signal
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from service import seed
 from service.settings import PROJECT_ROOT
 from tests.api import start_service
 
-pytest.importorskip("locust", reason="Locust is installed with the dev extras (make install)")
+# Never imported here: importing locust monkey-patches the whole process for gevent.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None, reason="Locust is installed with the dev extras (make install)"
+)
 
 
 async def seed_messages(url: str, messages: int) -> None:

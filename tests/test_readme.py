@@ -95,7 +95,8 @@ def _commands(lines: list[str], first_line: int) -> list[Command]:
             found = [int(m["status"]) for m in map(_EXPECT.search, span) if m]
             commands.append(Command(start, number, found[-1] if found else None))
             start = None
-    assert quote is None and start is None, f"README.md:{first_line}: a block ends inside a command"
+    assert quote is None, f"README.md:{first_line}: a block ends inside a quoted string"
+    assert start is None, f"README.md:{first_line}: a block ends inside a command"
     return commands
 
 
@@ -149,8 +150,8 @@ def test_the_parser_reads_commands_expectations_and_skips() -> None:
         [
             "```sh",
             "curl -s localhost:8000/a \\",
-            "     -d '{\"x\": 1,",
-            "          \"y\": \"# not a comment\"}'   # → 409",
+            '     -d \'{"x": 1,',
+            '          "y": "# not a comment"}\'   # → 409',
             "# a comment line",
             "X=$(curl -s localhost:8000/b)  # -> 404 (gone)",
             "```",
