@@ -97,7 +97,9 @@ def start_service(database_url: str, **settings: str) -> tuple[subprocess.Popen[
     piped, to read after it ends) and its base URL.
     """
     port = free_port()
+    # One worker unless a test asks for more: the service's default is one per core.
     env = {
+        "FREYA_WORKERS": "1",
         **os.environ,
         "FREYA_DATABASE_URL": database_url,
         "FREYA_PORT": str(port),
