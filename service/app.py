@@ -160,7 +160,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
-            "paging": Provide(provide_paging),
+            "paging": Provide(provide_paging, sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
         lifespan=[pool_lifespan],

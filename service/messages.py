@@ -97,12 +97,15 @@ class Shape:
     def query(self, query: Query) -> Query:
         return query if self.columns is None else query.project(self.columns)
 
-    async def build(self, conn: Connection, rows: Sequence[Any], ids: Sequence[int]) -> list[Any]:
-        """Structs from rows (``ids`` their message ids), with topics from one lookup when asked for."""
+    async def build(
+        self, conn: Connection, names: dict[int, str], rows: Sequence[Any], ids: Sequence[int]
+    ) -> list[Any]:
+        """Structs from rows (``ids`` their message ids), with topics from one lookup when asked for
+        (``names``: the database's topic-name cache)."""
         width = self.width
         items = [self.struct(*row[:width]) for row in rows]
         if self.topics and items:
-            found = await topics.topics_of(conn, ids)
+            found = await topics.topics_of(conn, names, ids)
             for item, message_id in zip(items, ids, strict=True):
                 item.topics = found.get(message_id, [])  # type: ignore[attr-defined]
         return items
@@ -138,9 +141,9 @@ def parse_fields(fields: str | None) -> Shape:
     return _shape(frozenset(names))
 
 
-async def with_topics(conn: Connection, rows: Sequence[Any]) -> list[Message]:
+async def with_topics(conn: Connection, names: dict[int, str], rows: Sequence[Any]) -> list[Message]:
     """Full messages from rows that hold the message's columns first (and its id first of all)."""
-    return await FULL.build(conn, rows, [row[0] for row in rows])
+    return await FULL.build(conn, names, rows, [row[0] for row in rows])
 
 
 class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -191,7 +194,7 @@ class _BulkOutcome(msgspec.Struct):
 
 
 async def add_messages(
-    conn: Connection, conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
+    conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
     """Store items in one statement; every item comes back created or as the duplicate it repeats.
 
@@ -228,15 +231,20 @@ async def add_messages(
                 for index in unknown
             ],
         )
-    stored = await with_topics(conn, [row[2:] for row in rows])
+    stored = await with_topics(conn, names, [row[2:] for row in rows])
     found = {row[0]: BatchItem(row[1], message) for row, message in zip(rows, stored, strict=True)}
     if lost := [number for number in range(1, len(items) + 1) if number not in found]:
-        await _fill_lost_races(conn, conversation_id, items, lost, found)
+        await _fill_lost_races(conn, names, conversation_id, items, lost, found)
     return [found[number] for number in range(1, len(items) + 1)]
 
 
 async def _fill_lost_races(
-    conn: Connection, conversation_id: int, items: Sequence[MessageCreate], lost: list[int], found: dict[int, BatchItem]
+    conn: Connection,
+    names: dict[int, str],
+    conversation_id: int,
+    items: Sequence[MessageCreate],
+    lost: list[int],
+    found: dict[int, BatchItem],
 ) -> None:
     """Items absent from add_messages' answer: the conversation is gone, or a concurrent request
     stored the same client_msg_id first (its row was invisible to our statement's snapshot)."""
@@ -245,7 +253,9 @@ async def _fill_lost_races(
         conn, conversation_id=conversation_id, client_msg_ids=[k for k in keys if k is not None]
     )
     # A row is (client_msg_id, the message's columns…).
-    winners = dict(zip([row[0] for row in rows], await with_topics(conn, [row[1:] for row in rows]), strict=True))
+    winners = dict(
+        zip([row[0] for row in rows], await with_topics(conn, names, [row[1:] for row in rows]), strict=True)
+    )
     for number, key in zip(lost, keys, strict=True):
         if key not in winners:
             raise NotFound(f"conversation {conversation_id} does not exist")
@@ -261,7 +271,7 @@ def _conversation_page_query(order: Literal["desc", "asc"], after: TimeKey | Non
 
 
 async def read_page(
-    conn: Connection, paging: Paging, scope: str, shape: Shape, query: Query, /, **params: Any
+    db: Database, conn: Connection, paging: Paging, scope: str, shape: Shape, query: Query, /, **params: Any
 ) -> Page[Any] | None:
     """A page of a parent's messages (a conversation's or a topic's); None when there is no parent.
 
@@ -272,7 +282,7 @@ async def read_page(
     )
     if rows is None:
         return None
-    items = await shape.build(conn, rows, [row["sort_id"] for row in rows])
+    items = await shape.build(conn, db.topic_names, rows, [row["sort_id"] for row in rows])
 
     def key(index: int) -> msgspec.Struct:
         row = rows[index]
@@ -303,7 +313,7 @@ class ConversationMessagesController(Controller):
         self, conversation_id: PathId, data: JSONBody[MessageCreate], db: NamedDependency[Database]
     ) -> Response[Message]:
         async with db.connection() as conn:
-            [item] = await add_messages(conn, conversation_id, [data], in_batch=False)
+            [item] = await add_messages(conn, db.topic_names, conversation_id, [data], in_batch=False)
         return Response(item.message, status_code=201 if item.status == "created" else 200)
 
     @post(
@@ -316,7 +326,7 @@ class ConversationMessagesController(Controller):
         self, conversation_id: PathId, data: JSONBody[MessageBatch], db: NamedDependency[Database]
     ) -> BatchResult:
         async with db.connection() as conn:
-            return BatchResult(await add_messages(conn, conversation_id, data.messages, in_batch=True))
+            return BatchResult(await add_messages(conn, db.topic_names, conversation_id, data.messages, in_batch=True))
 
     @get(summary="Page through a conversation's messages", responses=problem_responses(400, 404))
     async def list_messages(
@@ -335,7 +345,7 @@ class ConversationMessagesController(Controller):
         scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
         query, position = _conversation_page_query(order, paging.after(scope, TimeKey))
         async with db.connection() as conn:
-            page = await read_page(conn, paging, scope, parse_fields(fields), query, **filters, **position)
+            page = await read_page(db, conn, paging, scope, parse_fields(fields), query, **filters, **position)
             if page is None:
                 raise NotFound(f"conversation {conversation_id} does not exist")
             page.total = await paging.total(conn, sql.count_messages, **filters)
@@ -358,6 +368,7 @@ class TopicMessagesController(Controller):
         after = paging.after(scope, IdKey)
         async with db.connection() as conn:
             page = await read_page(
+                db,
                 conn,
                 paging,
                 scope,
@@ -382,10 +393,14 @@ class MessagesController(Controller):
     ) -> Message:
         shape = parse_fields(fields)
         async with db.connection() as conn:
-            row = await shape.query(sql.get_message).records(conn, message_id=message_id)
-            if not row:
+            # One row per topic: the message's columns, then a topic id (NULL without topics).
+            rows = await shape.query(sql.get_message).records(conn, message_id=message_id)
+            if not rows:
                 raise NotFound(f"message {message_id} does not exist")
-            [message] = await shape.build(conn, row, [message_id])
+            message: Any = shape.struct(*rows[0][: shape.width])
+            if shape.topics:
+                tags = [(message_id, row["topic_id"]) for row in rows if row["topic_id"] is not None]
+                message.topics = (await topics.refs_by_message(conn, db.topic_names, tags)).get(message_id, [])
         return message  # type: ignore[no-any-return]
 
     @patch("/{message_id:str}", summary="Edit a message's content or role", responses=problem_responses(400, 404))
@@ -398,7 +413,7 @@ class MessagesController(Controller):
             row = await sql.update_message.records(conn, message_id=message_id, content=data.content, role=data.role)
             if not row:
                 raise NotFound(f"message {message_id} does not exist")
-            [message] = await with_topics(conn, row)
+            [message] = await with_topics(conn, db.topic_names, row)
         return message
 
     @patch(summary="Edit many messages in one statement", responses=problem_responses(400, 404))

@@ -19,7 +19,6 @@ import logging.config
 import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
@@ -48,7 +47,7 @@ def request_id_of(scope: Scope, headers: Mapping[bytes, bytes] | None = None) ->
     if rid is None:
         given = (headers if headers is not None else dict(scope.get("headers", []))).get(REQUEST_ID_HEADER)
         text = given.decode("latin-1") if given is not None else ""
-        rid = text if _SANE_REQUEST_ID.match(text) else uuid.uuid4().hex
+        rid = text if _SANE_REQUEST_ID.match(text) else os.urandom(16).hex()
         state["request_id"] = rid
     return rid
 

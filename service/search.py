@@ -90,6 +90,7 @@ def _require_words(q: str) -> str:
 
 async def search_messages_txn(
     conn: Connection,
+    names: dict[int, str],
     sort: Literal["rank", "recent"],
     filters: dict[str, Any],
     after: RankKey | TimeKey | None,
@@ -109,7 +110,7 @@ async def search_messages_txn(
         rows = await query.records(
             conn, **filters, **position, before_id=after and after.id, limit=paging.limit, offset=paging.offset
         )
-        found = await topics_of(conn, [row[0] for row in rows])
+        found = await topics_of(conn, names, [row[0] for row in rows])
         total = await paging.total(conn, sql.count_matching_messages, **filters)
     # A row is the message's seven columns, its rank and its highlight.
     hits = [MessageHit(*row[:7], found.get(row[0], []), *row[7:]) for row in rows]  # type: ignore[call-arg]
@@ -151,7 +152,7 @@ class SearchController(Controller):
             paging.after(scope, RankKey) if sort == "rank" else paging.after(scope, TimeKey)
         )
         async with db.connection() as conn:
-            hits, total = await search_messages_txn(conn, sort, filters, after, paging)
+            hits, total = await search_messages_txn(conn, db.topic_names, sort, filters, after, paging)
 
         def key(index: int) -> msgspec.Struct:
             hit = hits[index]
