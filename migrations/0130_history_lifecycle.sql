@@ -284,10 +284,11 @@ BEGIN
     WHERE m.id IN (SELECT t.message_id FROM changed_tags AS t)
       AND m.deleted_at IS NULL
       AND m.xmin <> xid(pg_current_xact_id())
-      AND NOT EXISTS (
-          SELECT 1 FROM changes AS c
-          WHERE c.xid = pg_current_xact_id()::text::bigint AND c.entity = 'message' AND c.entity_id = m.id
-      )
+      -- A scalar subquery, not NOT EXISTS: it stays a per-row check after the filters above (an
+      -- anti-join could hash every change of a large transaction, such as a seed's, first).
+      AND (SELECT c.seq FROM changes AS c
+           WHERE c.xid = pg_current_xact_id()::text::bigint AND c.entity = 'message' AND c.entity_id = m.id
+           LIMIT 1) IS NULL
     ORDER BY m.id;
     RETURN NULL;
 END

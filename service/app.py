@@ -9,13 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, route
+from litestar import Controller, Litestar, Request, Response, get, route
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusController
+from litestar.openapi.plugins import JsonRenderPlugin
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import (
     admin,
@@ -37,10 +37,11 @@ from service.changes import ChangesController, FeedWatch
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
-from service.health import HealthController
+from service.docs import DOCS_PATH, docs_asset, swagger_ui
+from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
-from service.observability import configure_logging, stamp_request_ids, watch_pool
+from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
 from service.pages import provide_paging
 from service.pipeline import RequestPipeline
 from service.queries import prepare_all, queries_of
@@ -95,11 +96,15 @@ async def unknown_route(request: Request[Any, Any, Any]) -> None:
     raise errors.NotFound(f"no route {request.url.path}")
 
 
-class MetricsController(PrometheusController):
-    """Prometheus text of the default registry: the pipeline's request metrics and the pool gauges."""
+class MetricsController(Controller):
+    """Prometheus text: the pipeline's request metrics and the pool gauges, of every worker."""
 
     path = "/metrics"
     include_in_schema = False
+
+    @get(sync_to_thread=False)
+    def metrics(self) -> Response[bytes]:
+        return Response(scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings, database: db.Database | None = None) -> Litestar:
@@ -115,7 +120,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         log.warning("FREYA_API_TOKENS is not set: every API route is open to anyone who can reach the port")
     feed_watch = FeedWatch()
     state = State(
-        {"cursors": cursors, "feed_watch": feed_watch} | ({"database": database} if database is not None else {})
+        {"cursors": cursors, "feed_watch": feed_watch, "expected_migrations": expected_migrations()}
+        | ({"database": database} if database is not None else {})
     )
 
     @asynccontextmanager
@@ -150,8 +156,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
                 prepared,
             )
             app.state.database = db.PoolDatabase(pool, settings.pool_acquire_timeout)
-            watch_pool(app.state.database)
-            yield
+            async with watching_pool(app.state.database):
+                yield
         finally:
             # Graceful: waits for connections in use to be released, i.e. in-flight requests.
             await pool.close()
@@ -173,6 +179,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             ChangesController,
             AdminController,
             MetricsController,
+            docs_asset,
             unknown_route,
         ],
         middleware=[
@@ -196,8 +203,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             title="Freya backend",
             version=VERSION,
             description="Chat history of the Freya assistant: users, conversations, messages, topics.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(path="/openapi.json")],
+            path=DOCS_PATH,
+            render_plugins=[swagger_ui(), JsonRenderPlugin(path="/openapi.json")],
         ),
     )
 
