@@ -13,7 +13,7 @@
 -- deleting it does), so a message never lands in a conversation being deleted.
 -- Ids are drawn in item order, so the batch keeps its order under (timestamp, id).
 -- The triggers of migration 0004 move the conversation's message_count and updated_at; those of
--- 0130 add the changes to the feed.
+-- 0015 add the changes to the feed.
 WITH conversation AS (
     SELECT c.id, c.user_id FROM conversations AS c
     WHERE c.id = :conversation_id AND c.deleted_at IS NULL
@@ -206,7 +206,7 @@ WHERE /*include page_filters*/;
 
 -- name: update_message :many
 -- Changes content and/or role (NULL keeps the stored value) and stamps edited_at; migration
--- 0130's trigger keeps the replaced version as a revision.
+-- 0015's trigger keeps the replaced version as a revision.
 UPDATE messages AS m
 SET content = coalesce(:content::text, m.content),
     role = coalesce(:role::text, m.role),
@@ -217,7 +217,7 @@ RETURNING /*include message_columns*/;
 -- name: update_messages :one
 -- Bulk edit in one statement: each id gets its content and/or role (NULL keeps the value). If any
 -- id does not exist (or is deleted) nothing is written and missing lists them. Revisions are
--- kept by migration 0130's statement trigger: still one statement.
+-- kept by migration 0015's statement trigger: still one statement.
 WITH input AS (
     SELECT u.id, u.content, u.role
     FROM unnest(:ids::bigint[], :contents::text[], :roles::text[]) AS u (id, content, role)
@@ -240,7 +240,7 @@ SELECT (SELECT count(*) FROM updated) AS updated,
        coalesce((SELECT array_agg(id ORDER BY id) FROM missing), '{}') AS missing;
 
 -- name: delete_message :val
--- Marks a live message deleted; migration 0130's trigger sets its tags aside and moves the
+-- Marks a live message deleted; migration 0015's trigger sets its tags aside and moves the
 -- conversation's message_count. The conversation's row is locked first, in the order a
 -- conversation's delete takes them (conversation, then messages), so the two cannot deadlock.
 WITH conversation AS (
