@@ -127,6 +127,19 @@ async def test_every_kind_of_write_is_one_item_in_order(fresh_database: Callable
         )
 
 
+async def test_a_batch_of_1000_messages_is_1000_items(fresh_database: Callable[[], str]) -> None:
+    async with serving(fresh_database()) as client:
+        user = await create_user(client)
+        conversation = await create_conversation(client, user["id"])
+        _, cursor = await read_to_end(client)
+        batch = [{"role": "user", "content": f"m{n}", "topics": ["bulk", f"t{n % 3}"]} for n in range(1000)]
+        posted = await post_batch(client, conversation["id"], batch)
+        items, _ = await read_to_end(client, cursor)
+        messages_created = [item for item in triples(items) if item[0] == "message"]
+        assert messages_created == [("message", p["message"]["id"], "created") for p in posted]
+        assert sorted(item[2] for item in triples(items) if item[0] == "topic") == ["created"] * 4
+
+
 async def test_a_change_behind_an_open_transaction_waits_for_it(fresh_database: Callable[[], str]) -> None:
     """The classic gap: a transaction that started first commits last. Nothing may be skipped."""
     url = fresh_database()
