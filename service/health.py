@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from service.db import Database, Query, QueryFile
 from service.errors import RETRY_AFTER_SECONDS, problem, problem_responses
 from service.migrations import migration_ids
+from service.replicas import ReplicaHealth, ReplicatedDatabase
 
 
 class HealthQueries(QueryFile, file="health"):
@@ -28,6 +29,8 @@ class Liveness(msgspec.Struct):
 class Readiness(msgspec.Struct):
     status: str
     schema_version: str
+    # With FREYA_READ_REPLICA_URLS: each replica's state. Readiness is the primary's alone.
+    replicas: list[ReplicaHealth] | msgspec.UnsetType = msgspec.UNSET
 
 
 class AppliedMigration(msgspec.Struct):
@@ -55,7 +58,7 @@ class HealthController(Controller):
         self, request: Request[Any, Any, Any], db: NamedDependency[Database]
     ) -> Response[Readiness] | Response[dict[str, object]]:
         expected = migration_ids()
-        async with db.connection() as conn:
+        async with db.primary() as conn:
             applied = {m.migration_id for m in await sql.applied_migrations.many(conn, AppliedMigration)}
             invalid = [i.index_name for i in await sql.invalid_indexes.many(conn, InvalidIndex)]
         reasons = []
@@ -67,4 +70,5 @@ class HealthController(Controller):
             return problem(
                 503, "Not ready", "not-ready", "; ".join(reasons), headers={"Retry-After": RETRY_AFTER_SECONDS}
             )
-        return Response(Readiness(status="ready", schema_version=expected[-1]))
+        replicas = db.health() if isinstance(db, ReplicatedDatabase) and db.replicas else msgspec.UNSET
+        return Response(Readiness(status="ready", schema_version=expected[-1], replicas=replicas))
