@@ -55,8 +55,10 @@ _REPLICA_PATHS, _PRIMARY_PATHS = "/v1/", "/v1/admin/"
 _POSITION = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 # What a replica that went away raises: it is skipped, and the read goes to the primary. A
 # serialization failure in a read-only request on a standby is a recovery conflict (replay needed
-# rows the query still read), which the primary does not have.
+# rows the query still read), which the primary does not have. asyncpg raises InternalClientError
+# when the server ends the connection while a statement is being prepared on it.
 UNREACHABLE = (
+    asyncpg.InternalClientError,
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
