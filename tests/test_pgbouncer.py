@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import pytest
 
 from service import db
-from tests.api import assert_problem, create_conversation, create_user, post_batch, serving
+from service.settings import Pooler
+from tests.api import assert_problem, create_conversation, create_user, post_batch, serving, start_service
+from tests.conftest import RUN_ID, create_database, drop_database
 from tests.pgbouncer import PgBouncer, binary
 
 MODES = ["session", "transaction"]
@@ -39,7 +42,7 @@ def through(bouncer: PgBouncer, direct_url: str) -> str:
     return bouncer.url(urlsplit(direct_url).path.lstrip("/"))
 
 
-def pooler(bouncer: PgBouncer) -> str:
+def pooler(bouncer: PgBouncer) -> Pooler:
     return "pgbouncer-session" if "session" in bouncer.directory.name else "pgbouncer-transaction"
 
 
@@ -140,3 +143,22 @@ async def test_the_statement_timeout_is_set_on_the_server(
             assert await conn.fetchval("SHOW statement_timeout") == "1234ms"
     finally:
         await database.pool.close()
+
+
+def test_serve_migrates_and_serves_through_the_bouncer(bouncer: PgBouncer, server_url: str) -> None:
+    """As an operator runs it: `python -m service serve` on an empty database behind the bouncer."""
+    name = f"freya_serve_{RUN_ID}_{bouncer.port}"
+    url = create_database(server_url, name)
+    try:
+        process, base = start_service(through(bouncer, url), pooler=pooler(bouncer), pool_max_size="4")
+        try:
+            user = httpx.post(f"{base}/v1/users", json={"email": "serve@example.com", "name": "S"}, timeout=10)
+            assert user.status_code == 201, user.text
+            assert "freya-read-after" in user.headers
+            assert httpx.get(f"{base}/v1/users/{user.json()['id']}", timeout=10).json() == user.json()
+        finally:
+            process.terminate()
+            process.communicate(timeout=60)
+        assert process.returncode == 0
+    finally:
+        drop_database(server_url, name)

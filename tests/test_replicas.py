@@ -231,12 +231,13 @@ async def test_stopping_the_standby_under_read_load_fails_no_read(
         assert ready.json()["replicas"][0]["state"] == "down"
 
         await asyncio.to_thread(standby.start)
+        replica = database.replicas[0]
         for _ in range(200):
             await database.poll()
-            if database.replicas[0].state == "up":
+            if replica.health().state == "up":
                 break
             await asyncio.sleep(0.05)
-        assert database.replicas[0].state == "up"
+        assert replica.health().state == "up"
         before = await calls(standby_url, READ_STATEMENTS)
         assert [(await http.get(f"/v1/messages/{ids[0]}")).status_code for _ in range(5)] == [200] * 5
         assert await calls(standby_url, READ_STATEMENTS) >= before + 5
