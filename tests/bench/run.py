@@ -321,6 +321,49 @@ def scalar(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:
     return row[0] if len(row) == 1 else row
 
 
+def page_through_pgbouncer(
+    wrk: str, url: str, path: str, workers: int, connections: int, duration: int, secret: str
+) -> dict[str, Any]:
+    """The page request through PgBouncer in transaction mode beside the direct connection, in one go.
+
+    Two services on the same database, one after the other: one connected directly, one through a
+    PgBouncer of its own (FREYA_POOLER=pgbouncer-transaction, two server connections per core). The
+    ratio is what the bouncer costs: an extra hop, a transaction around each use that sets the
+    statement timeout, and statements parsed each time instead of prepared once.
+    """
+    from unittest import mock
+
+    from tests.pgbouncer import PgBouncer, binary
+
+    if binary() is None:
+        return {"skipped": "pgbouncer is not installed (apt-get install pgbouncer)"}
+    pool_size = 2 * (os.cpu_count() or 2)
+    measures: dict[str, Measure] = {}
+    bouncer = PgBouncer(url, "transaction", pool_size=pool_size).start()
+    try:
+        for name, target, pooler in (
+            ("direct", url, "none"),
+            ("pgbouncer_transaction", bouncer.url(BENCH_DATABASE), "pgbouncer-transaction"),
+        ):
+            with mock.patch.dict(os.environ, {"FREYA_POOLER": pooler}):
+                service = Service(target, workers, secret)
+            try:
+                print(f"page through {name} …", end=" ", flush=True)
+                measures[name] = run_wrk(wrk, service.base + path, connections, duration, None, {})
+                print(f"{measures[name].requests_per_second:,.0f} req/s")
+            finally:
+                service.stop()
+    finally:
+        bouncer.stop()
+    direct, pooled = measures["direct"], measures["pgbouncer_transaction"]
+    return {
+        "pgbouncer_server_connections": pool_size,
+        "direct": asdict(direct),
+        "pgbouncer_transaction": asdict(pooled),
+        "ratio": round(pooled.requests_per_second / direct.requests_per_second, 3) if direct.requests_per_second else 0,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=seeding.DEFAULT_MESSAGES)
@@ -329,6 +372,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="granian worker processes")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--only", help="comma-separated operation names, e.g. page_50,batch_create_1000")
+    parser.add_argument(
+        "--pgbouncer", action="store_true", help="also measure the page through PgBouncer in transaction mode"
+    )
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -496,6 +542,10 @@ def main() -> int:
     finally:
         service.stop()
     curve = offset_vs_keyset(url, whale, [0, 1_000, 10_000, 50_000, 100_000, depth])
+    pgbouncer = None
+    if args.pgbouncer:
+        page = f"/v1/conversations/{whale}/messages?limit=50"
+        pgbouncer = page_through_pgbouncer(wrk, url, page, args.workers, args.connections, args.duration, secret)
 
     by_name = {r.name: r for r in results}
     if "batch_create_1000" in by_name:
@@ -522,6 +572,7 @@ def main() -> int:
         },
         "results": [asdict(r) for r in results],
         "offset_vs_keyset": curve,
+        **({"page_through_pgbouncer": pgbouncer} if pgbouncer else {}),
         "targets": {name: {"target": TARGETS[name], "met": met} for name, met in checks.items()},
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
@@ -545,6 +596,13 @@ def main() -> int:
         print(f"  {'met ' if met else 'MISSED'} {name}: {TARGETS[name]}")
     if "batch_create_1000" in by_name:
         print(f"\nbatch create: {by_name['batch_create_1000'].extra['messages_per_second']:,} messages/s")
+    if pgbouncer and "ratio" in pgbouncer:
+        pooled, direct = pgbouncer["pgbouncer_transaction"], pgbouncer["direct"]
+        print(
+            f"\npage_50 through PgBouncer (transaction mode): {pooled['requests_per_second']:,.0f} req/s, "
+            f"p50 {pooled['p50_ms']:.2f} ms vs direct {direct['requests_per_second']:,.0f} req/s, "
+            f"p50 {direct['p50_ms']:.2f} ms: ratio {pgbouncer['ratio']:.2f}"
+        )
     print(f"written: {args.out / 'results.json'}, {args.out / 'chart.png'}")
     errors = sum(r.service.errors for r in results)
     if errors:
