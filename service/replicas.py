@@ -269,7 +269,7 @@ class ReplicatedDatabase(Database):
 
     def connection(self) -> AbstractAsyncContextManager[Connection]:
         request = _request.get()
-        if request is None or not request.read:
+        if request is None or not request.read or not self.replicas:
             return self.on_primary.connection()
         return self._read(request)
 
