@@ -8,10 +8,10 @@ pipeline (service/pipeline.py) sets it and feeds the metrics defined here.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -39,7 +39,7 @@ def request_id_of(scope: Scope, headers: Mapping[bytes, bytes] | None = None) ->
     if rid is None:
         given = (headers if headers is not None else dict(scope.get("headers", []))).get(REQUEST_ID_HEADER)
         text = given.decode("latin-1") if given is not None else ""
-        rid = text if _SANE_REQUEST_ID.match(text) else uuid.uuid4().hex
+        rid = text if _SANE_REQUEST_ID.match(text) else os.urandom(16).hex()
         state["request_id"] = rid
     return rid
 

@@ -43,8 +43,9 @@ import msgspec
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 from prometheus_client import Counter, Gauge
 
-from service.db import Connection, Database, PoolDatabase, Query, QueryFile
+from service.db import Connection, Database, PoolDatabase
 from service.errors import Invalid
+from service.queries import Query, QueryFile
 
 log = logging.getLogger("freya.replicas")
 
@@ -249,6 +250,7 @@ class ReplicatedDatabase(Database):
         open_pool: Callable[[str], Awaitable[PoolDatabase]],
         poll_timeout: float,
     ) -> None:
+        super().__init__()
         self.on_primary = primary
         names = [server_name(url) for url in replica_urls]
         self.replicas = [
