@@ -13,9 +13,10 @@ position is read on the same connection and answered as ``Freya-Read-After``. A 
 it back runs on a replica whose replayed position, as last polled, is at or past it, and
 otherwise on the primary: never stale, never an error because a replica is behind.
 
-Lag. A replica's lag is how long ago the monitor first saw the primary holding WAL that the
-replica has not replayed yet (zero when it has replayed all the primary had at the last sample).
-Unlike ``now() - pg_last_xact_replay_timestamp()`` this does not grow on an idle primary.
+Lag. A replica's lag is how long ago the primary was last seen at a position the replica has
+replayed, when it has written more since (zero when the replica has replayed all the primary had
+at the latest sample): an upper bound on its staleness, to within one poll. Unlike
+``now() - pg_last_xact_replay_timestamp()`` it does not grow on an idle primary.
 
 Failure. A replica that cannot be reached, is not in recovery, or lags more than
 ``FREYA_REPLICA_MAX_LAG_MS`` takes no reads until a later poll finds it healthy. When a replica
@@ -261,7 +262,7 @@ class ReplicatedDatabase(Database):
         self.max_lag = max_lag_ms / 1000
         self.open_pool = open_pool
         self.poll_timeout = poll_timeout
-        # (when first seen, position) of the primary, oldest first, enough to measure the limit twice over.
+        # (when, position) of the primary at each poll, oldest first: enough to measure the limit twice over.
         self._history: deque[tuple[float, int]] = deque(maxlen=max(16, int(2 * self.max_lag / POLL_SECONDS) + 2))
         self._turn = itertools.count()
         primary.after_use = remember_position
@@ -323,8 +324,7 @@ class ReplicatedDatabase(Database):
         try:
             async with self.on_primary.connection() as conn:
                 position = parse_position(await sql.primary_position.val(conn))
-            if not self._history or self._history[-1][1] != position:
-                self._history.append((now, position))
+            self._history.append((now, position))
         except UNREACHABLE as error:
             # Lags then grow from the last known positions; the replicas keep answering reads.
             log.warning("replica monitor cannot reach the primary: %s", error)
@@ -355,9 +355,14 @@ class ReplicatedDatabase(Database):
         replica._publish()
 
     def _lag(self, replayed: int, now: float) -> float:
+        """Since when the replica may miss data: the last sample of the primary it has replayed
+        past (the primary wrote beyond it after that, before the next sample). Zero when it has
+        replayed everything the latest sample saw."""
+        caught_up_at = None
         for seen, position in self._history:
             if position > replayed:
-                return now - seen
+                return now - (caught_up_at if caught_up_at is not None else seen)
+            caught_up_at = seen
         return 0.0
 
     async def close(self) -> None:

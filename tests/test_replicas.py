@@ -260,3 +260,38 @@ async def test_an_unreachable_replica_is_skipped_from_the_start(
         assert replica["state"] == "down"
         assert replica["detail"]
         await post_batch(http, (await create_conversation(http, user["id"]))["id"], [{"role": "user", "content": "x"}])
+
+
+async def test_a_replica_behind_the_lag_limit_takes_no_reads_until_it_catches_up(
+    servers: tuple[EmbeddedPostgres, EmbeddedPostgres],
+) -> None:
+    primary, standby = servers
+    primary_url, standby_url = primary.url("freya"), standby.url("freya")
+    async with replicated(servers, replica_max_lag_ms=0) as (http, database):
+        cid, _, _ = await seed_conversation(http)
+        await caught_up(database, primary_url, standby_url)
+        await value(standby_url, "SELECT pg_wal_replay_pause()")
+        try:
+            posted = await http.post(f"/v1/conversations/{cid}/messages", json={"role": "user", "content": "late"})
+            assert posted.status_code == 201
+            await database.poll()  # the primary has WAL the standby has not replayed: lag > 0 ms
+            ready = (await http.get("/health/ready")).json()
+            assert ready["replicas"][0]["state"] == "lagging"
+            before = await calls(primary_url, READ_STATEMENTS)
+            # No token, yet the fresh message: the lagging standby is skipped, the primary answers.
+            assert (await http.get(f"/v1/messages/{posted.json()['id']}")).status_code == 200
+            assert await calls(primary_url, READ_STATEMENTS) > before
+        finally:
+            await value(standby_url, "SELECT pg_wal_replay_resume()")
+        await caught_up(database, primary_url, standby_url)
+
+
+async def caught_up(database: ReplicatedDatabase, primary_url: str, standby_url: str) -> None:
+    """With a zero lag limit the replica is up only when it has replayed all the primary wrote by
+    the poll (the primary writes some WAL of its own now and then): poll until that is so."""
+    for _ in range(50):
+        await replayed_to(standby_url, await position(primary_url))
+        await database.poll()
+        if database.replicas[0].health().state == "up":
+            return
+    raise AssertionError("the replica never caught up with the primary")
