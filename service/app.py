@@ -11,13 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, route
+from litestar import Controller, Litestar, Request, Response, get, route
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusController
+from litestar.openapi.plugins import JsonRenderPlugin
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import admin, conversations, db, errors, health, idempotency, messages, replicas, search, topics, users
 from service.admin import AdminController
@@ -25,10 +25,11 @@ from service.auth import parse_tokens
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
-from service.health import HealthController
+from service.docs import DOCS_PATH, docs_asset, swagger_ui
+from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
-from service.observability import configure_logging, stamp_request_ids, watch_pool
+from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
 from service.pages import provide_paging
 from service.pipeline import RequestPipeline
 from service.queries import prepare_all, queries_of
@@ -76,11 +77,15 @@ async def unknown_route(request: Request[Any, Any, Any]) -> None:
     raise errors.NotFound(f"no route {request.url.path}")
 
 
-class MetricsController(PrometheusController):
-    """Prometheus text of the default registry: the pipeline's request metrics and the pool gauges."""
+class MetricsController(Controller):
+    """Prometheus text: the pipeline's request metrics and the pool gauges, of every worker."""
 
     path = "/metrics"
     include_in_schema = False
+
+    @get(sync_to_thread=False)
+    def metrics(self) -> Response[bytes]:
+        return Response(scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings, database: db.Database | None = None) -> Litestar:
@@ -94,7 +99,10 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
     tokens = parse_tokens(settings.api_tokens) if settings.api_tokens else ()
     if not tokens:
         log.warning("FREYA_API_TOKENS is not set: every API route is open to anyone who can reach the port")
-    state = State({"cursors": cursors} | ({"database": database} if database is not None else {}))
+    state = State(
+        {"cursors": cursors, "expected_migrations": expected_migrations()}
+        | ({"database": database} if database is not None else {})
+    )
 
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -137,8 +145,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
                 await routed.poll()
                 monitor = asyncio.create_task(routed.watch())
             app.state.database = routed
-            watch_pool(primary)
-            yield
+            async with watching_pool(primary):
+                yield
         finally:
             if monitor is not None:
                 monitor.cancel()
@@ -162,6 +170,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             SearchController,
             AdminController,
             MetricsController,
+            docs_asset,
             unknown_route,
         ],
         middleware=[
@@ -184,8 +193,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             title="Freya backend",
             version=VERSION,
             description="Chat history of the Freya assistant: users, conversations, messages, topics.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(path="/openapi.json")],
+            path=DOCS_PATH,
+            render_plugins=[swagger_ui(), JsonRenderPlugin(path="/openapi.json")],
         ),
     )
 

@@ -150,7 +150,7 @@ def test_serve_migrates_and_serves_through_the_bouncer(bouncer: PgBouncer, serve
     name = f"freya_serve_{RUN_ID}_{bouncer.port}"
     url = create_database(server_url, name)
     try:
-        process, base = start_service(through(bouncer, url), pooler=pooler(bouncer), pool_max_size="4")
+        process, base = start_service(through(bouncer, url), FREYA_POOLER=pooler(bouncer), FREYA_POOL_MAX_SIZE="4")
         try:
             user = httpx.post(f"{base}/v1/users", json={"email": "serve@example.com", "name": "S"}, timeout=10)
             assert user.status_code == 201, user.text
