@@ -17,6 +17,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from service import devdb
+from tests.api import free_port
 
 Mode = Literal["session", "transaction"]
 
@@ -26,13 +27,6 @@ def binary() -> str | None:
     return shutil.which("pgbouncer") or next(
         (path for path in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(path, os.X_OK)), None
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class PgBouncer:
@@ -45,7 +39,7 @@ class PgBouncer:
             raise FileNotFoundError("pgbouncer is not installed")
         self.executable = executable
         self.directory = Path(tempfile.mkdtemp(prefix=f"freya-pgbouncer-{mode}-"))
-        self.port = _free_port()
+        self.port = free_port()
         parts = urlsplit(server_url)
         query = parse_qs(parts.query)
         self.user = parts.username or "postgres"
