@@ -24,6 +24,7 @@ from typing import Annotated, Literal, cast
 
 import msgspec
 from litestar import Controller, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
@@ -199,16 +200,19 @@ class ChangesController(Controller):
     async def list_changes(
         self,
         db: NamedDependency[Database],
-        cursors: NamedDependency[CursorCodec],
-        feed_watch: NamedDependency[FeedWatch],
+        state: State,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
         wait: Wait = 0,
     ) -> ChangePage:
         """Changes after ``cursor`` (from the oldest kept without one). An empty page still carries
         ``next_cursor``; with ``wait`` it is held until a change commits or the time is up."""
+        # The codec and the watch come from the app's state, not as dependencies: Litestar resolves
+        # independent dependencies in a task group per request.
+        cursors: CursorCodec = state.cursors
+        watch: FeedWatch = state.feed_watch
         start = cursors.decode(cursor, _SCOPE, FeedKey) if cursor else FeedKey(0, 0)
-        rows, after = await read_feed(db, feed_watch, (start.xid, start.seq), limit, wait, resuming=cursor is not None)
+        rows, after = await read_feed(db, watch, (start.xid, start.seq), limit, wait, resuming=cursor is not None)
         return ChangePage(items=[_as_change(row) for row in rows], next_cursor=cursors.encode(_SCOPE, FeedKey(*after)))
 
 
