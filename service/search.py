@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,7 @@ from service.cursors import RankKey, TimeKey
 from service.db import Connection, Database
 from service.errors import Invalid, problem_responses
 from service.fields import NO_NUL, RoleQuery, TimeQuery
-from service.pages import Page, Paging
+from service.pages import Page, Paging, estimate_rows
 from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
 from service.topics import TopicRef, prefix_range, topics_of
@@ -32,6 +33,9 @@ class SearchQueries(QueryFile, file="search"):
 sql = SearchQueries()
 
 MAX_QUERY = 1000
+# Ranking scores every message it ranks, so sort=rank ranks a bounded set: the newest RANK_WINDOW
+# matches. A search with fewer matches ranks them all.
+RANK_WINDOW = 1000
 
 SearchText = Annotated[
     str,
@@ -43,7 +47,10 @@ SearchText = Annotated[
     ),
 ]
 Sort = Annotated[
-    Literal["rank", "recent"], QueryParameter(description="rank: best first (default); recent: newest first")
+    Literal["rank", "recent"],
+    QueryParameter(
+        description=f"rank: best first among the newest {RANK_WINDOW:,} matches (default); recent: newest first"
+    ),
 ]
 IdFilter = Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)]
 TopicFilter = Annotated[str | None, QueryParameter(min_length=1, max_length=100, pattern=NO_NUL)]
@@ -65,6 +72,45 @@ class MessageHit(msgspec.Struct):
     rank: float
     # The best fragments of the content with matches in <b>…</b> (plain text, not HTML-escaped).
     highlight: str
+
+
+class MessageSearchPage(msgspec.Struct):
+    """A page of message hits; sort=rank pages also say how many messages match and how many of
+    them the ranking covered."""
+
+    items: list[MessageHit]
+    next_cursor: str | None = None
+    # Present only when the request asked for count=exact or count=estimated.
+    total: int | msgspec.UnsetType = msgspec.UNSET
+    matches: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                description="sort=rank: how many messages match q and the filters; exact unless matches_estimated"
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    matches_estimated: (
+        Annotated[
+            bool,
+            msgspec.Meta(
+                description=f"sort=rank: true when more than {RANK_WINDOW:,} messages match and matches is the "
+                "planner's estimate (count=exact counts them)"
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    ranked: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                description=f"sort=rank: how many matches were ranked: all of them, or the newest {RANK_WINDOW:,}; "
+                "every page of one search ranks the same set"
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
 class TopicHit(msgspec.Struct):
@@ -95,33 +141,75 @@ async def search_messages_txn(
     filters: dict[str, Any],
     after: RankKey | TimeKey | None,
     paging: Paging,
-) -> tuple[list[MessageHit], int | msgspec.UnsetType]:
-    """One page of a search (and its total when asked), planned for its own values, in a read-only
-    transaction of its own."""
-    position: dict[str, Any]
-    if sort == "rank":
-        query = sql.search_messages_by_rank
-        position = {"before_rank": after.rank if isinstance(after, RankKey) else None}
-    else:
-        query = sql.search_messages_by_recent
-        position = {"before_ts": from_micros(after.micros) if isinstance(after, TimeKey) else None}
+) -> tuple[MessageSearchPage, int | None]:
+    """One page of a search (limit + 1 hits, no cursor yet) with its counts, planned for its own
+    values, in a read-only transaction of its own; and for sort=rank the newest id of the ranked set,
+    which the next cursor carries so that every page ranks the same set."""
+    counts = MessageSearchPage(items=[])
+    rows: Sequence[Any]
     async with conn.transaction(readonly=True):
         await sql.plan_for_these_values.val(conn)
-        rows = await query.records(
-            conn, **filters, **position, before_id=after and after.id, limit=paging.limit, offset=paging.offset
-        )
+        if sort == "rank":
+            ranked_after = after if isinstance(after, RankKey) else None
+            rows = await sql.search_messages_by_rank.records(
+                conn,
+                **filters,
+                before_rank=ranked_after and ranked_after.rank,
+                before_id=ranked_after and ranked_after.id,
+                newest=ranked_after and ranked_after.newest,
+                window=RANK_WINDOW,
+                limit=paging.limit,
+                offset=paging.offset,
+            )
+            # The first row is the ranked set's (size, newest id), then the page's message or NULLs.
+            counts.ranked, newest = rows[0][0], rows[0][1]
+            rows = [row[2:] for row in rows if row[2] is not None]
+            counts.matches_estimated = counts.ranked == RANK_WINDOW
+            counts.matches = (
+                max(await estimate_rows(conn, sql.count_matching_messages, **filters), RANK_WINDOW)
+                if counts.matches_estimated
+                else counts.ranked
+            )
+        else:
+            time_after = after if isinstance(after, TimeKey) else None
+            rows = await sql.search_messages_by_recent.records(
+                conn,
+                **filters,
+                before_ts=time_after and from_micros(time_after.micros),
+                before_id=time_after and time_after.id,
+                limit=paging.limit,
+                offset=paging.offset,
+            )
+            newest = None
         found = await topics_of(conn, names, [row[0] for row in rows])
-        total = await paging.total(conn, sql.count_matching_messages, **filters)
+        counts.total = await paging.total(conn, sql.count_matching_messages, **filters)
     # A row is the message's seven columns, its rank and its highlight.
-    hits = [MessageHit(*row[:7], found.get(row[0], []), *row[7:]) for row in rows]  # type: ignore[call-arg]
-    return hits, total
+    counts.items = [MessageHit(*row[:7], found.get(row[0], []), *row[7:]) for row in rows]  # type: ignore[call-arg]
+    return counts, newest
+
+
+_RANKING = (
+    f"sort=rank ranks the newest {RANK_WINDOW:,} messages that match q and the filters (all of them when "
+    f"fewer match), best first by ts_rank_cd, ties by id: ranking scores every message it ranks, and this "
+    f"keeps a page of a common word as fast as a rare one's. Every page of one search (its cursors) ranks "
+    f"the same set, fixed by the first page, so keyset pages return each of its items exactly once. The "
+    f"page says how many messages match in total (matches: exact up to {RANK_WINDOW:,}, above that the "
+    f"planner's estimate, matches_estimated true) and how many were ranked (ranked). To reach older "
+    f"matches, narrow the search (user_id, conversation_id, since, until) or use sort=recent, which pages "
+    f"through every match, newest first."
+)
 
 
 class SearchController(Controller):
     path = "/v1/search"
     tags = ("search",)
 
-    @get("/messages", summary="Full-text search over messages", responses=problem_responses(400))
+    @get(
+        "/messages",
+        summary="Full-text search over messages",
+        description=_RANKING,
+        responses=problem_responses(400),
+    )
     async def search_messages(
         self,
         q: SearchText,
@@ -134,7 +222,7 @@ class SearchController(Controller):
         role: RoleQuery = None,
         since: TimeQuery = None,
         until: TimeQuery = None,
-    ) -> Page[MessageHit]:
+    ) -> MessageSearchPage:
         since, until = as_utc(since), as_utc(until)
         filters: dict[str, Any] = {
             "q": _require_words(q),
@@ -152,13 +240,16 @@ class SearchController(Controller):
             paging.after(scope, RankKey) if sort == "rank" else paging.after(scope, TimeKey)
         )
         async with db.connection() as conn:
-            hits, total = await search_messages_txn(conn, db.topic_names, sort, filters, after, paging)
+            result, newest = await search_messages_txn(conn, db.topic_names, sort, filters, after, paging)
+        hits = result.items
 
         def key(index: int) -> msgspec.Struct:
             hit = hits[index]
-            return RankKey(hit.rank, hit.id) if sort == "rank" else TimeKey(to_micros(hit.timestamp), hit.id)
+            return RankKey(hit.rank, hit.id, newest) if sort == "rank" else TimeKey(to_micros(hit.timestamp), hit.id)
 
-        return paging.page(hits, scope, key, total=total)
+        page = paging.page(hits, scope, key)
+        result.items, result.next_cursor = page.items, page.next_cursor
+        return result
 
     @get("/topics", summary="Topic names by full text and prefix", responses=problem_responses(400))
     async def search_topics(

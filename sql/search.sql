@@ -20,22 +20,42 @@ m.search @@ search_query(:q)
               WHERE mt.message_id = m.id AND t.name = :topic::text))
 
 -- name: search_messages_by_rank :many
--- Matching messages, best first: ts_rank_cd on the stored messages.search (never recomputing
--- to_tsvector), ties by id; keyset after (before_rank, before_id), limit + 1 rows. Every match
--- is ranked (ranking needs them all), but only the page's rows get a ts_headline. A row is the
--- message's columns, its rank and its highlight; topics come from topics.tags_of_messages.
-WITH page AS (
-    SELECT m.id, ts_rank_cd(m.search, search_query(:q)) AS rank
+-- Matching messages, best first, ranked within a bounded set: the newest :window matches (by id,
+-- the order messages were stored in) with id <= :newest. Ranking must score every message it
+-- ranks, so an unbounded ranking of a word in 5% of a million messages reads 50,000 rows per page;
+-- the newest :window matches cost what they are: a word that common is found by walking
+-- messages_pkey down from the newest message (stopping at the :window-th match), a rarer one or a
+-- scoped search by its entries in idx_message_search (user_id, conversation_id, search).
+-- The first page passes :newest NULL and reads the set's newest id from the summary; later pages
+-- pass it back (it travels in the cursor), so every page ranks the same set while new messages
+-- arrive, and the keyset (before_rank, before_id) returns each of its items exactly once.
+-- The first row always exists: the set's size and newest id, then the page's message (NULLs when
+-- the page is empty), its ts_rank_cd and its ts_headline (only the page's rows get one). Topics
+-- come from topics.tags_of_messages.
+WITH ranked_set AS (
+    SELECT m.id, m.search
     FROM messages AS m
     WHERE /*include matching_messages*/
-      AND (ts_rank_cd(m.search, search_query(:q)), m.id)
+      AND m.id <= coalesce(:newest::bigint, 9223372036854775807)
+    ORDER BY m.id DESC
+    LIMIT :window::integer
+),
+summary AS (
+    SELECT count(*) AS ranked, max(r.id) AS newest FROM ranked_set AS r
+),
+page AS (
+    SELECT r.id, ts_rank_cd(r.search, search_query(:q)) AS rank
+    FROM ranked_set AS r
+    WHERE (ts_rank_cd(r.search, search_query(:q)), r.id)
           < (coalesce(:before_rank::real, 'Infinity'), coalesce(:before_id::bigint, 9223372036854775807))
-    ORDER BY rank DESC, m.id DESC
+    ORDER BY rank DESC, r.id DESC
     LIMIT :limit::integer + 1 OFFSET :offset
 )
-SELECT /*include messages.message_columns*/, p.rank, search_headline(m.content, search_query(:q)) AS highlight
-FROM page AS p
-JOIN messages AS m ON m.id = p.id
+SELECT s.ranked, s.newest, /*include messages.message_columns*/, p.rank,
+       search_headline(m.content, search_query(:q)) AS highlight
+FROM summary AS s
+LEFT JOIN page AS p ON true
+LEFT JOIN messages AS m ON m.id = p.id
 ORDER BY p.rank DESC, p.id DESC;
 
 -- name: search_messages_by_recent :many
