@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from service import migrations
 from service.db import Connection
-from service.search import MAX_QUERY
+from service.search import MAX_QUERY, RANK_WINDOW
 from service.topics import prefix_range
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
@@ -106,6 +106,61 @@ async def test_ranked_pages_continue_exactly_where_the_last_stopped(
         assert [h["id"] for h in paged] == [h["id"] for h in every]
     assert all("<b>" in hit["highlight"] for hit in every)
     assert every[0]["topics"] is not None
+
+
+async def test_a_search_says_how_many_match_and_how_many_it_ranked(
+    client: httpx.AsyncClient, corpus: dict[str, Any]
+) -> None:
+    page = (await client.get(SEARCH, params={"q": "flight", "limit": 3})).json()
+    assert (page["matches"], page["ranked"], page["matches_estimated"]) == (28, 28, False)
+    none = (await client.get(SEARCH, params={"q": "zeppelin"})).json()
+    assert (none["items"], none["matches"], none["ranked"], none["matches_estimated"]) == ([], 0, 0, False)
+    recent = (await client.get(SEARCH, params={"q": "flight", "sort": "recent"})).json()
+    assert "matches" not in recent
+    assert "ranked" not in recent
+
+
+async def test_ranking_covers_the_newest_matches_and_every_page_ranks_the_same_set(client: httpx.AsyncClient) -> None:
+    user = await create_user(client, "many@example.com")
+    chat = await create_conversation(client, user["id"], "many")
+    # 1,200 matches in three rank levels (one, two or three occurrences), older ones included.
+    stored = []
+    for first in (0, 600):
+        items = await post_batch(
+            client,
+            chat["id"],
+            [
+                {"role": "user", "content": " ".join(["zeppelin"] * (1 + n % 3)) + f" ride {n}"}
+                for n in range(first, first + 600)
+            ],
+        )
+        stored += [item["message"]["id"] for item in items]
+    newest = sorted(stored)[-RANK_WINDOW:]
+
+    first_page = (await client.get(SEARCH, params={"q": "zeppelin", "limit": 200})).json()
+    assert first_page["ranked"] == RANK_WINDOW
+    assert first_page["matches_estimated"] is True
+    assert first_page["matches"] >= RANK_WINDOW
+    exact = (await client.get(SEARCH, params={"q": "zeppelin", "count": "exact", "limit": 1})).json()
+    assert exact["total"] == 1200
+    # Newer, better matches arrive while the client pages: the pages it asked for still rank the
+    # set of its first page, each item exactly once.
+    later = await post_batch(client, chat["id"], [{"role": "user", "content": "zeppelin " * 8}] * 3)
+    hits = list(first_page["items"])
+    cursor = first_page["next_cursor"]
+    while cursor:
+        page = (await client.get(SEARCH, params={"q": "zeppelin", "limit": 200, "cursor": cursor})).json()
+        assert page["ranked"] == RANK_WINDOW
+        hits += page["items"]
+        cursor = page["next_cursor"]
+    ids = [hit["id"] for hit in hits]
+    assert sorted(ids) == newest
+    keys = [(hit["rank"], hit["id"]) for hit in hits]
+    assert keys == sorted(keys, reverse=True)
+    assert len({rank for rank, _ in keys}) == 3
+    # A new search ranks the newest set, which now holds the later messages, first.
+    fresh = (await client.get(SEARCH, params={"q": "zeppelin", "limit": 3})).json()
+    assert [hit["id"] for hit in fresh["items"]] == sorted((item["message"]["id"] for item in later), reverse=True)
 
 
 async def test_search_pages_take_the_paging_parameters_of_every_list(
