@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 import psycopg
@@ -360,7 +361,7 @@ def chart(results: list[Result], curve: list[dict[str, float]], settings: dict[s
     figure.savefig(path, dpi=110)
 
 
-def scalar(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:
+def scalar(conn: psycopg.Connection[Any], query: str | pgsql.Composed, *args: Any) -> Any:
     row = conn.execute(query, args).fetchone()
     assert row is not None, query
     return row[0] if len(row) == 1 else row
@@ -382,6 +383,27 @@ class Operation:
 def bare_script(sql: str, variables: dict[str, str] | None = None) -> str:
     sets = "".join(f"\\set {name} {expression}\n" for name, expression in (variables or {}).items())
     return sets + sql.rstrip().rstrip(";") + ";\n"
+
+
+# Candidates for a scoped search's word: the seed's least frequent vocabulary words, then its rare
+# words together (an "or" query), which have fewer matches at any size.
+_SCOPED_WORDS = (
+    *("lisbon", "porto", "paris", "berlin", "rome", "madrid", "london", "tokyo"),
+    *("kyoto", "seoul", "boston", "chicago", "denver", "seattle", "toronto", "sydney"),
+    "quokka or zeppelin or marzipan or fjord or theremin or axolotl or sextant or origami",
+)
+
+
+def word_in_at_most(conn: psycopg.Connection[Any], column: str, value: int, most: int = 1000) -> tuple[str, int]:
+    """The candidate query with the most matches, but at most ``most``, among the messages whose
+    ``column`` ("user_id" or "conversation_id") is ``value``; and its number of matches."""
+    scoped = pgsql.SQL("SELECT count(*) FROM messages WHERE {} = %s AND search @@ search_query(%s)").format(
+        pgsql.Identifier(column)
+    )
+    counts = {q: scalar(conn, scoped, value, q) for q in _SCOPED_WORDS}
+    fitting = {q: n for q, n in counts.items() if 0 < n <= most} or {min(counts, key=counts.__getitem__): 0}
+    best = max(fitting, key=fitting.__getitem__)
+    return best, counts[best]
 
 
 def depths_for(size: int) -> list[int]:
@@ -485,6 +507,8 @@ def main() -> int:
         "until": None,
         "before_rank": None,
         "before_id": None,
+        "newest": None,
+        "window": search.RANK_WINDOW,
         "limit": 20,
         "offset": 0,
     }
@@ -511,22 +535,42 @@ def main() -> int:
     newest_page = {**page_params, "before_ts": None, "before_id": None}
     topics_lookup = topic_queries.sql.tags_of_messages
 
-    def search_scripts(q: str) -> tuple[str, str]:
+    def search_scripts(q: str, column: str = "", value: int = 0) -> tuple[str, str]:
+        """pgbench on what the service runs for a ranked search (optionally scoped: column = value),
+        and on the bare SQL ranking every match (the unbounded ranking of before issue 15)."""
         ours = (
             "BEGIN;\n"
             + pgbench_script(search.sql.plan_for_these_values, {})
-            + pgbench_script(search.sql.search_messages_by_rank, {**search_params, "q": q})
+            + pgbench_script(
+                search.sql.search_messages_by_rank, {**search_params, "q": q, **({column: value} if column else {})}
+            )
             + "COMMIT;\n"
         )
+        scope = f"{column} = {value} AND " if column else ""
         bare = bare_script(
             f"SELECT {columns}, edited_at, ts_rank_cd(search, websearch_to_tsquery('english', {literal(q)})) AS rank "
-            f"FROM messages WHERE search @@ websearch_to_tsquery('english', {literal(q)}) "
+            f"FROM messages WHERE {scope}search @@ websearch_to_tsquery('english', {literal(q)}) "
             "ORDER BY rank DESC, id DESC LIMIT 20"
         )
         return ours, bare
 
     common_ours, common_bare = search_scripts(common)
     rare_ours, rare_bare = search_scripts(rare)
+    # Scoped searches (issue 15): the user with the most messages and a user with about a hundred,
+    # searching the same word, in up to 1,000 of the first's messages; the largest conversation.
+    with psycopg.connect(url) as conn:
+        heavy_user, heavy_size = scalar(
+            conn, "SELECT user_id, count(*) FROM messages GROUP BY user_id ORDER BY count(*) DESC LIMIT 1"
+        )
+        light_user, light_size = scalar(
+            conn,
+            "SELECT user_id, count(*) FROM messages GROUP BY user_id ORDER BY abs(count(*) - 100), user_id LIMIT 1",
+        )
+        user_word, user_hits = word_in_at_most(conn, "user_id", heavy_user)
+        conversation_word, conversation_hits = word_in_at_most(conn, "conversation_id", whale)
+    heavy_ours, heavy_bare = search_scripts(user_word, "user_id", heavy_user)
+    light_ours, light_bare = search_scripts(user_word, "user_id", light_user)
+    conversation_ours, conversation_bare = search_scripts(conversation_word, "conversation_id", whale)
     operations = [
         Operation(
             "page_50",
@@ -635,6 +679,34 @@ def main() -> int:
             f"/v1/search/messages?q={rare}&limit=20",
             rare_ours,
             rare_bare,
+            connections=search_clients,
+        ),
+    ]
+    operations += [
+        Operation(
+            "search_user_heavy",
+            f"ranked search of the user with the most messages ({heavy_size:,}) for {user_word!r} "
+            f"({user_hits:,} of their messages), 20 hits",
+            f"/v1/search/messages?{urlencode({'q': user_word, 'user_id': heavy_user, 'limit': 20})}",
+            heavy_ours,
+            heavy_bare,
+            connections=search_clients,
+        ),
+        Operation(
+            "search_user_light",
+            f"the same search by a user with {light_size:,} messages",
+            f"/v1/search/messages?{urlencode({'q': user_word, 'user_id': light_user, 'limit': 20})}",
+            light_ours,
+            light_bare,
+            connections=search_clients,
+        ),
+        Operation(
+            "search_conversation",
+            f"ranked search of the largest conversation ({whale_size:,} messages) for {conversation_word!r} "
+            f"({conversation_hits:,} of its messages), 20 hits",
+            f"/v1/search/messages?{urlencode({'q': conversation_word, 'conversation_id': whale, 'limit': 20})}",
+            conversation_ours,
+            conversation_bare,
             connections=search_clients,
         ),
     ]
