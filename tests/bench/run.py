@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
 import secrets
 import shutil
@@ -53,8 +54,10 @@ TARGETS = {
     "page_50": "service >= 0.25x pgbench on the bare page query, >= 1.0x the minimal Litestar handler",
     "message_by_id": "service >= 0.6x the raw ASGI app",
     "deep_keyset_page": "p50 within 1.5x of the newest page's",
-    "batch_create_1000": ">= 50,000 messages/s",
+    "batch_create_1000": ">= 50,000 messages/s and >= 0.6x COPY of the same batches (service/reference)",
     "search_common": "p99 < 50 ms",
+    "search_user_heavy": "p99 < 20 ms, within 2x of search_user_light",
+    "search_conversation": "p99 < 20 ms",
     "statement_cost": "each read statement <= 1.3x the bare statement's per-call cost (pgbench)",
 }
 
@@ -377,7 +380,8 @@ class Operation:
     script: Path | None = None  # wrk Lua script
     env: dict[str, str] = field(default_factory=dict)
     connections: int = 16
-    reference: str = ""  # "page" or "message": which reference app serves the same path
+    # "page" or "message": which reference app serves the same path; "copy": COPY of the same batches
+    reference: str = ""
 
 
 def bare_script(sql: str, variables: dict[str, str] | None = None) -> str:
@@ -406,6 +410,57 @@ def word_in_at_most(conn: psycopg.Connection[Any], column: str, value: int, most
     return best, counts[best]
 
 
+BATCH_CONTENTS = [f"batch message {n} with some ordinary words in it" for n in range(1000)]
+BATCH_ROLES = ["user", "assistant"] * 500
+
+
+def copy_batches(url: str, connections: int, duration: int, conversations: int = 1000) -> Measure:
+    """What the schema physically allows for batch_create_1000: the same 1,000-message batches
+    COPYed into messages (asyncpg's binary copy_records_to_table), one transaction per batch, into
+    a random one of the first ``conversations`` conversations, on ``connections`` connections for
+    ``duration`` seconds. The same indexes, constraints and triggers apply (the row trigger computes
+    search, as COPY cannot). A request's rate is a batch's: req/s x 1,000 is messages/s."""
+
+    async def run() -> Measure:
+        pool = await asyncpg.create_pool(url, min_size=connections, max_size=connections)
+        try:
+            rows = await pool.fetch("SELECT id, user_id FROM conversations ORDER BY id LIMIT $1", conversations)
+            owners: dict[int, int] = {row["id"]: row["user_id"] for row in rows}
+            ids = list(owners)
+            latencies: list[float] = []
+            deadline = time.perf_counter() + duration
+
+            async def client(rng: random.Random) -> None:
+                async with pool.acquire() as conn:
+                    while time.perf_counter() < deadline:
+                        conversation = rng.choice(ids)
+                        owner = owners[conversation]
+                        rows = [
+                            (conversation, owner, role, content)
+                            for role, content in zip(BATCH_ROLES, BATCH_CONTENTS, strict=True)
+                        ]
+                        started = time.perf_counter()
+                        async with conn.transaction():
+                            await conn.copy_records_to_table(
+                                "messages", records=batch_rows, columns=["conversation_id", "user_id", "role", "content"]
+                            )
+                        latencies.append((time.perf_counter() - started) * 1000)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client(random.Random(n)) for n in range(connections)))
+            elapsed = time.perf_counter() - started
+        finally:
+            await pool.close()
+        latencies.sort()
+        return Measure(
+            len(latencies) / elapsed,
+            latencies[len(latencies) // 2],
+            latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        )
+
+    return asyncio.run(run())
+
+
 def depths_for(size: int) -> list[int]:
     """Page depths for the paging curve that exist in a conversation of ``size`` messages."""
     deepest = max(size - 60, 0)
@@ -423,7 +478,10 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
             operation.script,
             operation.env,
         )
-    if operation.reference:
+    if operation.reference == "copy":
+        result.reference_name = "COPY"
+        result.reference = copy_batches(url, operation.connections, duration)
+    elif operation.reference:
         result.reference_name = operation.reference
         result.reference = run_wrk(
             wrk,
@@ -513,8 +571,8 @@ def main() -> int:
         "offset": 0,
     }
     batch = {
-        "roles": ["user", "assistant"] * 500,
-        "contents": [f"batch message {n} with some ordinary words in it" for n in range(1000)],
+        "roles": BATCH_ROLES,
+        "contents": BATCH_CONTENTS,
         "user_ids": [None] * 1000,
         "client_msg_ids": [None] * 1000,
         "tag_items": list(range(1, 1001)),
@@ -664,6 +722,7 @@ def main() -> int:
             script=LOAD / "batch_messages.lua",
             env={"FREYA_CONVERSATIONS": str(conversations), "FREYA_BATCH_SIZE": "1000"},
             connections=4,
+            reference="copy",
         ),
         Operation(
             "search_common",
@@ -791,6 +850,8 @@ def print_summary(results: list[Result], curve: list[dict[str, float]], failures
         batch = by_name["batch_create_1000"]
         assert batch.service is not None
         print(f"\nbatch create: {batch.service.requests_per_second * 1000:,.0f} messages/s")
+        if batch.reference:
+            print(f"COPY of the same batches: {batch.reference.requests_per_second * 1000:,.0f} messages/s")
     if curve:
         print("\nOFFSET vs keyset, median ms per 50-message page:")
         for point in curve:
