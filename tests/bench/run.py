@@ -435,14 +435,16 @@ def copy_batches(url: str, connections: int, duration: int, conversations: int =
                     while time.perf_counter() < deadline:
                         conversation = rng.choice(ids)
                         owner = owners[conversation]
-                        rows = [
+                        batch_rows = [
                             (conversation, owner, role, content)
                             for role, content in zip(BATCH_ROLES, BATCH_CONTENTS, strict=True)
                         ]
                         started = time.perf_counter()
                         async with conn.transaction():
                             await conn.copy_records_to_table(
-                                "messages", records=batch_rows, columns=["conversation_id", "user_id", "role", "content"]
+                                "messages",
+                                records=batch_rows,
+                                columns=["conversation_id", "user_id", "role", "content"],
                             )
                         latencies.append((time.perf_counter() - started) * 1000)
 
