@@ -95,7 +95,7 @@ class MessageSearchPage(msgspec.Struct):
         Annotated[
             bool,
             msgspec.Meta(
-                description=f"sort=rank: true when more than {RANK_WINDOW:,} messages match and matches is the "
+                description=f"sort=rank: true when {RANK_WINDOW:,} or more messages match and matches is the "
                 "planner's estimate (count=exact counts them)"
             ),
         ]
@@ -193,7 +193,7 @@ _RANKING = (
     f"fewer match), best first by ts_rank_cd, ties by id: ranking scores every message it ranks, and this "
     f"keeps a page of a common word as fast as a rare one's. Every page of one search (its cursors) ranks "
     f"the same set, fixed by the first page, so keyset pages return each of its items exactly once. The "
-    f"page says how many messages match in total (matches: exact up to {RANK_WINDOW:,}, above that the "
+    f"page says how many messages match in total (matches: exact below {RANK_WINDOW:,}, from there on the "
     f"planner's estimate, matches_estimated true) and how many were ranked (ranked). To reach older "
     f"matches, narrow the search (user_id, conversation_id, since, until) or use sort=recent, which pages "
     f"through every match, newest first."
