@@ -25,6 +25,7 @@ from service.topics import TopicRef, prefix_range, topics_of
 class SearchQueries(QueryFile, file="search"):
     plan_for_these_values: Query
     search_messages_by_rank: Query
+    search_messages_by_rank_common: Query
     search_messages_by_recent: Query
     count_matching_messages: Query
     search_topics: Query
@@ -36,6 +37,11 @@ MAX_QUERY = 1000
 # Ranking scores every message it ranks, so sort=rank ranks a bounded set: the newest RANK_WINDOW
 # matches. A search with fewer matches ranks them all.
 RANK_WINDOW = 1000
+# A search PostgreSQL expects to have at least COMMON matches walks the newest messages for its set
+# (search_messages_by_rank_common), reading at most RECENT_IDS of them before it looks in the index.
+# At 20 times the set, walking costs about what fetching every match from the index would cost.
+COMMON = 20 * RANK_WINDOW
+RECENT_IDS = 100_000
 
 SearchText = Annotated[
     str,
@@ -151,13 +157,16 @@ async def search_messages_txn(
         await sql.plan_for_these_values.val(conn)
         if sort == "rank":
             ranked_after = after if isinstance(after, RankKey) else None
-            rows = await sql.search_messages_by_rank.records(
+            estimated = await estimate_rows(conn, sql.count_matching_messages, **filters)
+            common = estimated >= COMMON
+            rows = await (sql.search_messages_by_rank_common if common else sql.search_messages_by_rank).records(
                 conn,
                 **filters,
                 before_rank=ranked_after and ranked_after.rank,
                 before_id=ranked_after and ranked_after.id,
                 newest=ranked_after and ranked_after.newest,
                 window=RANK_WINDOW,
+                **({"recent_ids": RECENT_IDS} if common else {}),
                 limit=paging.limit,
                 offset=paging.offset,
             )
@@ -165,11 +174,7 @@ async def search_messages_txn(
             counts.ranked, newest = rows[0][0], rows[0][1]
             rows = [row[2:] for row in rows if row[2] is not None]
             counts.matches_estimated = counts.ranked == RANK_WINDOW
-            counts.matches = (
-                max(await estimate_rows(conn, sql.count_matching_messages, **filters), RANK_WINDOW)
-                if counts.matches_estimated
-                else counts.ranked
-            )
+            counts.matches = max(estimated, RANK_WINDOW) if counts.matches_estimated else counts.ranked
         else:
             time_after = after if isinstance(after, TimeKey) else None
             rows = await sql.search_messages_by_recent.records(

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from service import migrations
 from service.db import Connection
 from service.search import MAX_QUERY, RANK_WINDOW
+from service.search import sql as search_sql
 from service.topics import prefix_range
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
@@ -283,3 +284,35 @@ async def test_each_search_is_planned_for_its_own_values(
     await client.get(SEARCH, params={"q": "lisbon", "conversation_id": corpus["trip"]["id"]})
     labels = [q.split("\n", 1)[0] for q in sent if q.startswith("-- search.")]
     assert labels == ["-- search.plan_for_these_values", "-- search.search_messages_by_rank"]
+
+
+async def test_both_ranking_statements_rank_the_same_newest_matches(conn: Connection) -> None:
+    # The statement for common words (which walks the newest messages first) and the one for the
+    # rest must find the same set: the newest :window matches with id <= :newest, however the
+    # matches are spread (here: dense among the oldest messages, sparse among the newest).
+    await conn.execute("INSERT INTO users (email, name) VALUES ('r@example.com', 'R')")
+    await conn.execute("INSERT INTO conversations (user_id) SELECT id FROM users")
+    await conn.execute(
+        "INSERT INTO messages (conversation_id, user_id, role, content) "
+        "SELECT c.id, c.user_id, 'user', CASE WHEN g <= 600 OR g % 40 = 0 THEN repeat('zeppelin ', 1 + g % 3) "
+        "ELSE 'nothing here' END || ' ' || g FROM conversations AS c, generate_series(1, 2000) AS g"
+    )
+    ids = [r["id"] for r in await conn.fetch("SELECT id FROM messages WHERE search @@ search_query('zeppelin')")]
+    base: dict[str, Any] = {
+        "q": "zeppelin",
+        **dict.fromkeys(("conversation_id", "user_id", "topic", "role", "since", "until", "before_rank", "before_id")),
+        "limit": 200,
+        "offset": 0,
+    }
+    for window, newest, recent_ids in ((100, None, 50), (100, None, 1500), (300, None, 200), (60, max(ids) - 500, 30)):
+        params = {**base, "window": window, "newest": newest}
+        expected = sorted(i for i in ids if newest is None or i <= newest)[-window:]
+        plain = await search_sql.search_messages_by_rank.records(conn, **params)
+        common = await search_sql.search_messages_by_rank_common.records(conn, **params, recent_ids=recent_ids)
+        for rows in (plain, common):
+            assert rows[0]["ranked"] == window
+            assert rows[0]["newest"] == expected[-1]
+        # A row is (ranked, newest, the message's columns…, rank, highlight).
+        assert [tuple(r) for r in common] == [tuple(r) for r in plain]
+        everything = await search_sql.search_messages_by_rank.records(conn, **params | {"limit": window})
+        assert sorted(r["id"] for r in everything) == expected

@@ -569,6 +569,7 @@ def main() -> int:
         "before_id": None,
         "newest": None,
         "window": search.RANK_WINDOW,
+        "recent_ids": search.RECENT_IDS,
         "limit": 20,
         "offset": 0,
     }
