@@ -771,6 +771,9 @@ def main() -> int:
             connections=search_clients,
         ),
     ]
+    # Writes go last: the messages they add become the newest ones, which the reads (searches
+    # above all) would otherwise meet instead of the seeded data.
+    operations.sort(key=lambda operation: operation.name in {"create_message", "batch_create_1000"})
     if args.only:
         wanted = set(args.only.split(","))
         operations = [operation for operation in operations if operation.name in wanted]
