@@ -43,6 +43,7 @@ from service import seed as seeding
 from service import topics as topic_queries
 from service.admin import run_maintenance
 from service.cursors import CursorCodec, TimeKey
+from service.pages import estimate_rows
 from service.queries import Query
 from service.settings import PROJECT_ROOT, load_settings
 from service.timestamps import to_micros
@@ -410,6 +411,21 @@ def word_in_at_most(conn: psycopg.Connection[Any], column: str, value: int, most
     return best, counts[best]
 
 
+def estimated_matches(url: str, filters: dict[str, Any]) -> int:
+    """PostgreSQL's estimate of a search's matches, as the service makes it to choose its statement."""
+
+    async def estimate() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await search.sql.plan_for_these_values.val(conn)
+                return await estimate_rows(conn, search.sql.count_matching_messages, **filters)
+        finally:
+            await conn.close()
+
+    return asyncio.run(estimate())
+
+
 BATCH_CONTENTS = [f"batch message {n} with some ordinary words in it" for n in range(1000)]
 BATCH_ROLES = ["user", "assistant"] * 500
 
@@ -597,13 +613,21 @@ def main() -> int:
     topics_lookup = topic_queries.sql.tags_of_messages
 
     def search_scripts(q: str, column: str = "", value: int = 0) -> tuple[str, str]:
-        """pgbench on what the service runs for a ranked search (optionally scoped: column = value),
-        and on the bare SQL ranking every match (the unbounded ranking of before issue 15)."""
+        """pgbench on what the service runs for a ranked search (optionally scoped: column = value):
+        its planner estimate, then the ranking statement that estimate chooses; and on the bare SQL
+        ranking every match (the unbounded ranking of before issue 15)."""
+        params = {**search_params, "q": q, **({column: value} if column else {})}
+        filters = {name: params[name] for name in search.sql.count_matching_messages.params}
+        common_word = estimated_matches(url, filters) >= search.COMMON
         ours = (
             "BEGIN;\n"
             + pgbench_script(search.sql.plan_for_these_values, {})
-            + pgbench_script(
-                search.sql.search_messages_by_rank, {**search_params, "q": q, **({column: value} if column else {})}
+            + "EXPLAIN (FORMAT JSON) "
+            + pgbench_script(search.sql.count_matching_messages, filters)
+            + (
+                pgbench_script(search.sql.search_messages_by_rank_common, {**params, "recent_ids": search.RECENT_IDS})
+                if common_word
+                else pgbench_script(search.sql.search_messages_by_rank, params)
             )
             + "COMMIT;\n"
         )
