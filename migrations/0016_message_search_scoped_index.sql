@@ -1,6 +1,6 @@
 -- Search scoped to a user or a conversation, step 1 of 3: a GIN index over (user_id,
 -- conversation_id, search), built without blocking writes.
--- depends: 0150_btree_gin
+-- depends: 0015_btree_gin
 -- transactional: false
 --
 -- With search alone in the index, "word X in user U's messages" had to choose between the word's
@@ -10,7 +10,7 @@
 -- apart and a scan ANDs the posting lists of the columns its conditions name, skipping ahead in
 -- the longer list: the search costs what its matches cost. Any subset of the columns can be
 -- searched equally well, so this one index also serves conversation_id with search, and search
--- alone (whole-corpus): 0152 drops the old single-column index, 0153 gives this one its name.
+-- alone (whole-corpus): 0017 drops the old single-column index, 0018 gives this one its name.
 -- A message adds two more entries than before, not a second copy of its words.
 
 CREATE INDEX CONCURRENTLY idx_message_search_scoped ON messages USING gin (user_id, conversation_id, search);

@@ -1,7 +1,7 @@
 -- Search scoped to a user or a conversation, step 3 of 3: the scoped index takes the name the search
 -- index has always had. Renaming an index takes only a SHARE UPDATE EXCLUSIVE lock: reads and
 -- writes go on.
--- depends: 0152_drop_single_column_search_index
+-- depends: 0017_drop_single_column_search_index
 
 SET LOCAL lock_timeout = '10s';
 
