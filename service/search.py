@@ -37,8 +37,9 @@ MAX_QUERY = 1000
 # Ranking scores every message it ranks, so sort=rank ranks a bounded set: the newest RANK_WINDOW
 # matches. A search with fewer matches ranks them all.
 RANK_WINDOW = 1000
-# A search PostgreSQL expects to have at least COMMON matches walks the newest messages for its set
-# (search_messages_by_rank_common), reading at most RECENT_IDS of them before it looks in the index.
+# A whole-corpus search PostgreSQL expects to have at least COMMON matches walks the newest messages
+# for its set (search_messages_by_rank_common), reading at most RECENT_IDS of them before it looks in
+# the index.
 # At 20 times the set, walking costs about what fetching every match from the index would cost.
 COMMON = 20 * RANK_WINDOW
 RECENT_IDS = 100_000
@@ -157,8 +158,12 @@ async def search_messages_txn(
         await sql.plan_for_these_values.val(conn)
         if sort == "rank":
             ranked_after = after if isinstance(after, RankKey) else None
-            estimated = await estimate_rows(conn, sql.count_matching_messages, **filters)
-            common = estimated >= COMMON
+            # A search within one user's or conversation's messages takes its matches from the index
+            # (they are at most the scope's messages, wherever in time those are); a whole-corpus one
+            # asks PostgreSQL first how many to expect, to choose between walking and the index.
+            scoped = filters["user_id"] is not None or filters["conversation_id"] is not None
+            estimated = None if scoped else await estimate_rows(conn, sql.count_matching_messages, **filters)
+            common = estimated is not None and estimated >= COMMON
             rows = await (sql.search_messages_by_rank_common if common else sql.search_messages_by_rank).records(
                 conn,
                 **filters,
@@ -174,7 +179,9 @@ async def search_messages_txn(
             counts.ranked, newest = rows[0][0], rows[0][1]
             rows = [row[2:] for row in rows if row[2] is not None]
             counts.matches_estimated = counts.ranked == RANK_WINDOW
-            counts.matches = max(estimated, RANK_WINDOW) if counts.matches_estimated else counts.ranked
+            if counts.matches_estimated and estimated is None:
+                estimated = await estimate_rows(conn, sql.count_matching_messages, **filters)
+            counts.matches = max(estimated or 0, RANK_WINDOW) if counts.matches_estimated else counts.ranked
         else:
             time_after = after if isinstance(after, TimeKey) else None
             rows = await sql.search_messages_by_recent.records(

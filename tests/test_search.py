@@ -144,6 +144,9 @@ async def test_ranking_covers_the_newest_matches_and_every_page_ranks_the_same_s
     assert first_page["matches"] >= RANK_WINDOW
     exact = (await client.get(SEARCH, params={"q": "zeppelin", "count": "exact", "limit": 1})).json()
     assert exact["total"] == 1200
+    scoped = (await client.get(SEARCH, params={"q": "zeppelin", "conversation_id": chat["id"], "limit": 1})).json()
+    assert (scoped["ranked"], scoped["matches_estimated"]) == (RANK_WINDOW, True)
+    assert scoped["matches"] >= RANK_WINDOW
     # Newer, better matches arrive while the client pages: the pages it asked for still rank the
     # set of its first page, each item exactly once.
     later = await post_batch(client, chat["id"], [{"role": "user", "content": "zeppelin " * 8}] * 3)
