@@ -141,6 +141,37 @@ def _require_words(q: str) -> str:
     return q
 
 
+async def _ranked_rows(
+    conn: Connection, filters: dict[str, Any], after: RankKey | None, paging: Paging, counts: MessageSearchPage
+) -> tuple[list[Any], int | None]:
+    """sort=rank: the page's rows, ranked within the newest RANK_WINDOW matches (``counts`` gets
+    ``ranked`` and ``matches``), and the ranked set's newest id, which the next cursor carries."""
+    # A search within one user's or conversation's messages takes its matches from the index (they
+    # are at most the scope's messages, wherever in time those are); a whole-corpus one asks
+    # PostgreSQL first how many to expect, to choose between walking and the index.
+    scoped = filters["user_id"] is not None or filters["conversation_id"] is not None
+    estimated = None if scoped else await estimate_rows(conn, sql.count_matching_messages, **filters)
+    common = estimated is not None and estimated >= COMMON
+    rows = await (sql.search_messages_by_rank_common if common else sql.search_messages_by_rank).records(
+        conn,
+        **filters,
+        before_rank=after and after.rank,
+        before_id=after and after.id,
+        newest=after and after.newest,
+        window=RANK_WINDOW,
+        **({"recent_ids": RECENT_IDS} if common else {}),
+        limit=paging.limit,
+        offset=paging.offset,
+    )
+    # The first row is the ranked set's (size, newest id), then the page's message or NULLs.
+    counts.ranked, newest = rows[0][0], rows[0][1]
+    counts.matches_estimated = counts.ranked == RANK_WINDOW
+    if counts.matches_estimated and estimated is None:
+        estimated = await estimate_rows(conn, sql.count_matching_messages, **filters)
+    counts.matches = max(estimated or 0, RANK_WINDOW) if counts.matches_estimated else counts.ranked
+    return [row[2:] for row in rows if row[2] is not None], newest
+
+
 async def search_messages_txn(
     conn: Connection,
     names: dict[int, str],
@@ -150,38 +181,16 @@ async def search_messages_txn(
     paging: Paging,
 ) -> tuple[MessageSearchPage, int | None]:
     """One page of a search (limit + 1 hits, no cursor yet) with its counts, planned for its own
-    values, in a read-only transaction of its own; and for sort=rank the newest id of the ranked set,
-    which the next cursor carries so that every page ranks the same set."""
+    values, in a read-only transaction of its own; and for sort=rank the newest id of the ranked set."""
     counts = MessageSearchPage(items=[])
     rows: Sequence[Any]
+    newest = None
     async with conn.transaction(readonly=True):
         await sql.plan_for_these_values.val(conn)
         if sort == "rank":
-            ranked_after = after if isinstance(after, RankKey) else None
-            # A search within one user's or conversation's messages takes its matches from the index
-            # (they are at most the scope's messages, wherever in time those are); a whole-corpus one
-            # asks PostgreSQL first how many to expect, to choose between walking and the index.
-            scoped = filters["user_id"] is not None or filters["conversation_id"] is not None
-            estimated = None if scoped else await estimate_rows(conn, sql.count_matching_messages, **filters)
-            common = estimated is not None and estimated >= COMMON
-            rows = await (sql.search_messages_by_rank_common if common else sql.search_messages_by_rank).records(
-                conn,
-                **filters,
-                before_rank=ranked_after and ranked_after.rank,
-                before_id=ranked_after and ranked_after.id,
-                newest=ranked_after and ranked_after.newest,
-                window=RANK_WINDOW,
-                **({"recent_ids": RECENT_IDS} if common else {}),
-                limit=paging.limit,
-                offset=paging.offset,
+            rows, newest = await _ranked_rows(
+                conn, filters, after if isinstance(after, RankKey) else None, paging, counts
             )
-            # The first row is the ranked set's (size, newest id), then the page's message or NULLs.
-            counts.ranked, newest = rows[0][0], rows[0][1]
-            rows = [row[2:] for row in rows if row[2] is not None]
-            counts.matches_estimated = counts.ranked == RANK_WINDOW
-            if counts.matches_estimated and estimated is None:
-                estimated = await estimate_rows(conn, sql.count_matching_messages, **filters)
-            counts.matches = max(estimated or 0, RANK_WINDOW) if counts.matches_estimated else counts.ranked
         else:
             time_after = after if isinstance(after, TimeKey) else None
             rows = await sql.search_messages_by_recent.records(
@@ -192,7 +201,6 @@ async def search_messages_txn(
                 limit=paging.limit,
                 offset=paging.offset,
             )
-            newest = None
         found = await topics_of(conn, names, [row[0] for row in rows])
         counts.total = await paging.total(conn, sql.count_matching_messages, **filters)
     # A row is the message's seven columns, its rank and its highlight.
