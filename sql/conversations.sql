@@ -16,7 +16,7 @@ WHERE id = :conversation_id AND deleted_at IS NULL
 RETURNING id, user_id, title, created_at, updated_at, message_count;
 
 -- name: delete_conversation :val
--- Marks a live conversation deleted; migration 0015's trigger marks its live messages deleted
+-- Marks a live conversation deleted; migration 0019's trigger marks its live messages deleted
 -- with it (so a restore brings back exactly those) in a statement of its own, which sees every
 -- message committed while this one waited for the conversation's row lock.
 UPDATE conversations

@@ -1,10 +1,11 @@
 -- name: add_messages :many
 -- Adds a batch of messages (one or up to 1,000) to a conversation in ONE statement, so the batch
 -- is all-or-nothing and costs one round trip. Items arrive as parallel arrays; item topics as
--- (tag_items, tag_names) pairs, tag_items being the 1-based item number. One row per item:
---   created       inserted now (its topics: topics.tags_of_messages);
+-- (tag_items, tag_names) pairs, tag_items being the 1-based item number. One row per item, its
+-- last column the ids of the topics tagged now (NULL unless created):
+--   created       inserted now, with its topics: no second lookup for them;
 --   duplicate     its client_msg_id is stored already, or repeats an earlier item of the batch:
---                 the stored message, nothing written for it;
+--                 the stored message, nothing written for it (its topics: topics.tags_of_messages);
 --   unknown_user  its user_id does not exist: then nothing at all is written.
 -- An item missing from the result lost a race for its client_msg_id against a concurrent
 -- request (ON CONFLICT DO NOTHING); the caller reads the winner with get_messages_by_client_ids.
@@ -13,7 +14,7 @@
 -- deleting it does), so a message never lands in a conversation being deleted.
 -- Ids are drawn in item order, so the batch keeps its order under (timestamp, id).
 -- The triggers of migration 0004 move the conversation's message_count and updated_at; those of
--- 0015 add the changes to the feed.
+-- 0019 add the changes to the feed.
 WITH conversation AS (
     SELECT c.id, c.user_id FROM conversations AS c
     WHERE c.id = :conversation_id AND c.deleted_at IS NULL
@@ -76,26 +77,31 @@ tagged AS (
     SELECT tp.id, tg.message_id
     FROM tag AS tg JOIN topic AS tp ON tp.name = tg.name
     RETURNING topic_id, message_id
+),
+tags_of_created AS (
+    SELECT t.message_id, array_agg(t.topic_id) AS topic_ids FROM tagged AS t GROUP BY t.message_id
 )
 SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conversation_id,
        NULL::bigint AS user_id, NULL::text AS role, NULL::text AS content,
-       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at
+       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::bigint[] AS topic_ids
 FROM unknown_user AS u
 UNION ALL
-SELECT s.ord, 'deleted_duplicate', s.id, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT s.ord, 'deleted_duplicate', s.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM stored AS s
 WHERE s.deleted
 UNION ALL
-SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at
+SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
+       coalesce(tc.topic_ids, '{}')
 FROM fresh AS f
 JOIN inserted AS n ON n.id = f.id
+LEFT JOIN tags_of_created AS tc ON tc.message_id = n.id
 UNION ALL
-SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at
+SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, NULL
 FROM stored AS s
 JOIN messages AS m ON m.id = s.id
 WHERE NOT s.deleted
 UNION ALL
-SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at
+SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at, NULL
 FROM input AS i
 JOIN first_of_key AS k ON k.client_msg_id = i.client_msg_id AND k.ord <> i.ord
 JOIN fresh AS f ON f.ord = k.ord
@@ -206,7 +212,7 @@ WHERE /*include page_filters*/;
 
 -- name: update_message :many
 -- Changes content and/or role (NULL keeps the stored value) and stamps edited_at; migration
--- 0015's trigger keeps the replaced version as a revision.
+-- 0019's trigger keeps the replaced version as a revision.
 UPDATE messages AS m
 SET content = coalesce(:content::text, m.content),
     role = coalesce(:role::text, m.role),
@@ -217,7 +223,7 @@ RETURNING /*include message_columns*/;
 -- name: update_messages :one
 -- Bulk edit in one statement: each id gets its content and/or role (NULL keeps the value). If any
 -- id does not exist (or is deleted) nothing is written and missing lists them. Revisions are
--- kept by migration 0015's statement trigger: still one statement.
+-- kept by migration 0019's statement trigger: still one statement.
 WITH input AS (
     SELECT u.id, u.content, u.role
     FROM unnest(:ids::bigint[], :contents::text[], :roles::text[]) AS u (id, content, role)
@@ -240,7 +246,7 @@ SELECT (SELECT count(*) FROM updated) AS updated,
        coalesce((SELECT array_agg(id ORDER BY id) FROM missing), '{}') AS missing;
 
 -- name: delete_message :val
--- Marks a live message deleted; migration 0015's trigger sets its tags aside and moves the
+-- Marks a live message deleted; migration 0019's trigger sets its tags aside and moves the
 -- conversation's message_count. The conversation's row is locked first, in the order a
 -- conversation's delete takes them (conversation, then messages), so the two cannot deadlock.
 WITH conversation AS (

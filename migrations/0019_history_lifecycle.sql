@@ -1,5 +1,5 @@
 -- History lifecycle: soft delete and restore, edit revisions, and the change feed.
--- depends: 0014_search_on_insert
+-- depends: 0018_name_message_search_index
 --
 -- Why triggers: every path that writes (the API, bulk statements, cascades, an operator's psql)
 -- must keep revisions, counters and the feed right, in the writer's own transaction. Hot tables

@@ -1,3 +1,0 @@
--- transactional: false
-
-DROP INDEX CONCURRENTLY idx_message_live_search;
