@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,11 +22,14 @@ from service.fields import (
     ClientMsgId,
     Content,
     Id,
+    Metadata,
     PathId,
     Role,
     RoleQuery,
     TimeQuery,
+    TokenCount,
     TopicNames,
+    metadata_problem,
 )
 from service.pages import (
     DEFAULT_LIMIT,
@@ -80,6 +83,10 @@ class Message(msgspec.Struct):
     timestamp: datetime | msgspec.UnsetType = msgspec.UNSET
     edited_at: datetime | msgspec.UnsetType | None = msgspec.UNSET
     topics: list[TopicRef] | msgspec.UnsetType = msgspec.UNSET
+    metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    token_count: int | msgspec.UnsetType = msgspec.UNSET
+    # True when the writer sent no token_count and the service stored ceil(UTF-8 bytes / 4).
+    token_count_estimated: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -90,6 +97,9 @@ class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
     # Topic names; missing topics are created.
     topics: TopicNames = msgspec.field(default_factory=list)
     client_msg_id: ClientMsgId | None = None
+    metadata: Metadata = msgspec.field(default_factory=dict)
+    # Absent: the service stores the estimate ceil(UTF-8 bytes / 4) and says so.
+    token_count: TokenCount | None = None
 
 
 class MessageBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,12 +118,14 @@ class BatchResult(msgspec.Struct):
 class MessageUpdate(msgspec.Struct, forbid_unknown_fields=True):
     content: Content | None = None
     role: Role | None = None
+    # Replaces the whole object ({} empties it).
+    metadata: Metadata | None = None
+    # New content without a token_count gets the estimate of the new content.
+    token_count: TokenCount | None = None
 
 
-class MessageUpdateItem(msgspec.Struct, forbid_unknown_fields=True):
+class MessageUpdateItem(MessageUpdate, kw_only=True, forbid_unknown_fields=True):
     id: Id
-    content: Content | None = None
-    role: Role | None = None
 
 
 class BulkUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -135,6 +147,9 @@ class _Added(msgspec.Struct):
     timestamp: datetime | None
     edited_at: datetime | None
     topics: list[TopicRef] | None
+    metadata: dict[str, Any] | None
+    token_count: int | None
+    token_count_estimated: bool | None
 
 
 class _StoredByKey(Message):
@@ -144,6 +159,32 @@ class _StoredByKey(Message):
 class _BulkOutcome(msgspec.Struct):
     updated: int
     missing: list[int]
+
+
+def estimate_tokens(content: str) -> int:
+    """The stored estimate when a writer sends no count: ceil(UTF-8 bytes / 4), as migration 0140's token_estimate()."""
+    return -(-len(content.encode()) // 4)
+
+
+def token_count_of(content: str | None, given: int | None) -> tuple[int | None, bool | None]:
+    """The count to store and whether it is an estimate: the writer's, else the estimate of new
+    content, else (None, None): keep what is stored."""
+    if given is not None:
+        return given, False
+    if content is not None:
+        return estimate_tokens(content), True
+    return None, None
+
+
+def check_metadata(values: Sequence[dict[str, Any] | None], field: Callable[[int], str]) -> None:
+    """A 400 naming every metadata object that cannot be stored (too large, or holding a NUL)."""
+    errors = [
+        {"field": field(index), "message": problem}
+        for index, value in enumerate(values)
+        if value is not None and (problem := metadata_problem(value)) is not None
+    ]
+    if errors:
+        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
 
 
 def _as_message(row: _Added | _StoredByKey) -> Message:
@@ -159,13 +200,18 @@ async def add_messages(
     Raises NotFound for an unknown conversation and Invalid (422) naming items whose user_id does
     not exist; in both cases nothing is written.
     """
+    check_metadata([item.metadata for item in items], lambda i: f"messages[{i}].metadata" if in_batch else "metadata")
     tags = [(number, name) for number, item in enumerate(items, start=1) for name in dict.fromkeys(item.topics)]
+    counts = [token_count_of(item.content, item.token_count) for item in items]
     arguments: dict[str, Any] = {
         "conversation_id": conversation_id,
         "roles": [item.role for item in items],
         "contents": [item.content for item in items],
         "user_ids": [item.user_id for item in items],
         "client_msg_ids": [item.client_msg_id for item in items],
+        "metadata": [item.metadata for item in items],
+        "token_counts": [tokens for tokens, _ in counts],
+        "token_counts_estimated": [estimated for _, estimated in counts],
         "tag_items": [number for number, _ in tags],
         "tag_names": [name for _, name in tags],
     }
@@ -329,15 +375,28 @@ class MessagesController(Controller):
             raise NotFound(f"message {message_id} does not exist")
         return found
 
-    @patch("/{message_id:str}", summary="Edit a message's content or role", responses=problem_responses(400, 404))
+    @patch(
+        "/{message_id:str}",
+        summary="Edit a message's content, role, metadata or token count",
+        responses=problem_responses(400, 404),
+    )
     async def update_message(
         self, message_id: PathId, data: JSONBody[MessageUpdate], db: NamedDependency[Database]
     ) -> Message:
-        if data.content is None and data.role is None:
-            raise Invalid("give content, role or both", field="content")
+        if _nothing_to_change(data):
+            raise Invalid(_GIVE_SOMETHING, field="content")
+        check_metadata([data.metadata], lambda _: "metadata")
+        tokens, estimated = token_count_of(data.content, data.token_count)
         async with db.connection() as conn:
             updated = await sql.update_message.one(
-                conn, Message, message_id=message_id, content=data.content, role=data.role
+                conn,
+                Message,
+                message_id=message_id,
+                content=data.content,
+                role=data.role,
+                metadata=data.metadata,
+                token_count=tokens,
+                token_count_estimated=estimated,
             )
         if updated is None:
             raise NotFound(f"message {message_id} does not exist")
@@ -346,6 +405,7 @@ class MessagesController(Controller):
     @patch(summary="Edit many messages in one statement", responses=problem_responses(400, 404))
     async def update_messages(self, data: JSONBody[BulkUpdate], db: NamedDependency[Database]) -> BulkUpdated:
         _check_bulk_updates(data.updates)
+        counts = [token_count_of(u.content, u.token_count) for u in data.updates]
         async with db.connection() as conn:
             outcome = await sql.update_messages.one(
                 conn,
@@ -353,6 +413,9 @@ class MessagesController(Controller):
                 ids=[u.id for u in data.updates],
                 contents=[u.content for u in data.updates],
                 roles=[u.role for u in data.updates],
+                metadata=[u.metadata for u in data.updates],
+                token_counts=[tokens for tokens, _ in counts],
+                token_counts_estimated=[estimated for _, estimated in counts],
             )
         assert outcome is not None
         if outcome.missing:
@@ -370,12 +433,20 @@ class MessagesController(Controller):
             raise NotFound(f"message {message_id} does not exist")
 
 
+_GIVE_SOMETHING = "give at least one of content, role, metadata, token_count"
+
+
+def _nothing_to_change(update: MessageUpdate) -> bool:
+    return update.content is None and update.role is None and update.metadata is None and update.token_count is None
+
+
 def _check_bulk_updates(updates: Sequence[MessageUpdateItem]) -> None:
+    check_metadata([u.metadata for u in updates], lambda i: f"updates[{i}].metadata")
     errors: list[dict[str, Any]] = []
     seen: set[int] = set()
     for index, update in enumerate(updates):
-        if update.content is None and update.role is None:
-            errors.append({"field": f"updates[{index}]", "message": "give content, role or both"})
+        if _nothing_to_change(update):
+            errors.append({"field": f"updates[{index}]", "message": _GIVE_SOMETHING})
         if update.id in seen:
             errors.append({"field": f"updates[{index}].id", "message": f"message {update.id} appears twice"})
         seen.add(update.id)

@@ -1,22 +1,24 @@
 -- name: create_conversation :one
 -- A new conversation; a user_id with no user fails its foreign key (a 422).
-INSERT INTO conversations (user_id, title)
-VALUES (:user_id, :title)
-RETURNING id, user_id, title, created_at, updated_at, message_count;
+INSERT INTO conversations (user_id, title, metadata)
+VALUES (:user_id, :title, :metadata::jsonb)
+RETURNING id, user_id, title, created_at, updated_at, message_count, metadata;
 
 -- name: get_conversation :one
-SELECT id, user_id, title, created_at, updated_at, message_count
+SELECT id, user_id, title, created_at, updated_at, message_count, metadata
 FROM conversations
 WHERE id = :conversation_id;
 
 -- name: conversation_exists :val
 SELECT EXISTS (SELECT 1 FROM conversations WHERE id = :conversation_id);
 
--- name: update_conversation_title :one
+-- name: update_conversation :one
+-- Sets the title when set_title (null clears it), and replaces metadata unless it is NULL.
 UPDATE conversations
-SET title = :title
+SET title = CASE WHEN :set_title::boolean THEN :title::text ELSE title END,
+    metadata = coalesce(:metadata::jsonb, metadata)
 WHERE id = :conversation_id
-RETURNING id, user_id, title, created_at, updated_at, message_count;
+RETURNING id, user_id, title, created_at, updated_at, message_count, metadata;
 
 -- name: delete_conversation :val
 -- Cascades to its messages and their tags.
@@ -28,7 +30,7 @@ RETURNING id;
 -- A user's conversations, most recently active first: keyset after (before_updated_at, before_id)
 -- when a cursor is given, else from the top (NULLs become +infinity so the plan has one shape),
 -- skipping :offset rows for offset pages. Served in order by idx_conversation_user_updated.
-SELECT id, user_id, title, created_at, updated_at, message_count
+SELECT id, user_id, title, created_at, updated_at, message_count, metadata
 FROM conversations
 WHERE user_id = :user_id
   AND updated_at <= coalesce(:before_updated_at::timestamptz, 'infinity')

@@ -15,9 +15,11 @@ WITH conversation AS (
     SELECT c.id, c.user_id FROM conversations AS c WHERE c.id = :conversation_id
 ),
 input AS (
-    SELECT i.ord::integer AS ord, i.role, i.content, i.user_id, i.client_msg_id
-    FROM unnest(:roles::text[], :contents::text[], :user_ids::bigint[], :client_msg_ids::text[])
-        WITH ORDINALITY AS i (role, content, user_id, client_msg_id, ord)
+    SELECT i.ord::integer AS ord, i.role, i.content, i.user_id, i.client_msg_id, i.metadata, i.token_count,
+           i.token_count_estimated
+    FROM unnest(:roles::text[], :contents::text[], :user_ids::bigint[], :client_msg_ids::text[],
+                :metadata::jsonb[], :token_counts::integer[], :token_counts_estimated::boolean[])
+        WITH ORDINALITY AS i (role, content, user_id, client_msg_id, metadata, token_count, token_count_estimated, ord)
 ),
 unknown_user AS (
     SELECT i.ord FROM input AS i
@@ -37,7 +39,7 @@ first_of_key AS (
 ),
 fresh AS (
     -- nextval is volatile, so PostgreSQL evaluates it after the ORDER BY: ids follow item order.
-    SELECT i.ord, i.role, i.content, i.user_id, i.client_msg_id,
+    SELECT i.ord, i.role, i.content, i.user_id, i.client_msg_id, i.metadata, i.token_count, i.token_count_estimated,
            nextval(pg_get_serial_sequence('messages', 'id')) AS id
     FROM input AS i
     WHERE EXISTS (SELECT 1 FROM conversation)
@@ -48,13 +50,16 @@ fresh AS (
 ),
 inserted AS (
     -- search filled here, so the row trigger of migration 0014 is skipped for these rows.
-    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search)
+    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search, metadata, token_count,
+                          token_count_estimated)
     OVERRIDING SYSTEM VALUE
-    SELECT f.id, c.id, coalesce(f.user_id, c.user_id), f.role, f.content, f.client_msg_id, search_vector(f.content)
+    SELECT f.id, c.id, coalesce(f.user_id, c.user_id), f.role, f.content, f.client_msg_id, search_vector(f.content),
+           f.metadata, f.token_count, f.token_count_estimated
     FROM fresh AS f CROSS JOIN conversation AS c
     ORDER BY f.ord
     ON CONFLICT (conversation_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
-    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at
+    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at, metadata, token_count,
+              token_count_estimated
 ),
 tag AS (
     SELECT DISTINCT f.id AS message_id, t.name
@@ -79,11 +84,12 @@ new_topics AS (
 )
 SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conversation_id,
        NULL::bigint AS user_id, NULL::text AS role, NULL::text AS content,
-       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::json AS topics
+       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::json AS topics,
+       NULL::jsonb AS metadata, NULL::integer AS token_count, NULL::boolean AS token_count_estimated
 FROM unknown_user AS u
 UNION ALL
 SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
-       coalesce(nt.topics, '[]'::json)
+       coalesce(nt.topics, '[]'::json), n.metadata, n.token_count, n.token_count_estimated
 FROM fresh AS f
 JOIN inserted AS n ON n.id = f.id
 LEFT JOIN new_topics AS nt ON nt.message_id = n.id
@@ -91,12 +97,13 @@ UNION ALL
 SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
        (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
         FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = m.id)
+        WHERE mt.message_id = m.id),
+       m.metadata, m.token_count, m.token_count_estimated
 FROM stored AS s
 JOIN messages AS m ON m.id = s.id
 UNION ALL
 SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
-       coalesce(nt.topics, '[]'::json)
+       coalesce(nt.topics, '[]'::json), n.metadata, n.token_count, n.token_count_estimated
 FROM input AS i
 JOIN first_of_key AS k ON k.client_msg_id = i.client_msg_id AND k.ord <> i.ord
 JOIN fresh AS f ON f.ord = k.ord
@@ -110,7 +117,8 @@ ORDER BY ord;
 SELECT m.client_msg_id, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
        (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
         FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = m.id) AS topics
+        WHERE mt.message_id = m.id) AS topics,
+       m.metadata, m.token_count, m.token_count_estimated
 FROM messages AS m
 WHERE m.conversation_id = :conversation_id
   AND m.client_msg_id = ANY (:client_msg_ids::text[]);
@@ -120,7 +128,9 @@ SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS
        m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at,
        (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
         FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = m.id) AS topics/*end columns*/
+        WHERE mt.message_id = m.id) AS topics,
+       m.metadata AS metadata, m.token_count AS token_count,
+       m.token_count_estimated AS token_count_estimated/*end columns*/
 FROM messages AS m
 WHERE m.id = :message_id;
 
@@ -140,7 +150,9 @@ WITH page AS (
                'edited_at', api_time(m.edited_at),
                'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
                 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-                WHERE mt.message_id = m.id)/*end columns*/) AS item
+                WHERE mt.message_id = m.id),
+               'metadata', m.metadata, 'token_count', m.token_count,
+               'token_count_estimated', m.token_count_estimated/*end columns*/) AS item
     FROM messages AS m
     WHERE m.conversation_id = :conversation_id
       AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
@@ -174,7 +186,9 @@ WITH page AS (
                'edited_at', api_time(m.edited_at),
                'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
                 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-                WHERE mt.message_id = m.id)/*end columns*/) AS item
+                WHERE mt.message_id = m.id),
+               'metadata', m.metadata, 'token_count', m.token_count,
+               'token_count_estimated', m.token_count_estimated/*end columns*/) AS item
     FROM messages AS m
     WHERE m.conversation_id = :conversation_id
       AND m."timestamp" >= coalesce(:after_ts::timestamptz, '-infinity')
@@ -204,27 +218,36 @@ WHERE m.conversation_id = :conversation_id
   AND (:role::text IS NULL OR m.role = :role::text);
 
 -- name: update_message :one
--- Changes content and/or role (NULL keeps the stored value) and stamps edited_at.
+-- Changes content, role, metadata and the token count (NULL keeps the stored value) and stamps
+-- edited_at. The caller sends the new count with its flag: the writer's, or the estimate of new
+-- content.
 WITH updated AS (
     UPDATE messages
     SET content = coalesce(:content::text, content),
         role = coalesce(:role::text, role),
+        metadata = coalesce(:metadata::jsonb, metadata),
+        token_count = coalesce(:token_count::integer, token_count),
+        token_count_estimated = coalesce(:token_count_estimated::boolean, token_count_estimated),
         edited_at = now()
     WHERE id = :message_id
-    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at
+    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at, metadata, token_count,
+              token_count_estimated
 )
 SELECT u.id, u.conversation_id, u.user_id, u.role, u.content, u."timestamp", u.edited_at,
+       u.metadata, u.token_count, u.token_count_estimated,
        (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
         FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
         WHERE mt.message_id = u.id) AS topics
 FROM updated AS u;
 
 -- name: update_messages :one
--- Bulk edit in one statement: each id gets its content and/or role (NULL keeps the value). If any
--- id does not exist nothing is written and missing lists them.
+-- Bulk edit in one statement: each id gets its content, role, metadata and token count (NULL
+-- keeps the value). If any id does not exist nothing is written and missing lists them.
 WITH input AS (
-    SELECT u.id, u.content, u.role
-    FROM unnest(:ids::bigint[], :contents::text[], :roles::text[]) AS u (id, content, role)
+    SELECT u.id, u.content, u.role, u.metadata, u.token_count, u.token_count_estimated
+    FROM unnest(:ids::bigint[], :contents::text[], :roles::text[], :metadata::jsonb[], :token_counts::integer[],
+                :token_counts_estimated::boolean[])
+        AS u (id, content, role, metadata, token_count, token_count_estimated)
 ),
 missing AS (
     SELECT i.id FROM input AS i
@@ -234,6 +257,9 @@ updated AS (
     UPDATE messages AS m
     SET content = coalesce(i.content, m.content),
         role = coalesce(i.role, m.role),
+        metadata = coalesce(i.metadata, m.metadata),
+        token_count = coalesce(i.token_count, m.token_count),
+        token_count_estimated = coalesce(i.token_count_estimated, m.token_count_estimated),
         edited_at = now()
     FROM input AS i
     WHERE m.id = i.id

@@ -53,10 +53,13 @@ page AS (
                'edited_at', api_time(m.edited_at),
                'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
                           FROM message_topics AS tag JOIN topics AS t ON t.id = tag.topic_id
-                          WHERE tag.message_id = m.id)/*end columns*/) AS item
+                          WHERE tag.message_id = m.id),
+               'metadata', m.metadata, 'token_count', m.token_count,
+               'token_count_estimated', m.token_count_estimated/*end columns*/) AS item
     FROM page_ids AS p
     CROSS JOIN LATERAL (
-        SELECT id, conversation_id, user_id, role, content, "timestamp", edited_at
+        SELECT id, conversation_id, user_id, role, content, "timestamp", edited_at, metadata, token_count,
+               token_count_estimated
         FROM messages WHERE messages.id = p.message_id
     ) AS m
 ),

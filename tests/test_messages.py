@@ -473,6 +473,9 @@ def test_fields_whitelist_comes_from_the_query() -> None:
         "timestamp",
         "edited_at",
         "topics",
+        "metadata",
+        "token_count",
+        "token_count_estimated",
     )
     with pytest.raises(KeyError, match="secret"):
         messages.sql.get_message.project(["id", "secret"])

@@ -166,7 +166,11 @@ def test_metadata_and_token_count_migrations_on_a_populated_table(empty_database
             "FROM conversations AS c, generate_series(1, 12000) AS g"
         )
     applied = migrations.apply(empty_database, up_to=ids[first + 2])
-    assert [i[5:] for i in applied] == ["message_metadata_columns", "message_metadata_backfill", "message_metadata_not_null"]
+    assert [i[5:] for i in applied] == [
+        "message_metadata_columns",
+        "message_metadata_backfill",
+        "message_metadata_not_null",
+    ]
     with psycopg.connect(empty_database) as conn:
         rows = conn.execute("SELECT content, token_count, token_count_estimated, metadata FROM messages").fetchall()
         assert len(rows) == 12000
@@ -190,7 +194,9 @@ def test_metadata_and_token_count_migrations_on_a_populated_table(empty_database
             "INSERT INTO messages (conversation_id, user_id, role, content) "
             "SELECT id, user_id, 'user', 'abcdefghi' FROM conversations"
         )
-        assert conn.execute("SELECT token_count, token_count_estimated, metadata FROM messages WHERE content = 'abcdefghi'").fetchone() == (3, True, {})
+        assert conn.execute(
+            "SELECT token_count, token_count_estimated, metadata FROM messages WHERE content = 'abcdefghi'"
+        ).fetchone() == (3, True, {})
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE messages SET token_count = -1 WHERE id = (SELECT min(id) FROM messages)")
     with psycopg.connect(empty_database) as conn, pytest.raises(psycopg.errors.CheckViolation):
