@@ -20,6 +20,7 @@ from litestar.plugins.prometheus import PrometheusController
 from service import db, errors
 from service.admin import AdminController
 from service.auth import parse_tokens
+from service.context import ContextController
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
@@ -118,6 +119,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             ConversationsController,
             UserConversationsController,
             ConversationMessagesController,
+            ContextController,
             MessagesController,
             TopicsController,
             MessageTopicsController,

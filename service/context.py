@@ -1,0 +1,110 @@
+"""The context window: the newest messages of a conversation that fit a token budget, as a prompt needs them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+
+from service.db import Database, Query, QueryFile
+from service.errors import Invalid, NotFound, problem_responses
+from service.fields import PathId, Role, RoleQuery
+from service.messages import Message
+
+MAX_CONTEXT_TOKENS = 1_000_000
+
+
+class ContextQueries(QueryFile, file="context"):
+    context_window: Query
+
+
+sql = ContextQueries()
+
+MaxTokens = Annotated[
+    int,
+    QueryParameter(
+        ge=1,
+        le=MAX_CONTEXT_TOKENS,
+        description=f"The budget: the answer's token_count sum is at most this (1-{MAX_CONTEXT_TOKENS:,})",
+    ),
+]
+IncludeSystem = Annotated[
+    bool,
+    QueryParameter(
+        description="true (default): the conversation's system messages come first whatever their age, "
+        "counted in the budget"
+    ),
+]
+
+
+class ContextWindow(msgspec.Struct):
+    # Oldest first (system messages, when included, before all others).
+    items: list[Message]
+    # The sum of the items' token_count.
+    total_tokens: int
+    # True when older messages were left out to stay within max_tokens.
+    truncated: bool
+
+
+class _WindowRow(msgspec.Struct):
+    system_tokens: int
+    truncated: bool
+    id: int | None
+    conversation_id: int | None
+    user_id: int | None
+    role: Role | None
+    content: str | None
+    timestamp: datetime | None
+    edited_at: datetime | None
+    metadata: dict[str, Any] | None
+    token_count: int | None
+    token_count_estimated: bool | None
+
+
+class ContextController(Controller):
+    path = "/v1/conversations/{conversation_id:str}/context"
+    tags = ("messages",)
+
+    @get(
+        summary="The newest messages that fit a token budget, oldest first",
+        description=(
+            "Whole messages only, newest first until the next one would pass max_tokens, answered oldest "
+            "first. With include_system (default) the conversation's system messages come first whatever "
+            "their age, counted in the budget; 422 when they alone exceed it. role= filters the others."
+        ),
+        responses=problem_responses(400, 404, 422),
+    )
+    async def context_window(
+        self,
+        conversation_id: PathId,
+        max_tokens: MaxTokens,
+        db: NamedDependency[Database],
+        include_system: IncludeSystem = True,
+        role: RoleQuery = None,
+    ) -> ContextWindow:
+        async with db.connection() as conn:
+            rows = await sql.context_window.many(
+                conn,
+                _WindowRow,
+                conversation_id=conversation_id,
+                max_tokens=max_tokens,
+                include_system=include_system,
+                role=role,
+            )
+        if not rows:
+            raise NotFound(f"conversation {conversation_id} does not exist")
+        if rows[0].system_tokens > max_tokens:
+            raise Invalid(
+                f"the conversation's system messages alone take {rows[0].system_tokens:,} tokens, more than "
+                f"max_tokens={max_tokens:,}; raise max_tokens or ask with include_system=false",
+                field="max_tokens",
+                status=422,
+            )
+        items = [msgspec.convert(row, Message, from_attributes=True) for row in rows if row.id is not None]
+        return ContextWindow(
+            items=items, total_tokens=sum(row.token_count or 0 for row in rows), truncated=rows[0].truncated
+        )
