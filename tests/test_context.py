@@ -107,8 +107,8 @@ async def test_matches_a_reference_computed_in_python(client: httpx.AsyncClient,
 async def test_unknown_empty_and_invalid(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
     assert await window(client, chat["context"], max_tokens=10) == {"items": [], "total_tokens": 0, "truncated": False}
     assert_problem(await client.get("/v1/conversations/999999/context", params={"max_tokens": 10}), 404)
-    bad: dict[str, Any]
-    for bad in ({"max_tokens": 0}, {"max_tokens": 1_000_001}, {}, {"max_tokens": 5, "role": "robot"}):
+    cases: list[dict[str, Any]] = [{"max_tokens": 0}, {"max_tokens": 1_000_001}, {}, {"max_tokens": 5, "role": "robot"}]
+    for bad in cases:
         response = await client.get(chat["context"], params=bad)
         assert_problem(response, 400, "role" if "role" in bad else "max_tokens")
 
