@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ class SearchQueries(QueryFile, file="search"):
     plan_for_these_values: Query
     search_messages_by_rank: Query
     search_messages_by_recent: Query
+    search_facets: Query
     search_topics: Query
 
 
@@ -64,6 +66,83 @@ class MessageHit(msgspec.Struct):
     highlight: str
 
 
+class FacetCount(msgspec.Struct):
+    value: str
+    count: int
+
+
+class Facets(msgspec.Struct):
+    """Counts over every match of the search (not only the page); only the facets asked for."""
+
+    # The 20 most frequent topics among the matches, then by name.
+    topic: list[FacetCount] | msgspec.UnsetType = msgspec.UNSET
+    role: list[FacetCount] | msgspec.UnsetType = msgspec.UNSET
+
+
+class SearchPage(msgspec.Struct):
+    items: list[MessageHit]
+    next_cursor: str | None = None
+    # Present only with facets=.
+    facets: Facets | msgspec.UnsetType = msgspec.UNSET
+
+
+class _FacetRow(msgspec.Struct):
+    facet: Literal["topic", "role"]
+    value: str
+    count: int
+
+
+FACETS = ("topic", "role")
+FacetsQuery = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1,
+        max_length=20,
+        description="Comma-separated facets to count over all matches: topic, role",
+    ),
+]
+
+
+def parse_facets(facets: str | None) -> frozenset[str]:
+    if facets is None:
+        return frozenset()
+    names = [name.strip() for name in facets.split(",")]
+    if unknown := [name for name in names if name not in FACETS]:
+        raise Invalid(f"unknown facet(s) {', '.join(map(repr, unknown))}; choose from topic, role", field="facets")
+    return frozenset(names)
+
+
+# Web-search syntax as websearch_to_tsquery reads it: a "quoted phrase" (an unclosed quote runs to
+# the end), possibly negated by a leading -, the word `or`, or any other run of text.
+_SYNTAX = re.compile(r'(?P<negated>-?)"(?P<phrase>[^"]*)"?|(?P<other>[^\s"]+)')
+_WORD = re.compile(r"\w+")
+
+
+def phrase_patterns(q: str) -> list[str]:
+    r"""Case-insensitive PostgreSQL regular expressions, one per quoted phrase that every match must contain.
+
+    websearch_to_tsquery drops stop words, so "over the harbor" alone would find any message with
+    "harbor". The GIN index still narrows the candidates with that query; these patterns (passed
+    as parameter values, never spliced into SQL) then demand the phrase's words in order, whole,
+    with only non-word characters between them: \mover\M\W+\mthe\M\W+\mharbor\M. Phrases
+    next to `or` or negated keep websearch_to_tsquery's meaning (a pattern cannot express them
+    from outside the tsquery).
+    """
+    tokens = [
+        (match.group("phrase"), bool(match.group("negated")), (match.group("other") or "").lower())
+        for match in _SYNTAX.finditer(q)
+    ]
+    patterns = []
+    for index, (phrase, negated, _) in enumerate(tokens):
+        if phrase is None or negated:
+            continue
+        beside = {tokens[i][2] for i in (index - 1, index + 1) if 0 <= i < len(tokens)}
+        words = _WORD.findall(phrase)
+        if words and "or" not in beside:
+            patterns.append("\\W+".join(f"\\m{word}\\M" for word in words))
+    return patterns
+
+
 class TopicHit(msgspec.Struct):
     id: int
     name: str
@@ -86,9 +165,15 @@ def _require_words(q: str) -> str:
 
 
 async def search_messages_txn(
-    conn: Connection, sort: Literal["rank", "recent"], filters: dict[str, Any], after: list[Any] | None, limit: int
-) -> list[MessageHit]:
-    """One search, planned for its own values, in a read-only transaction of its own."""
+    conn: Connection,
+    sort: Literal["rank", "recent"],
+    filters: dict[str, Any],
+    after: list[Any] | None,
+    limit: int,
+    facets: frozenset[str],
+) -> tuple[list[MessageHit], Facets | msgspec.UnsetType]:
+    """One search, planned for its own values, in a read-only transaction of its own; its facets
+    are a second statement, run only when asked for."""
     after_key, after_id = after if after else (None, None)
     if sort == "rank":
         query, position = sql.search_messages_by_rank, {"before_rank": after_key}
@@ -96,7 +181,15 @@ async def search_messages_txn(
         query, position = sql.search_messages_by_recent, {"before_ts": from_micros(after_key)}
     async with conn.transaction(readonly=True):
         await sql.plan_for_these_values.val(conn)
-        return await query.many(conn, MessageHit, **filters, **position, before_id=after_id, limit=limit)
+        hits = await query.many(conn, MessageHit, **filters, **position, before_id=after_id, limit=limit)
+        if not facets:
+            return hits, msgspec.UNSET
+        counts: dict[str, list[FacetCount]] = {name: [] for name in facets}
+        for row in await sql.search_facets.many(
+            conn, _FacetRow, **filters, with_roles="role" in facets, with_topics="topic" in facets
+        ):
+            counts[row.facet].append(FacetCount(row.value, row.count))
+        return hits, Facets(**counts)
 
 
 class SearchController(Controller):
@@ -118,7 +211,8 @@ class SearchController(Controller):
         role: RoleQuery = None,
         since: TimeQuery = None,
         until: TimeQuery = None,
-    ) -> Page[MessageHit]:
+        facets: FacetsQuery = None,
+    ) -> SearchPage:
         since, until = as_utc(since), as_utc(until)
         filters: dict[str, Any] = {
             "q": _require_words(q),
@@ -128,19 +222,22 @@ class SearchController(Controller):
             "role": role,
             "since": since,
             "until": until,
+            "phrases": phrase_patterns(q),
         }
+        wanted = parse_facets(facets)
         scope = _scope(
             sort, q, conversation_id, user_id, topic, role, since and to_micros(since), until and to_micros(until)
         )
         position = cursors.decode(cursor, scope, 2) if cursor else None
         async with db.connection() as conn:
-            rows = await search_messages_txn(conn, sort, filters, position, limit + 1)
+            rows, counted = await search_messages_txn(conn, sort, filters, position, limit + 1, wanted)
 
         def after(last: MessageHit) -> str:
             key = last.rank if sort == "rank" else to_micros(last.timestamp)
             return cursors.encode(scope, key, last.id)
 
-        return page_of(rows, limit, after, msgspec.UNSET)
+        page = page_of(rows, limit, after, msgspec.UNSET)
+        return SearchPage(items=page.items, next_cursor=page.next_cursor, facets=counted)
 
     @get("/topics", summary="Topic names by full text and prefix", responses=problem_responses(400))
     async def search_topics(

@@ -24,6 +24,8 @@ WITH hit AS (
       AND (:topic::text IS NULL OR EXISTS (
               SELECT 1 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
               WHERE mt.message_id = m.id AND t.name = :topic::text))
+      -- Quoted phrases, checked on the candidates the GIN index found (service/search.py).
+      AND m.content ~* ALL (:phrases::text[])
 ),
 page AS (
     SELECT id, conversation_id, user_id, role, content, "timestamp", edited_at, rank
@@ -55,6 +57,8 @@ WITH page AS (
       AND (:topic::text IS NULL OR EXISTS (
               SELECT 1 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
               WHERE mt.message_id = m.id AND t.name = :topic::text))
+      -- Quoted phrases, checked on the candidates the GIN index found (service/search.py).
+      AND m.content ~* ALL (:phrases::text[])
       AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
       AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, 'infinity'),
                                    coalesce(:before_id::bigint, 9223372036854775807))
@@ -68,6 +72,40 @@ SELECT p.id, p.conversation_id, p.user_id, p.role, p.content, p."timestamp", p.e
        p.rank, search_headline(p.content, search_query(:q)) AS highlight
 FROM page AS p
 ORDER BY p."timestamp" DESC, p.id DESC;
+
+-- name: search_facets :many
+-- Facet counts over ALL messages matching :q and the filters (not only a page), so every page of
+-- one search gets the same ones: (facet, value, count) rows; the roles, and the 20 most frequent
+-- topics (ties by name). Each facet runs only when asked for (with_roles, with_topics: a false one
+-- is pruned at planning, which search plans for its values).
+WITH hit AS (
+    SELECT m.id, m.role
+    FROM messages AS m
+    WHERE m.search @@ search_query(:q)
+      AND (:conversation_id::bigint IS NULL OR m.conversation_id = :conversation_id::bigint)
+      AND (:user_id::bigint IS NULL OR m.user_id = :user_id::bigint)
+      AND (:role::text IS NULL OR m.role = :role::text)
+      AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+      AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+      AND (:topic::text IS NULL OR EXISTS (
+              SELECT 1 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
+              WHERE mt.message_id = m.id AND t.name = :topic::text))
+      AND m.content ~* ALL (:phrases::text[])
+)
+(SELECT 'role' AS facet, h.role AS value, count(*) AS count
+ FROM hit AS h
+ WHERE :with_roles::boolean
+ GROUP BY h.role
+ ORDER BY count DESC, value)
+UNION ALL
+(SELECT 'topic', t.name, count(*)
+ FROM hit AS h
+ JOIN message_topics AS mt ON mt.message_id = h.id
+ JOIN topics AS t ON t.id = mt.topic_id
+ WHERE :with_topics::boolean
+ GROUP BY t.name
+ ORDER BY count(*) DESC, t.name
+ LIMIT 20);
 
 -- name: search_topics :many
 -- Topic names matching :q by full text (GIN on topics.search) or by prefix (the byte range

@@ -213,6 +213,7 @@ def search_params(q: str, **scope: Any) -> dict[str, Any]:
         "since": None,
         "until": None,
         "limit": 21,
+        "phrases": search.phrase_patterns(q),
         **scope,
     }
 
@@ -241,3 +242,21 @@ async def test_a_scoped_search_uses_an_index(seeded_conn: Connection, seeded: di
                 used = index_scans(nodes)
                 assert used.keys() - {"idx_message_search", "idx_message_topic"}, (scope, query.name, used)
                 assert no_seq_scan_of(nodes, "messages"), (scope, query.name, nodes)
+
+
+async def test_a_phrase_search_and_its_facets_narrow_with_the_gin_index(
+    seeded_conn: Connection, seeded: dict[str, Any]
+) -> None:
+    params = search_params('"message 12345"')
+    assert params["phrases"]
+    for nodes in await plans(
+        seeded_conn, search.sql.search_messages_by_rank, generic=False, **params, before_rank=None, before_id=None
+    ):
+        assert "idx_message_search" in index_scans(nodes), nodes
+        assert no_seq_scan_of(nodes, "messages")
+    facet_params = {k: v for k, v in params.items() if k != "limit"}
+    for nodes in await plans(
+        seeded_conn, search.sql.search_facets, generic=False, **facet_params, with_roles=True, with_topics=True
+    ):
+        assert "idx_message_search" in index_scans(nodes), nodes
+        assert no_seq_scan_of(nodes, "messages")
