@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusController
 
-from service import db, errors
+from service import admin, conversations, db, errors, health, idempotency, messages, search, topics, users
 from service.admin import AdminController
 from service.auth import parse_tokens
 from service.context import ContextController
@@ -26,9 +26,11 @@ from service.cursors import CursorCodec
 from service.devdb import database_url
 from service.health import HealthController
 from service.idempotency import Idempotency
-from service.messages import ConversationMessagesController, MessagesController
+from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
 from service.observability import configure_logging, stamp_request_ids, watch_pool
+from service.pages import provide_paging
 from service.pipeline import RequestPipeline
+from service.queries import prepare_all, queries_of
 from service.search import SearchController
 from service.settings import Settings, load_settings
 from service.topics import MessageTopicsController, TopicsController
@@ -37,6 +39,18 @@ from service.users import UsersController
 log = logging.getLogger("freya")
 
 VERSION = "1.0.0"
+
+# The SQL files this app runs, prepared at start (the seed's, for one, is not among them).
+SERVED_QUERIES = (
+    admin.sql,
+    conversations.sql,
+    health.sql,
+    idempotency.sql,
+    messages.sql,
+    search.sql,
+    topics.sql,
+    users.sql,
+)
 
 
 def _provide_database(state: State) -> db.Database:
@@ -97,7 +111,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         )
         try:
             async with pool.acquire() as conn:
-                prepared = await db.prepare_all(conn, db.load_all())
+                prepared = await prepare_all(conn, queries_of(SERVED_QUERIES))
             log.info(
                 "database pool open (%d-%d connections), %d queries prepared",
                 settings.pool_min_size,
@@ -121,6 +135,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             ConversationMessagesController,
             ContextController,
             MessagesController,
+            TopicMessagesController,
             TopicsController,
             MessageTopicsController,
             SearchController,
@@ -138,6 +153,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
+            "paging": Provide(provide_paging),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
         lifespan=[pool_lifespan],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -10,10 +9,11 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from service.db import Database, Query, QueryFile
+from service.db import Database
 from service.errors import Invalid, NotFound, problem_responses
-from service.fields import PathId, Role, RoleQuery
-from service.messages import Message
+from service.fields import PathId, RoleQuery
+from service.messages import FieldsQuery, Message, parse_fields
+from service.queries import Query, QueryFile
 
 MAX_CONTEXT_TOKENS = 1_000_000
 
@@ -50,21 +50,6 @@ class ContextWindow(msgspec.Struct):
     truncated: bool
 
 
-class _WindowRow(msgspec.Struct):
-    system_tokens: int
-    truncated: bool
-    id: int | None
-    conversation_id: int | None
-    user_id: int | None
-    role: Role | None
-    content: str | None
-    timestamp: datetime | None
-    edited_at: datetime | None
-    metadata: dict[str, Any] | None
-    token_count: int | None
-    token_count_estimated: bool | None
-
-
 class ContextController(Controller):
     path = "/v1/conversations/{conversation_id:str}/context"
     tags = ("messages",)
@@ -72,7 +57,7 @@ class ContextController(Controller):
     @get(
         summary="The newest messages that fit a token budget, oldest first",
         description=(
-            "Whole messages only, newest first until the next one would pass max_tokens, answered oldest "
+            "Whole messages only: newest first until the next one would pass max_tokens, answered oldest "
             "first. With include_system (default) the conversation's system messages come first whatever "
             "their age, counted in the budget; 422 when they alone exceed it. role= filters the others."
         ),
@@ -85,26 +70,25 @@ class ContextController(Controller):
         db: NamedDependency[Database],
         include_system: IncludeSystem = True,
         role: RoleQuery = None,
+        fields: FieldsQuery = None,
     ) -> ContextWindow:
+        shape = parse_fields(fields)
+        params: dict[str, Any] = {"max_tokens": max_tokens, "include_system": include_system, "role": role}
         async with db.connection() as conn:
-            rows = await sql.context_window.many(
-                conn,
-                _WindowRow,
-                conversation_id=conversation_id,
-                max_tokens=max_tokens,
-                include_system=include_system,
-                role=role,
-            )
-        if not rows:
-            raise NotFound(f"conversation {conversation_id} does not exist")
-        if rows[0].system_tokens > max_tokens:
-            raise Invalid(
-                f"the conversation's system messages alone take {rows[0].system_tokens:,} tokens, more than "
-                f"max_tokens={max_tokens:,}; raise max_tokens or ask with include_system=false",
-                field="max_tokens",
-                status=422,
-            )
-        items = [msgspec.convert(row, Message, from_attributes=True) for row in rows if row.id is not None]
-        return ContextWindow(
-            items=items, total_tokens=sum(row.token_count or 0 for row in rows), truncated=rows[0].truncated
-        )
+            rows = await shape.query(sql.context_window).records(conn, conversation_id=conversation_id, **params)
+            if not rows:
+                raise NotFound(f"conversation {conversation_id} does not exist")
+            # Every row carries the totals (a lone row with a NULL sort_id: no messages to show).
+            system_tokens, truncated = rows[0]["system_tokens"], rows[0]["truncated"]
+            if system_tokens > max_tokens:
+                raise Invalid(
+                    f"the conversation's system messages alone take {system_tokens:,} tokens, more than "
+                    f"max_tokens={max_tokens:,}; raise max_tokens or ask with include_system=false",
+                    field="max_tokens",
+                    status=422,
+                )
+            if rows[0]["sort_id"] is None:
+                rows = []
+            items = await shape.build(conn, rows, [row["sort_id"] for row in rows])
+        # tokens is selected outside the fields= list: the total does not depend on the fields chosen.
+        return ContextWindow(items=items, total_tokens=sum(row["tokens"] for row in rows), truncated=truncated)

@@ -8,9 +8,10 @@ import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 
-from service.db import Database, Query, QueryFile
+from service.db import Database
 from service.errors import RETRY_AFTER_SECONDS, problem, problem_responses
 from service.migrations import migration_ids
+from service.queries import Query, QueryFile
 
 
 class HealthQueries(QueryFile, file="health"):

@@ -12,20 +12,22 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from service.cursors import CursorCodec
-from service.db import Connection, Database, Query, QueryFile
+from service import messages
+from service.cursors import RankKey, TimeKey
+from service.db import Connection, Database
 from service.errors import Invalid, problem_responses
 from service.fields import NO_NUL, RoleQuery, TimeQuery
-from service.messages import TopicRef
-from service.pages import DEFAULT_LIMIT, Cursor, Limit, Page, page_of
+from service.pages import Page, Paging
+from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
-from service.topics import prefix_range
+from service.topics import TopicRef, prefix_range, topics_of
 
 
 class SearchQueries(QueryFile, file="search"):
     plan_for_these_values: Query
     search_messages_by_rank: Query
     search_messages_by_recent: Query
+    count_matching_messages: Query
     search_facets: Query
     search_topics: Query
 
@@ -52,6 +54,8 @@ TopicLimit = Annotated[int, QueryParameter(ge=1, le=50, description="Most topics
 
 
 class MessageHit(msgspec.Struct):
+    """A message (its fields in the message's order) with its rank and highlight."""
+
     id: int
     conversation_id: int
     user_id: int
@@ -59,6 +63,9 @@ class MessageHit(msgspec.Struct):
     content: str
     timestamp: datetime
     edited_at: datetime | None
+    metadata: dict[str, Any]
+    token_count: int
+    token_count_estimated: bool
     topics: list[TopicRef]
     # ts_rank_cd of the message for this query (also given when sorted by recency).
     rank: float
@@ -79,9 +86,7 @@ class Facets(msgspec.Struct):
     role: list[FacetCount] | msgspec.UnsetType = msgspec.UNSET
 
 
-class SearchPage(msgspec.Struct):
-    items: list[MessageHit]
-    next_cursor: str | None = None
+class SearchPage(Page[MessageHit]):
     # Present only with facets=.
     facets: Facets | msgspec.UnsetType = msgspec.UNSET
 
@@ -96,9 +101,7 @@ FACETS = ("topic", "role")
 FacetsQuery = Annotated[
     str | None,
     QueryParameter(
-        min_length=1,
-        max_length=20,
-        description="Comma-separated facets to count over all matches: topic, role",
+        min_length=1, max_length=20, description="Comma-separated facets to count over all matches: topic, role"
     ),
 ]
 
@@ -113,20 +116,20 @@ def parse_facets(facets: str | None) -> frozenset[str]:
 
 
 # Web-search syntax as websearch_to_tsquery reads it: a "quoted phrase" (an unclosed quote runs to
-# the end), possibly negated by a leading -, the word `or`, or any other run of text.
+# the end), possibly negated by a leading -, or any other run of text (a word, `or`, -word).
 _SYNTAX = re.compile(r'(?P<negated>-?)"(?P<phrase>[^"]*)"?|(?P<other>[^\s"]+)')
 _WORD = re.compile(r"\w+")
 
 
 def phrase_patterns(q: str) -> list[str]:
-    r"""Case-insensitive PostgreSQL regular expressions, one per quoted phrase that every match must contain.
+    """Case-insensitive PostgreSQL regular expressions, one per quoted phrase that every match must contain.
 
     websearch_to_tsquery drops stop words, so "over the harbor" alone would find any message with
     "harbor". The GIN index still narrows the candidates with that query; these patterns (passed
     as parameter values, never spliced into SQL) then demand the phrase's words in order, whole,
-    with only non-word characters between them: \mover\M\W+\mthe\M\W+\mharbor\M. Phrases
-    next to `or` or negated keep websearch_to_tsquery's meaning (a pattern cannot express them
-    from outside the tsquery).
+    with only non-word characters between them: \\mover\\M\\W+\\mthe\\M\\W+\\mharbor\\M. A phrase
+    next to `or`, or negated, keeps websearch_to_tsquery's meaning: a pattern that every match
+    must pass cannot express an alternative or an exclusion.
     """
     tokens = [
         (match.group("phrase"), bool(match.group("negated")), (match.group("other") or "").lower())
@@ -168,28 +171,40 @@ async def search_messages_txn(
     conn: Connection,
     sort: Literal["rank", "recent"],
     filters: dict[str, Any],
-    after: list[Any] | None,
-    limit: int,
+    after: RankKey | TimeKey | None,
+    paging: Paging,
     facets: frozenset[str],
-) -> tuple[list[MessageHit], Facets | msgspec.UnsetType]:
-    """One search, planned for its own values, in a read-only transaction of its own; its facets
-    are a second statement, run only when asked for."""
-    after_key, after_id = after if after else (None, None)
+) -> tuple[list[MessageHit], int | msgspec.UnsetType, Facets | msgspec.UnsetType]:
+    """One page of a search (with its total and facets when asked: a statement each), planned for
+    its own values, in a read-only transaction of its own."""
+    position: dict[str, Any]
     if sort == "rank":
-        query, position = sql.search_messages_by_rank, {"before_rank": after_key}
+        query = sql.search_messages_by_rank
+        position = {"before_rank": after.rank if isinstance(after, RankKey) else None}
     else:
-        query, position = sql.search_messages_by_recent, {"before_ts": from_micros(after_key)}
+        query = sql.search_messages_by_recent
+        position = {"before_ts": from_micros(after.micros) if isinstance(after, TimeKey) else None}
     async with conn.transaction(readonly=True):
         await sql.plan_for_these_values.val(conn)
-        hits = await query.many(conn, MessageHit, **filters, **position, before_id=after_id, limit=limit)
-        if not facets:
-            return hits, msgspec.UNSET
-        counts: dict[str, list[FacetCount]] = {name: [] for name in facets}
-        for row in await sql.search_facets.many(
-            conn, _FacetRow, **filters, with_roles="role" in facets, with_topics="topic" in facets
-        ):
-            counts[row.facet].append(FacetCount(row.value, row.count))
-        return hits, Facets(**counts)
+        rows = await query.records(
+            conn, **filters, **position, before_id=after and after.id, limit=paging.limit, offset=paging.offset
+        )
+        found = await topics_of(conn, [row[0] for row in rows])
+        total = await paging.total(conn, sql.count_matching_messages, **filters)
+        counted = await _facets(conn, filters, facets) if facets else msgspec.UNSET
+    # A row is the message's columns, its rank and its highlight.
+    width = len(messages.COLUMNS)
+    hits = [MessageHit(*row[:width], found.get(row[0], []), *row[width:]) for row in rows]  # type: ignore[call-arg]
+    return hits, total, counted
+
+
+async def _facets(conn: Connection, filters: dict[str, Any], facets: frozenset[str]) -> Facets:
+    counts: dict[str, list[FacetCount]] = {name: [] for name in facets}
+    for row in await sql.search_facets.many(
+        conn, _FacetRow, **filters, with_roles="role" in facets, with_topics="topic" in facets
+    ):
+        counts[row.facet].append(FacetCount(row.value, row.count))
+    return Facets(**counts)
 
 
 class SearchController(Controller):
@@ -201,10 +216,8 @@ class SearchController(Controller):
         self,
         q: SearchText,
         db: NamedDependency[Database],
-        cursors: NamedDependency[CursorCodec],
+        paging: NamedDependency[Paging],
         sort: Sort = "rank",
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
         conversation_id: IdFilter = None,
         user_id: IdFilter = None,
         topic: TopicFilter = None,
@@ -228,16 +241,18 @@ class SearchController(Controller):
         scope = _scope(
             sort, q, conversation_id, user_id, topic, role, since and to_micros(since), until and to_micros(until)
         )
-        position = cursors.decode(cursor, scope, 2) if cursor else None
+        after: RankKey | TimeKey | None = (
+            paging.after(scope, RankKey) if sort == "rank" else paging.after(scope, TimeKey)
+        )
         async with db.connection() as conn:
-            rows, counted = await search_messages_txn(conn, sort, filters, position, limit + 1, wanted)
+            hits, total, counted = await search_messages_txn(conn, sort, filters, after, paging, wanted)
 
-        def after(last: MessageHit) -> str:
-            key = last.rank if sort == "rank" else to_micros(last.timestamp)
-            return cursors.encode(scope, key, last.id)
+        def key(index: int) -> msgspec.Struct:
+            hit = hits[index]
+            return RankKey(hit.rank, hit.id) if sort == "rank" else TimeKey(to_micros(hit.timestamp), hit.id)
 
-        page = page_of(rows, limit, after, msgspec.UNSET)
-        return SearchPage(items=page.items, next_cursor=page.next_cursor, facets=counted)
+        page = paging.page(hits, scope, key, total=total)
+        return SearchPage(items=page.items, next_cursor=page.next_cursor, total=page.total, facets=counted)
 
     @get("/topics", summary="Topic names by full text and prefix", responses=problem_responses(400))
     async def search_topics(

@@ -24,8 +24,9 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from service.admin import run_maintenance
-from service.db import Connection, Query, QueryFile
+from service.db import Connection
 from service.messages import estimate_tokens
+from service.queries import Query, QueryFile
 
 _WORDS = """
 the be to of and a in that have i it for not on with he as you do at this but his by from they we say

@@ -8,9 +8,10 @@
 --     or count() but not for sum(), so the walk is a MATERIALIZED CTE, which PostgreSQL fills
 --     only as far as its readers ask: over_budget reads it up to the first message that no longer
 --     fits (LIMIT 1) and the answer takes the rows before that one. Rows beyond it are never read.
--- One row per message (system part first, then oldest first), each carrying system_tokens and
--- truncated (older messages were left out). An existing conversation with nothing to show gives
--- one row whose message columns are NULL; no row at all: the conversation does not exist.
+-- One row per message (system part first, then oldest first): the message's columns (fields=
+-- projects them), its id and token count, and on every row system_tokens and truncated (older messages were left
+-- out). The conversation is the outer side of the join: an existing one with nothing to show
+-- gives one row whose sort_id is NULL; no row at all means no such conversation.
 WITH conversation AS (
     SELECT c.id FROM conversations AS c WHERE c.id = :conversation_id
 ),
@@ -48,9 +49,8 @@ chosen AS (
      FROM walk AS w
      LIMIT (SELECT o.n - 1 FROM over_budget AS o))
 )
-SELECT b.system_tokens, EXISTS (SELECT 1 FROM over_budget) AS truncated,
-       m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata, m.token_count,
-       m.token_count_estimated
+SELECT /*include messages.message_columns*/, m.id AS sort_id, m.token_count AS tokens, b.system_tokens,
+       EXISTS (SELECT 1 FROM over_budget) AS truncated
 FROM conversation AS c
 CROSS JOIN budget AS b
 LEFT JOIN chosen AS m ON true

@@ -96,7 +96,14 @@ def start_service(database_url: str) -> tuple[subprocess.Popen[str], str]:
     Returns the process (output piped, to read after it ends) and its base URL.
     """
     port = free_port()
-    env = {**os.environ, "FREYA_DATABASE_URL": database_url, "FREYA_PORT": str(port), "FREYA_POOL_MIN_SIZE": "1"}
+    # One worker unless a test asks for more: the service's default is one per core.
+    env = {
+        "FREYA_WORKERS": "1",
+        **os.environ,
+        "FREYA_DATABASE_URL": database_url,
+        "FREYA_PORT": str(port),
+        "FREYA_POOL_MIN_SIZE": "1",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"],
         cwd=PROJECT_ROOT,

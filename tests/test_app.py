@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from service import migrations
 from service.__main__ import main
 from service.app import create_app
-from service.db import QueryPrepareError, SharedConnectionDatabase
+from service.db import SharedConnectionDatabase
 from service.devdb import EmbeddedPostgres
+from service.queries import QueryPrepareError
 from service.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
 from tests.api import assert_problem, start_service
 from tests.conftest import client_for
@@ -110,6 +112,9 @@ def test_settings_defaults_and_parsing() -> None:
     assert settings.pool_max_size == 4
     assert settings.database_url is None
     assert Path(settings.data_dir) == PROJECT_ROOT / ".freya"
+    # One worker per core unless FREYA_WORKERS says otherwise, as production runs it.
+    assert settings.workers == (os.cpu_count() or 1)
+    assert load_settings({"FREYA_WORKERS": "1"}).workers == 1
 
 
 @pytest.mark.parametrize(

@@ -36,10 +36,9 @@ from psycopg import sql as pgsql
 from service import devdb, migrations, search
 from service import messages as message_queries
 from service import seed as seeding
-from service import topics as topic_queries
 from service.admin import run_maintenance
-from service.cursors import CursorCodec
-from service.db import Query
+from service.cursors import CursorCodec, TimeKey
+from service.queries import Query
 from service.settings import PROJECT_ROOT, load_settings
 from service.timestamps import to_micros
 
@@ -353,7 +352,7 @@ def main() -> int:
     # more clients than cores a p99 mostly measures the queue.
     search_clients = os.cpu_count() or 2
     secret = secrets.token_urlsafe(24)
-    cursor = CursorCodec(secret).encode(f"messages:{whale}:desc:None:None:None", to_micros(deep[0]), deep[1])
+    cursor = CursorCodec(secret).encode(f"messages:{whale}:desc:None:None:None", TimeKey(to_micros(deep[0]), deep[1]))
     page_params = {"conversation_id": whale, "since": None, "until": None, "role": None, "limit": 50, "offset": 0}
     search_params = {
         "conversation_id": None,
@@ -364,7 +363,8 @@ def main() -> int:
         "until": None,
         "before_rank": None,
         "before_id": None,
-        "limit": 21,
+        "limit": 20,
+        "offset": 0,
     }
     batch = {
         "roles": ["user", "assistant"] * 500,
@@ -468,7 +468,7 @@ def main() -> int:
             None,
             {},
             pgbench_script(
-                topic_queries.sql.list_topic_messages,
+                message_queries.sql.list_topic_messages,
                 {"topic_id": top_topic, "before_id": None, "limit": 50, "offset": 0},
             ),
             args.connections,
