@@ -27,6 +27,7 @@ from service.db import Connection, Database
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import (
     MAX_BATCH,
+    MAX_ID,
     ClientMsgId,
     Content,
     Id,
@@ -51,6 +52,7 @@ class MessageQueries(QueryFile, file="messages"):
     get_message: Query
     list_messages_newest_first: Query
     list_messages_oldest_first: Query
+    list_messages_around: Query
     count_messages: Query
     list_topic_messages: Query
     count_topic_messages: Query
@@ -324,6 +326,91 @@ async def read_page(
     return paging.page(items, scope, key)
 
 
+class MessagePage(Page[Message]):
+    # The page just before this one in the list's order, to pass as cursor= (a conversation's
+    # pages reached by a cursor, and around= pages); null at the start of the list.
+    prev_cursor: str | None = None
+
+
+def _time_key(row: asyncpg.Record, *, before: bool = False) -> TimeKey:
+    return TimeKey(to_micros(row["sort_ts"]), row["sort_id"], before)
+
+
+async def conversation_page(
+    conn: Connection, paging: Paging, scope: str, shape: Shape, order: Literal["desc", "asc"], filters: dict[str, Any]
+) -> MessagePage | None:
+    """A page of a conversation that pages both ways: after the cursor's row (its next_cursor), or
+    before it (a prev_cursor: read walking the other way, then turned round). None: no conversation."""
+    after = paging.after(scope, TimeKey)
+    backward = after is not None and after.before
+    query, position = _conversation_page_query(("asc" if order == "desc" else "desc") if backward else order, after)
+    found = rows_under_parent(
+        await shape.query(query).records(conn, **filters, **position, limit=paging.limit, offset=paging.offset),
+        "sort_id",
+    )
+    if found is None:
+        return None
+    more = len(found) > paging.limit
+    rows = found[: paging.limit][:: -1 if backward else 1]
+    items = await shape.build(conn, rows, [row["sort_id"] for row in rows])
+    if not rows:
+        return MessagePage(items=items)
+    if backward:
+        return MessagePage(
+            items=items,
+            next_cursor=paging.cursor_to(scope, _time_key(rows[-1])),
+            prev_cursor=paging.cursor_to(scope, _time_key(rows[0], before=True)) if more else None,
+        )
+    return MessagePage(
+        items=items,
+        next_cursor=paging.cursor_to(scope, _time_key(rows[-1])) if more else None,
+        # Reached by a cursor: the rows before this page exist (at least the previous page's).
+        prev_cursor=paging.cursor_to(scope, _time_key(rows[0], before=True)) if after is not None else None,
+    )
+
+
+async def anchored_page(
+    conn: Connection,
+    paging: Paging,
+    scope: str,
+    shape: Shape,
+    order: Literal["desc", "asc"],
+    around: int,
+    filters: dict[str, Any],
+) -> MessagePage | None:
+    """Up to ``limit`` messages centred on ``around`` in the list's order: half before it, half after,
+    the other side filling in where one runs short. Its cursors are the list's own. None: no conversation."""
+    rows = await shape.query(sql.list_messages_around).records(conn, **filters, around=around, limit=paging.limit)
+    if not rows:
+        return None
+    if rows[0]["sort_id"] is None:
+        raise NotFound(f"message {around} is not in conversation {filters['conversation_id']}")
+    [anchor] = [row for row in rows if row["side"] == 0]
+    if not anchor["listed"]:
+        raise Invalid(
+            f"message {around} is in the conversation but outside this list's role, since or until",
+            field="around",
+            status=422,
+        )
+    # Each side ordered by its distance from the anchor, nearest first (rows come oldest first).
+    newer = [row for row in rows if row["side"] == 1]
+    older = [row for row in rows if row["side"] == -1][::-1]
+    leading, trailing = (newer, older) if order == "desc" else (older, newer)
+    wanted_before = (paging.limit - 1) // 2
+    wanted_after = paging.limit - 1 - wanted_before
+    take_before = min(len(leading), wanted_before + max(0, wanted_after - len(trailing)))
+    take_after = min(len(trailing), wanted_after + max(0, wanted_before - len(leading)))
+    page_rows = [*leading[:take_before][::-1], anchor, *trailing[:take_after]]
+    items = await shape.build(conn, page_rows, [row["sort_id"] for row in page_rows])
+    return MessagePage(
+        items=items,
+        next_cursor=paging.cursor_to(scope, _time_key(page_rows[-1])) if len(trailing) > take_after else None,
+        prev_cursor=paging.cursor_to(scope, _time_key(page_rows[0], before=True))
+        if len(leading) > take_before
+        else None,
+    )
+
+
 FieldsQuery = Annotated[
     str | None,
     QueryParameter(
@@ -333,6 +420,15 @@ FieldsQuery = Annotated[
     ),
 ]
 Order = Annotated[Literal["desc", "asc"], QueryParameter(description="desc: newest first (default); asc: oldest first")]
+Around = Annotated[
+    int | None,
+    QueryParameter(
+        ge=1,
+        le=MAX_ID,
+        description="A message id: the page is centred on it (half before, half after), with prev_cursor and "
+        "next_cursor to page outward; not with cursor or offset",
+    ),
+]
 
 _DUPLICATE = {200: ResponseSpec(data_container=Message, description="client_msg_id seen before: the stored message")}
 
@@ -372,13 +468,20 @@ class ConversationMessagesController(Controller):
         since: TimeQuery = None,
         until: TimeQuery = None,
         fields: FieldsQuery = None,
-    ) -> Page[Message]:
+        around: Around = None,
+    ) -> MessagePage:
         since, until = as_utc(since), as_utc(until)
         filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}
         scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
-        query, position = _conversation_page_query(order, paging.after(scope, TimeKey))
+        if around is not None and (paging.cursor is not None or not paging.keyset):
+            raise Invalid("around starts a page of its own: not with cursor or offset", field="around")
+        shape = parse_fields(fields)
         async with db.connection() as conn:
-            page = await read_page(conn, paging, scope, parse_fields(fields), query, **filters, **position)
+            page = (
+                await conversation_page(conn, paging, scope, shape, order, filters)
+                if around is None
+                else await anchored_page(conn, paging, scope, shape, order, around, filters)
+            )
             if page is None:
                 raise NotFound(f"conversation {conversation_id} does not exist")
             page.total = await paging.total(conn, sql.count_messages, **filters)

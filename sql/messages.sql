@@ -170,6 +170,47 @@ LEFT JOIN LATERAL (
 WHERE c.id = :conversation_id
 ORDER BY m."timestamp", m.id;
 
+-- name: list_messages_around :many
+-- The messages around :around (an anchored page): the anchor (side 0), up to :limit messages just
+-- older (side -1, newest first) and up to :limit just newer (side 1, oldest first), in the page's
+-- filters; the caller keeps about half of each side and knows from the rest whether more follow.
+-- Each side is a keyset range of idx_message_timestamp starting at the anchor, like a list page.
+-- Rows: the message's columns, the sort key, the side, and listed (the anchor passes the filters).
+-- No row at all: no such conversation; one row with a NULL sort_id: the message is not in it.
+SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id, m.side, a.listed
+FROM conversations AS c
+LEFT JOIN LATERAL (
+    SELECT m."timestamp", m.id, (/*include page_filters*/) AS listed
+    FROM messages AS m
+    WHERE m.id = :around AND m.conversation_id = c.id
+) AS a ON true
+LEFT JOIN LATERAL (
+    SELECT 0 AS side, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+           m.token_count, m.token_count_estimated
+    FROM messages AS m
+    WHERE m.id = a.id
+    UNION ALL
+    (SELECT -1, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+            m.token_count, m.token_count_estimated
+     FROM messages AS m
+     WHERE /*include page_filters*/
+       AND m."timestamp" <= a."timestamp"
+       AND (m."timestamp", m.id) < (a."timestamp", a.id)
+     ORDER BY m."timestamp" DESC, m.id DESC
+     LIMIT :limit)
+    UNION ALL
+    (SELECT 1, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+            m.token_count, m.token_count_estimated
+     FROM messages AS m
+     WHERE /*include page_filters*/
+       AND m."timestamp" >= a."timestamp"
+       AND (m."timestamp", m.id) > (a."timestamp", a.id)
+     ORDER BY m."timestamp", m.id
+     LIMIT :limit)
+) AS m ON true
+WHERE c.id = :conversation_id
+ORDER BY m."timestamp", m.id;
+
 -- name: list_topic_messages :many
 -- A topic's messages, newest first by id (ids grow with creation). The page of ids is cut from
 -- the message_topics primary key (topic_id, message_id) first, walked backwards, and only those
