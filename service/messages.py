@@ -402,12 +402,11 @@ async def anchored_page(
     take_after = min(len(trailing), wanted_after + max(0, wanted_before - len(leading)))
     page_rows = [*leading[:take_before][::-1], anchor, *trailing[:take_after]]
     items = await shape.build(conn, page_rows, [row["sort_id"] for row in page_rows])
+    first, last = _time_key(page_rows[0], before=True), _time_key(page_rows[-1])
     return MessagePage(
         items=items,
-        next_cursor=paging.cursor_to(scope, _time_key(page_rows[-1])) if len(trailing) > take_after else None,
-        prev_cursor=paging.cursor_to(scope, _time_key(page_rows[0], before=True))
-        if len(leading) > take_before
-        else None,
+        next_cursor=paging.cursor_to(scope, last) if len(trailing) > take_after else None,
+        prev_cursor=paging.cursor_to(scope, first) if len(leading) > take_before else None,
     )
 
 
