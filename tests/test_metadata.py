@@ -30,6 +30,15 @@ async def every_read_of(client: httpx.AsyncClient, message: dict[str, Any], conv
     for topic in message["topics"]:
         tagged = await all_pages(client, f"/v1/topics/{topic['id']}/messages")
         reads.append(next(item for item in tagged if item["id"] == message["id"]))
+    around = (
+        await client.get(f"/v1/conversations/{conversation_id}/messages", params={"around": message["id"]})
+    ).json()
+    reads.append(next(item for item in around["items"] if item["id"] == message["id"]))
+    window = (await client.get(f"/v1/conversations/{conversation_id}/context", params={"max_tokens": 10**6})).json()
+    reads.append(next(item for item in window["items"] if item["id"] == message["id"]))
+    hits = (await client.get("/v1/search/messages", params={"q": message["content"]})).json()["items"]
+    hit = next(item for item in hits if item["id"] == message["id"])
+    reads.append({k: v for k, v in hit.items() if k not in ("rank", "highlight")})
     return reads
 
 

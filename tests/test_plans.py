@@ -283,3 +283,22 @@ async def test_a_phrase_search_and_its_facets_narrow_with_the_gin_index(
     ):
         assert "idx_message_search" in index_scans(nodes), nodes
         assert no_seq_scan_of(nodes, "messages")
+
+
+async def test_an_anchored_page_reads_both_ways_from_the_anchor(
+    seeded_conn: Connection, seeded: dict[str, Any]
+) -> None:
+    filters = {k: v for k, v in page_filters(seeded["big"]).items() if k != "offset"}
+    analysed = await seeded_conn.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + messages.sql.list_messages_around.sql,
+        *messages.sql.list_messages_around.args({**filters, "around": seeded["deep"]["id"]}),
+    )
+    nodes = list(walk(analysed[0]["Plan"]))
+    # Each side starts at the anchor and stops after a page: about 2 × 50 rows of 50,000.
+    read = sum(n["Actual Rows"] for n in nodes if n.get("Index Name") == "idx_message_timestamp")
+    assert 2 * 50 <= read <= 2 * 50 + 2, nodes
+    for nodes in await plans(seeded_conn, messages.sql.list_messages_around, **filters, around=seeded["deep"]["id"]):
+        scans = index_scans(nodes)
+        assert "timestamp" in scans["idx_message_timestamp"], scans
+        assert "messages_pkey" in scans
+        assert no_seq_scan_of(nodes, "messages"), nodes
