@@ -294,7 +294,7 @@ async def test_an_anchored_page_reads_both_ways_from_the_anchor(
         *messages.sql.list_messages_around.args({**filters, "around": seeded["deep"]["id"]}),
     )
     nodes = list(walk(analysed[0]["Plan"]))
-    # Each side starts at the anchor and stops after a page: about 2 × 50 rows of 50,000.
+    # Each side starts at the anchor and stops after a page: about 2 x 50 rows of 50,000.
     read = sum(n["Actual Rows"] for n in nodes if n.get("Index Name") == "idx_message_timestamp")
     assert 2 * 50 <= read <= 2 * 50 + 2, nodes
     for nodes in await plans(seeded_conn, messages.sql.list_messages_around, **filters, around=seeded["deep"]["id"]):
