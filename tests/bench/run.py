@@ -33,7 +33,7 @@ import asyncpg
 import psycopg
 from psycopg import sql as pgsql
 
-from service import devdb, migrations, search
+from service import context, devdb, migrations, search
 from service import messages as message_queries
 from service import seed as seeding
 from service.admin import run_maintenance
@@ -191,6 +191,8 @@ def literal(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "ARRAY[" + ", ".join(literal(v) for v in value) + "]" if value else "'{}'"
+    if isinstance(value, dict):
+        return "'" + json.dumps(value).replace("'", "''") + "'"
     return "'" + str(value).replace("'", "''") + "'"
 
 
@@ -354,7 +356,7 @@ def main() -> int:
     secret = secrets.token_urlsafe(24)
     cursor = CursorCodec(secret).encode(f"messages:{whale}:desc:None:None:None", TimeKey(to_micros(deep[0]), deep[1]))
     page_params = {"conversation_id": whale, "since": None, "until": None, "role": None, "limit": 50, "offset": 0}
-    search_params = {
+    search_params: dict[str, Any] = {
         "conversation_id": None,
         "user_id": None,
         "topic": None,
@@ -365,12 +367,16 @@ def main() -> int:
         "before_id": None,
         "limit": 20,
         "offset": 0,
+        "phrases": [],
     }
     batch = {
         "roles": ["user", "assistant"] * 500,
         "contents": [f"batch message {n} with some ordinary words in it" for n in range(1000)],
         "user_ids": [None] * 1000,
         "client_msg_ids": [None] * 1000,
+        "metadata": [{}] * 1000,
+        "token_counts": [12] * 1000,
+        "token_counts_estimated": [True] * 1000,
         "tag_items": list(range(1, 1001)),
         "tag_names": ["batch"] * 1000,
     }
@@ -379,6 +385,9 @@ def main() -> int:
         "contents": ["load test message about flights to lisbon"],
         "user_ids": [None],
         "client_msg_ids": [None],
+        "metadata": [{}],
+        "token_counts": [11],
+        "token_counts_estimated": [True],
         "tag_items": [1],
         "tag_names": ["loadtest"],
     }
@@ -472,6 +481,52 @@ def main() -> int:
                 {"topic_id": top_topic, "before_id": None, "limit": 50, "offset": 0},
             ),
             args.connections,
+        ),
+        (
+            "context_window",
+            "newest messages of the largest conversation within 4,000 tokens, oldest first",
+            f"/v1/conversations/{whale}/context?max_tokens=4000",
+            None,
+            {},
+            pgbench_script(
+                context.sql.context_window,
+                {"conversation_id": whale, "max_tokens": 4000, "include_system": True, "role": None},
+            ),
+            args.connections,
+        ),
+        (
+            "around_page",
+            f"50 messages centred on one {depth:,} deep",
+            f"/v1/conversations/{whale}/messages?limit=50&around={deep[1]}",
+            None,
+            {},
+            pgbench_script(message_queries.sql.list_messages_around, {**page_params, "around": deep[1]}),
+            args.connections,
+        ),
+        (
+            "search_facets",
+            f"ranked search for {common!r} with topic and role facets over all its matches",
+            f"/v1/search/messages?q={common}&limit=20&facets=topic,role",
+            None,
+            {},
+            "BEGIN;\n"
+            + pgbench_script(search.sql.plan_for_these_values, {})
+            + pgbench_script(search.sql.search_messages_by_rank, {**search_params, "q": common})
+            + pgbench_script(
+                search.sql.search_facets,
+                {
+                    **{
+                        k: v
+                        for k, v in search_params.items()
+                        if k not in ("before_rank", "before_id", "limit", "offset")
+                    },
+                    "q": common,
+                    "with_roles": True,
+                    "with_topics": True,
+                },
+            )
+            + "COMMIT;\n",
+            search_clients,
         ),
     ]
 
