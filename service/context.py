@@ -7,6 +7,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import QueryParameter
 
 from service.db import Database
@@ -30,6 +32,7 @@ MaxTokens = Annotated[
         ge=1,
         le=MAX_CONTEXT_TOKENS,
         description=f"The budget: the answer's token_count sum is at most this (1-{MAX_CONTEXT_TOKENS:,})",
+        examples=[Example(summary="A 4,000-token prompt", value=4000)],
     ),
 ]
 IncludeSystem = Annotated[
@@ -50,6 +53,61 @@ class ContextWindow(msgspec.Struct):
     truncated: bool
 
 
+_EXAMPLE: dict[str, Any] = {
+    "items": [
+        {
+            "id": 1,
+            "conversation_id": 7,
+            "user_id": 3,
+            "role": "system",
+            "content": "You are Freya, a travel assistant.",
+            "timestamp": "2026-03-01T09:00:00Z",
+            "edited_at": None,
+            "metadata": {},
+            "token_count": 9,
+            "token_count_estimated": True,
+            "topics": [],
+        },
+        {
+            "id": 958,
+            "conversation_id": 7,
+            "user_id": 3,
+            "role": "user",
+            "content": "And the morning one?",
+            "timestamp": "2026-03-04T18:21:07.118Z",
+            "edited_at": None,
+            "metadata": {"client": "ios"},
+            "token_count": 6,
+            "token_count_estimated": False,
+            "topics": [],
+        },
+        {
+            "id": 959,
+            "conversation_id": 7,
+            "user_id": 2,
+            "role": "assistant",
+            "content": "It leaves at 9:40 from LHR.",
+            "timestamp": "2026-03-04T18:21:09.502Z",
+            "edited_at": None,
+            "metadata": {"model": "freya-large"},
+            "token_count": 11,
+            "token_count_estimated": False,
+            "topics": [{"id": 4, "name": "flights"}],
+        },
+    ],
+    "total_tokens": 26,
+    "truncated": True,
+}
+_ANSWERS = {
+    200: ResponseSpec(
+        data_container=ContextWindow,
+        description="The window, oldest first (system messages first)",
+        examples=[Example(summary="A system prompt and the newest turns that fit", value=_EXAMPLE)],
+    ),
+    **problem_responses(400, 404, 422),
+}
+
+
 class ContextController(Controller):
     path = "/v1/conversations/{conversation_id:str}/context"
     tags = ("messages",)
@@ -61,7 +119,7 @@ class ContextController(Controller):
             "first. With include_system (default) the conversation's system messages come first whatever "
             "their age, counted in the budget; 422 when they alone exceed it. role= filters the others."
         ),
-        responses=problem_responses(400, 404, 422),
+        responses=_ANSWERS,
     )
     async def context_window(
         self,

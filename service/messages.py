@@ -19,6 +19,7 @@ import msgspec
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import JSONBody, QueryParameter
 
 from service import topics
@@ -426,6 +427,7 @@ Around = Annotated[
         le=MAX_ID,
         description="A message id: the page is centred on it (half before, half after), with prev_cursor and "
         "next_cursor to page outward; not with cursor or offset",
+        examples=[Example(summary="The page around message 958", value=958)],
     ),
 ]
 

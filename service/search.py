@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import QueryParameter
 
 from service import messages
@@ -101,7 +103,10 @@ FACETS = ("topic", "role")
 FacetsQuery = Annotated[
     str | None,
     QueryParameter(
-        min_length=1, max_length=20, description="Comma-separated facets to count over all matches: topic, role"
+        min_length=1,
+        max_length=20,
+        description="Comma-separated facets to count over all matches of q and the filters: topic, role",
+        examples=[Example(summary="Both facets", value="topic,role")],
     ),
 ]
 
@@ -207,11 +212,45 @@ async def _facets(conn: Connection, filters: dict[str, Any], facets: frozenset[s
     return Facets(**counts)
 
 
+_FACETED: dict[str, Any] = {
+    "items": [
+        {
+            "id": 812,
+            "conversation_id": 7,
+            "user_id": 3,
+            "role": "user",
+            "content": "We flew over the harbor at dawn",
+            "timestamp": "2026-03-04T18:21:07.118Z",
+            "edited_at": None,
+            "metadata": {},
+            "token_count": 8,
+            "token_count_estimated": True,
+            "topics": [{"id": 4, "name": "travel"}],
+            "rank": 0.1,
+            "highlight": "We flew <b>over</b> <b>the</b> <b>harbor</b> at dawn",
+        },
+    ],
+    "next_cursor": None,
+    "facets": {
+        "topic": [{"value": "travel", "count": 41}, {"value": "flights", "count": 17}],
+        "role": [{"value": "user", "count": 38}, {"value": "assistant", "count": 20}],
+    },
+}
+_SEARCH_ANSWERS = {
+    200: ResponseSpec(
+        data_container=SearchPage,
+        description="A page of hits; facets only with facets=",
+        examples=[Example(summary='q="over the harbor"&facets=topic,role', value=_FACETED)],
+    ),
+    **problem_responses(400),
+}
+
+
 class SearchController(Controller):
     path = "/v1/search"
     tags = ("search",)
 
-    @get("/messages", summary="Full-text search over messages", responses=problem_responses(400))
+    @get("/messages", summary="Full-text search over messages", responses=_SEARCH_ANSWERS)
     async def search_messages(
         self,
         q: SearchText,
