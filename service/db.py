@@ -7,6 +7,7 @@ The SQL files themselves are loaded by service/queries.py.
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 import typing
 from collections.abc import AsyncIterator
@@ -52,12 +53,18 @@ def count_time(started: float) -> None:
 class Database(abc.ABC):
     """Where handlers get a connection: the pool in production, one shared connection in tests."""
 
+    def __init__(self) -> None:
+        # Topic names by id, as this process has read them from this database: a topic is never
+        # renamed or deleted, so the page lookups need only message_topics (topics.topics_of).
+        self.topic_names: dict[int, str] = {}
+
     @abc.abstractmethod
     def connection(self) -> typing.AsyncContextManager[Connection]: ...
 
 
 class PoolDatabase(Database):
     def __init__(self, pool: Pool, acquire_timeout: float) -> None:
+        super().__init__()
         self.pool = pool
         self.acquire_timeout = acquire_timeout
         # Requests waiting for a connection right now (a metrics gauge).
@@ -67,8 +74,10 @@ class PoolDatabase(Database):
     async def connection(self) -> AsyncIterator[Connection]:
         self.waiting += 1
         try:
-            # Without a timeout asyncpg waits for a free connection forever.
-            conn = await self.pool.acquire(timeout=self.acquire_timeout)
+            # Without a timeout asyncpg waits for a free connection forever. asyncio.timeout rather
+            # than acquire(timeout=): that one wraps every acquire in a task of its own.
+            async with asyncio.timeout(self.acquire_timeout):
+                conn = await self.pool.acquire()
         finally:
             self.waiting -= 1
         try:
@@ -85,6 +94,7 @@ class SharedConnectionDatabase(Database):
     """
 
     def __init__(self, conn: Connection) -> None:
+        super().__init__()
         self.conn = conn
 
     @asynccontextmanager

@@ -107,12 +107,15 @@ class Shape:
     def query(self, query: Query) -> Query:
         return query if self.columns is None else query.project(self.columns)
 
-    async def build(self, conn: Connection, rows: Sequence[Any], ids: Sequence[int]) -> list[Any]:
-        """Structs from rows (``ids`` their message ids), with topics from one lookup when asked for."""
+    async def build(
+        self, conn: Connection, names: dict[int, str], rows: Sequence[Any], ids: Sequence[int]
+    ) -> list[Any]:
+        """Structs from rows (``ids`` their message ids), with topics from one lookup when asked for
+        (``names``: the database's topic-name cache)."""
         width = self.width
         items = [self.struct(*row[:width]) for row in rows]
         if self.topics and items:
-            found = await topics.topics_of(conn, ids)
+            found = await topics.topics_of(conn, names, ids)
             for item, message_id in zip(items, ids, strict=True):
                 item.topics = found.get(message_id, [])  # type: ignore[attr-defined]
         return items
@@ -148,9 +151,9 @@ def parse_fields(fields: str | None) -> Shape:
     return _shape(frozenset(names))
 
 
-async def with_topics(conn: Connection, rows: Sequence[Any]) -> list[Message]:
+async def with_topics(conn: Connection, names: dict[int, str], rows: Sequence[Any]) -> list[Message]:
     """Full messages from rows that hold the message's columns first (and its id first of all)."""
-    return await FULL.build(conn, rows, [row[0] for row in rows])
+    return await FULL.build(conn, names, rows, [row[0] for row in rows])
 
 
 class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -232,7 +235,7 @@ def check_metadata(values: Sequence[dict[str, Any] | None], field: Callable[[int
 
 
 async def add_messages(
-    conn: Connection, conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
+    conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
     """Store items in one statement; every item comes back created or as the duplicate it repeats.
 
@@ -274,15 +277,20 @@ async def add_messages(
                 for index in unknown
             ],
         )
-    stored = await with_topics(conn, [row[2:] for row in rows])
+    stored = await with_topics(conn, names, [row[2:] for row in rows])
     found = {row[0]: BatchItem(row[1], message) for row, message in zip(rows, stored, strict=True)}
     if lost := [number for number in range(1, len(items) + 1) if number not in found]:
-        await _fill_lost_races(conn, conversation_id, items, lost, found)
+        await _fill_lost_races(conn, names, conversation_id, items, lost, found)
     return [found[number] for number in range(1, len(items) + 1)]
 
 
 async def _fill_lost_races(
-    conn: Connection, conversation_id: int, items: Sequence[MessageCreate], lost: list[int], found: dict[int, BatchItem]
+    conn: Connection,
+    names: dict[int, str],
+    conversation_id: int,
+    items: Sequence[MessageCreate],
+    lost: list[int],
+    found: dict[int, BatchItem],
 ) -> None:
     """Items absent from add_messages' answer: the conversation is gone, or a concurrent request
     stored the same client_msg_id first (its row was invisible to our statement's snapshot)."""
@@ -291,7 +299,9 @@ async def _fill_lost_races(
         conn, conversation_id=conversation_id, client_msg_ids=[k for k in keys if k is not None]
     )
     # A row is (client_msg_id, the message's columns…).
-    winners = dict(zip([row[0] for row in rows], await with_topics(conn, [row[1:] for row in rows]), strict=True))
+    winners = dict(
+        zip([row[0] for row in rows], await with_topics(conn, names, [row[1:] for row in rows]), strict=True)
+    )
     for number, key in zip(lost, keys, strict=True):
         if key not in winners:
             raise NotFound(f"conversation {conversation_id} does not exist")
@@ -307,7 +317,7 @@ def _conversation_page_query(order: Literal["desc", "asc"], after: TimeKey | Non
 
 
 async def read_page(
-    conn: Connection, paging: Paging, scope: str, shape: Shape, query: Query, /, **params: Any
+    db: Database, conn: Connection, paging: Paging, scope: str, shape: Shape, query: Query, /, **params: Any
 ) -> Page[Any] | None:
     """A page of a parent's messages (a conversation's or a topic's); None when there is no parent.
 
@@ -318,7 +328,7 @@ async def read_page(
     )
     if rows is None:
         return None
-    items = await shape.build(conn, rows, [row["sort_id"] for row in rows])
+    items = await shape.build(conn, db.topic_names, rows, [row["sort_id"] for row in rows])
 
     def key(index: int) -> msgspec.Struct:
         row = rows[index]
@@ -338,7 +348,13 @@ def _time_key(row: asyncpg.Record, *, before: bool = False) -> TimeKey:
 
 
 async def conversation_page(
-    conn: Connection, paging: Paging, scope: str, shape: Shape, order: Literal["desc", "asc"], filters: dict[str, Any]
+    db: Database,
+    conn: Connection,
+    paging: Paging,
+    scope: str,
+    shape: Shape,
+    order: Literal["desc", "asc"],
+    filters: dict[str, Any],
 ) -> MessagePage | None:
     """A page of a conversation that pages both ways: after the cursor's row (its next_cursor), or
     before it (a prev_cursor: read walking the other way, then turned round). None: no conversation."""
@@ -353,7 +369,7 @@ async def conversation_page(
         return None
     more = len(found) > paging.limit
     rows = found[: paging.limit][:: -1 if backward else 1]
-    items = await shape.build(conn, rows, [row["sort_id"] for row in rows])
+    items = await shape.build(conn, db.topic_names, rows, [row["sort_id"] for row in rows])
     if not rows:
         return MessagePage(items=items)
     if backward:
@@ -371,6 +387,7 @@ async def conversation_page(
 
 
 async def anchored_page(
+    db: Database,
     conn: Connection,
     paging: Paging,
     scope: str,
@@ -402,7 +419,7 @@ async def anchored_page(
     take_before = min(len(leading), wanted_before + max(0, wanted_after - len(trailing)))
     take_after = min(len(trailing), wanted_after + max(0, wanted_before - len(leading)))
     page_rows = [*leading[:take_before][::-1], anchor, *trailing[:take_after]]
-    items = await shape.build(conn, page_rows, [row["sort_id"] for row in page_rows])
+    items = await shape.build(conn, db.topic_names, page_rows, [row["sort_id"] for row in page_rows])
     first, last = _time_key(page_rows[0], before=True), _time_key(page_rows[-1])
     return MessagePage(
         items=items,
@@ -443,7 +460,7 @@ class ConversationMessagesController(Controller):
         self, conversation_id: PathId, data: JSONBody[MessageCreate], db: NamedDependency[Database]
     ) -> Response[Message]:
         async with db.connection() as conn:
-            [item] = await add_messages(conn, conversation_id, [data], in_batch=False)
+            [item] = await add_messages(conn, db.topic_names, conversation_id, [data], in_batch=False)
         return Response(item.message, status_code=201 if item.status == "created" else 200)
 
     @post(
@@ -456,7 +473,7 @@ class ConversationMessagesController(Controller):
         self, conversation_id: PathId, data: JSONBody[MessageBatch], db: NamedDependency[Database]
     ) -> BatchResult:
         async with db.connection() as conn:
-            return BatchResult(await add_messages(conn, conversation_id, data.messages, in_batch=True))
+            return BatchResult(await add_messages(conn, db.topic_names, conversation_id, data.messages, in_batch=True))
 
     @get(summary="Page through a conversation's messages", responses=problem_responses(400, 404))
     async def list_messages(
@@ -479,9 +496,9 @@ class ConversationMessagesController(Controller):
         shape = parse_fields(fields)
         async with db.connection() as conn:
             page = (
-                await conversation_page(conn, paging, scope, shape, order, filters)
+                await conversation_page(db, conn, paging, scope, shape, order, filters)
                 if around is None
-                else await anchored_page(conn, paging, scope, shape, order, around, filters)
+                else await anchored_page(db, conn, paging, scope, shape, order, around, filters)
             )
             if page is None:
                 raise NotFound(f"conversation {conversation_id} does not exist")
@@ -505,6 +522,7 @@ class TopicMessagesController(Controller):
         after = paging.after(scope, IdKey)
         async with db.connection() as conn:
             page = await read_page(
+                db,
                 conn,
                 paging,
                 scope,
@@ -529,10 +547,14 @@ class MessagesController(Controller):
     ) -> Message:
         shape = parse_fields(fields)
         async with db.connection() as conn:
-            row = await shape.query(sql.get_message).records(conn, message_id=message_id)
-            if not row:
+            # One row per topic: the message's columns, then a topic id (NULL without topics).
+            rows = await shape.query(sql.get_message).records(conn, message_id=message_id)
+            if not rows:
                 raise NotFound(f"message {message_id} does not exist")
-            [message] = await shape.build(conn, row, [message_id])
+            message: Any = shape.struct(*rows[0][: shape.width])
+            if shape.topics:
+                tags = [(message_id, row["topic_id"]) for row in rows if row["topic_id"] is not None]
+                message.topics = (await topics.refs_by_message(conn, db.topic_names, tags)).get(message_id, [])
         return message  # type: ignore[no-any-return]
 
     @patch(
@@ -559,7 +581,7 @@ class MessagesController(Controller):
             )
             if not row:
                 raise NotFound(f"message {message_id} does not exist")
-            [message] = await with_topics(conn, row)
+            [message] = await with_topics(conn, db.topic_names, row)
         return message
 
     @patch(summary="Edit many messages in one statement", responses=problem_responses(400, 404))

@@ -120,12 +120,15 @@ async def estimate_rows(conn: Connection, query: Query, /, **params: Any) -> int
     return int(node["Plan Rows"])
 
 
-async def provide_paging(
+def provide_paging(
     cursors: NamedDependency[CursorCodec],
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
     offset: Offset = None,
     count: Count = "none",
 ) -> Paging:
-    """The ``paging`` dependency: every list's paging parameters, validated in one place."""
+    """The ``paging`` dependency: every list's paging parameters, validated in one place.
+
+    Synchronous on purpose: Litestar resolves async dependencies in a task group, a task per
+    request that this cheap constructor does not need."""
     return Paging(cursors, limit, cursor, offset, count)

@@ -174,6 +174,7 @@ def _require_words(q: str) -> str:
 
 async def search_messages_txn(
     conn: Connection,
+    names: dict[int, str],
     sort: Literal["rank", "recent"],
     filters: dict[str, Any],
     after: RankKey | TimeKey | None,
@@ -194,7 +195,7 @@ async def search_messages_txn(
         rows = await query.records(
             conn, **filters, **position, before_id=after and after.id, limit=paging.limit, offset=paging.offset
         )
-        found = await topics_of(conn, [row[0] for row in rows])
+        found = await topics_of(conn, names, [row[0] for row in rows])
         total = await paging.total(conn, sql.count_matching_messages, **filters)
         counted = await _facets(conn, filters, facets) if facets else msgspec.UNSET
     # A row is the message's columns, its rank and its highlight.
@@ -284,7 +285,7 @@ class SearchController(Controller):
             paging.after(scope, RankKey) if sort == "rank" else paging.after(scope, TimeKey)
         )
         async with db.connection() as conn:
-            hits, total, counted = await search_messages_txn(conn, sort, filters, after, paging, wanted)
+            hits, total, counted = await search_messages_txn(conn, db.topic_names, sort, filters, after, paging, wanted)
 
         def key(index: int) -> msgspec.Struct:
             hit = hits[index]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Annotated
 
@@ -24,7 +24,8 @@ class TopicQueries(QueryFile, file="topics"):
     get_topic: Query
     list_topics: Query
     count_topics: Query
-    topics_of_messages: Query
+    tags_of_messages: Query
+    topic_names: Query
     replace_message_topics: Query
     add_message_topics: Query
     remove_message_topic: Query
@@ -41,18 +42,32 @@ class TopicRef(msgspec.Struct):
     name: str
 
 
-class _Tag(msgspec.Struct):
-    message_id: int
-    id: int
-    name: str
+async def topics_of(conn: Connection, names: dict[int, str], message_ids: Sequence[int]) -> dict[int, list[TopicRef]]:
+    """The topics of these messages, by message id, each list by name: one lookup for them all.
+
+    ``names`` is the database's topic-name cache (Database.topic_names); ids it lacks are read once.
+    """
+    tags = await sql.tags_of_messages.records(conn, message_ids=message_ids)
+    return await refs_by_message(conn, names, [(tag[0], tag[1]) for tag in tags])
 
 
-async def topics_of(conn: Connection, message_ids: Iterable[int]) -> dict[int, list[TopicRef]]:
-    """The topics of these messages, by message id, each list by name: one lookup for them all."""
+async def refs_by_message(
+    conn: Connection, names: dict[int, str], tags: Iterable[tuple[int, int]]
+) -> dict[int, list[TopicRef]]:
+    """(message id, topic id) pairs as each message's topics, by name; unknown names read once."""
+    tags = list(tags)
+    if unseen := {topic_id for _, topic_id in tags if topic_id not in names}:
+        names.update(await sql.topic_names.records(conn, topic_ids=list(unseen)))  # type: ignore[arg-type]
     by_message: dict[int, list[TopicRef]] = {}
-    for tag in await sql.topics_of_messages.many(conn, _Tag, message_ids=list(message_ids)):
-        by_message.setdefault(tag.message_id, []).append(TopicRef(tag.id, tag.name))
+    for message_id, topic_id in tags:
+        by_message.setdefault(message_id, []).append(TopicRef(topic_id, names[topic_id]))
+    for refs in by_message.values():
+        refs.sort(key=_by_name)
     return by_message
+
+
+def _by_name(ref: TopicRef) -> str:
+    return ref.name
 
 
 class Topic(msgspec.Struct):
@@ -180,7 +195,7 @@ class MessageTopicsController(Controller):
     ) -> list[TopicRef]:
         async with db.connection() as conn:
             found = await sql.replace_message_topics.val(conn, message_id=message_id, topics=data.topics)
-            return await _topics_after_tagging(conn, found, message_id)
+            return await _topics_after_tagging(conn, db.topic_names, found, message_id)
 
     @post(status_code=200, summary="Add topics to a message", responses=problem_responses(400, 404))
     async def add_topics(
@@ -188,7 +203,7 @@ class MessageTopicsController(Controller):
     ) -> list[TopicRef]:
         async with db.connection() as conn:
             found = await sql.add_message_topics.val(conn, message_id=message_id, topics=data.topics)
-            return await _topics_after_tagging(conn, found, message_id)
+            return await _topics_after_tagging(conn, db.topic_names, found, message_id)
 
     @delete("/{topic_id:str}", summary="Remove a topic from a message", responses=problem_responses(400, 404))
     async def remove_topic(self, message_id: PathId, topic_id: PathId, db: NamedDependency[Database]) -> None:
@@ -198,7 +213,9 @@ class MessageTopicsController(Controller):
             raise NotFound(f"message {message_id} has no topic {topic_id}")
 
 
-async def _topics_after_tagging(conn: Connection, found: bool, message_id: int) -> list[TopicRef]:
+async def _topics_after_tagging(
+    conn: Connection, names: dict[int, str], found: bool, message_id: int
+) -> list[TopicRef]:
     if not found:
         raise NotFound(f"message {message_id} does not exist")
-    return (await topics_of(conn, [message_id])).get(message_id, [])
+    return (await topics_of(conn, names, [message_id])).get(message_id, [])

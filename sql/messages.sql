@@ -2,7 +2,7 @@
 -- Adds a batch of messages (one or up to 1,000) to a conversation in ONE statement, so the batch
 -- is all-or-nothing and costs one round trip. Items arrive as parallel arrays; item topics as
 -- (tag_items, tag_names) pairs, tag_items being the 1-based item number. One row per item:
---   created       inserted now (its topics: topics.topics_of_messages);
+--   created       inserted now (its topics: topics.tags_of_messages);
 --   duplicate     its client_msg_id is stored already, or repeats an earlier item of the batch:
 --                 the stored message, nothing written for it;
 --   unknown_user  its user_id does not exist: then nothing at all is written.
@@ -104,7 +104,7 @@ ORDER BY ord;
 
 -- fragment: message_columns
 -- The message object as the API shows it, in the order of the Message Struct; its topics come
--- from topics.topics_of_messages. fields= projects this list.
+-- from topics.tags_of_messages. fields= projects this list.
 /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
        m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at, m.metadata AS metadata,
        m.token_count AS token_count, m.token_count_estimated AS token_count_estimated/*end columns*/
@@ -124,8 +124,11 @@ WHERE m.conversation_id = :conversation_id
   AND m.client_msg_id = ANY (:client_msg_ids::text[]);
 
 -- name: get_message :many
-SELECT /*include message_columns*/
+-- One row per topic of the message (one with a NULL topic_id when it has none), so the message and
+-- its topic ids come in one statement; names come from topics.topic_names.
+SELECT /*include message_columns*/, mt.topic_id
 FROM messages AS m
+LEFT JOIN message_topics AS mt ON mt.message_id = m.id
 WHERE m.id = :message_id;
 
 -- name: list_messages_newest_first :many

@@ -26,7 +26,7 @@ m.search @@ search_query(:q)
 -- Matching messages, best first: ts_rank_cd on the stored messages.search (never recomputing
 -- to_tsvector), ties by id; keyset after (before_rank, before_id), limit + 1 rows. Every match
 -- is ranked (ranking needs them all), but only the page's rows get a ts_headline. A row is the
--- message's columns, its rank and its highlight; topics come from topics.topics_of_messages.
+-- message's columns, its rank and its highlight; topics come from topics.tags_of_messages.
 WITH page AS (
     SELECT m.id, ts_rank_cd(m.search, search_query(:q)) AS rank
     FROM messages AS m

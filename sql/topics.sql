@@ -29,13 +29,18 @@ FROM topics
 WHERE name ~>=~ :prefix_from::text
   AND (:prefix_to::text IS NULL OR name ~<~ :prefix_to::text);
 
--- name: topics_of_messages :many
--- The topics of a page of messages, in one lookup for all their ids (idx_message_topic), by name.
-SELECT mt.message_id, t.id, t.name
+-- name: tags_of_messages :many
+-- The topic ids of a page of messages, in one lookup for all their ids: an index-only scan of
+-- idx_message_topic (message_id, topic_id). Names come from topic_names, which each process
+-- asks only for ids it has not seen (a topic is never renamed or deleted).
+SELECT mt.message_id, mt.topic_id
 FROM message_topics AS mt
-JOIN topics AS t ON t.id = mt.topic_id
-WHERE mt.message_id = ANY (:message_ids::bigint[])
-ORDER BY t.name;
+WHERE mt.message_id = ANY (:message_ids::bigint[]);
+
+-- name: topic_names :many
+SELECT id, name
+FROM topics
+WHERE id = ANY (:topic_ids::bigint[]);
 
 -- name: replace_message_topics :val
 -- Sets a message's topics to exactly :topics (creating missing ones); false, and nothing is

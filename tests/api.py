@@ -90,10 +90,11 @@ def free_port() -> int:
         return port
 
 
-def start_service(database_url: str) -> tuple[subprocess.Popen[str], str]:
+def start_service(database_url: str, **settings: str) -> tuple[subprocess.Popen[str], str]:
     """`python -m service serve` on a free port, as an operator starts it; waits until it is ready.
 
-    Returns the process (output piped, to read after it ends) and its base URL.
+    ``settings``: more environment, e.g. ``FREYA_WORKERS="2"``. Returns the process (output
+    piped, to read after it ends) and its base URL.
     """
     port = free_port()
     # One worker unless a test asks for more: the service's default is one per core.
@@ -103,6 +104,7 @@ def start_service(database_url: str) -> tuple[subprocess.Popen[str], str]:
         "FREYA_DATABASE_URL": database_url,
         "FREYA_PORT": str(port),
         "FREYA_POOL_MIN_SIZE": "1",
+        **settings,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"],

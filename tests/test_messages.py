@@ -286,7 +286,7 @@ async def test_fields_selects_only_those_columns(
     # The page's objects are built from exactly the chosen columns (plus the sort key that orders
     # the page and makes the cursor); no topic lookup runs.
     assert selected.endswith('SELECT m.role AS role, m.content AS content, m."timestamp" AS sort_ts, m.id AS sort_id\n')
-    assert not any("topics_of_messages" in q for q in sent)
+    assert not any("tags_of_messages" in q for q in sent)
     rest = (await client.get(chat["messages"], params={"fields": "content,role", "cursor": page["next_cursor"]})).json()
     assert rest["items"] == [{"role": "user", "content": "hello"}]
     sent.clear()

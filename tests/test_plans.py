@@ -218,7 +218,7 @@ async def test_one_message_uses_its_primary_key(seeded_conn: Connection, seeded:
 
 async def test_a_pages_topics_are_one_index_lookup(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
     page = [row["id"] for row in await seeded_conn.fetch("SELECT id FROM messages ORDER BY id DESC LIMIT 50")]
-    for nodes in await plans(seeded_conn, topics.sql.topics_of_messages, message_ids=page):
+    for nodes in await plans(seeded_conn, topics.sql.tags_of_messages, message_ids=page):
         assert "idx_message_topic" in index_scans(nodes), nodes
         assert no_seq_scan_of(nodes, "message_topics")
         assert no_per_row_subplan(nodes), nodes
