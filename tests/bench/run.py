@@ -555,10 +555,15 @@ def main() -> int:
     window = {"conversation_id": whale, "max_tokens": 4000, "include_system": False, "role": None}
     with psycopg.connect(url) as conn:
         window_size = len(conn.execute(pgbench_script(context.sql.context_window, window)).fetchall())
-    anchor = (
-        f'SELECT {columns} FROM messages WHERE conversation_id = {whale} AND ("timestamp", id) {{}} '
-        f'({literal(deep[0])}, {deep[1]}) ORDER BY "timestamp" {{}}, id {{}} LIMIT 25'
-    )
+
+    def around_side(before: bool) -> str:
+        compare, direction = ("<", "DESC") if before else (">=", "ASC")
+        return (
+            f"SELECT {columns} FROM messages WHERE conversation_id = {whale} "
+            f'AND ("timestamp", id) {compare} ({literal(deep[0])}, {deep[1]}) '
+            f'ORDER BY "timestamp" {direction}, id {direction} LIMIT 25'
+        )
+
     operations = [
         Operation(
             "page_50",
@@ -686,7 +691,7 @@ def main() -> int:
             f"50 messages centred on one {depth:,} deep in the largest conversation",
             f"/v1/conversations/{whale}/messages?limit=50&around={deep[1]}",
             pgbench_script(message_queries.sql.list_messages_around, {**page_params, "around": deep[1]}),
-            bare_script(f"({anchor.format('<', 'DESC', 'DESC')}) UNION ALL ({anchor.format('>=', 'ASC', 'ASC')})"),
+            bare_script(f"({around_side(True)}) UNION ALL ({around_side(False)})"),
         ),
         Operation(
             "search_facets",
