@@ -347,85 +347,86 @@ def _time_key(row: asyncpg.Record, *, before: bool = False) -> TimeKey:
     return TimeKey(to_micros(row["sort_ts"]), row["sort_id"], before)
 
 
-async def conversation_page(
-    db: Database,
-    conn: Connection,
-    paging: Paging,
-    scope: str,
-    shape: Shape,
-    order: Literal["desc", "asc"],
-    filters: dict[str, Any],
-) -> MessagePage | None:
-    """A page of a conversation that pages both ways: after the cursor's row (its next_cursor), or
-    before it (a prev_cursor: read walking the other way, then turned round). None: no conversation."""
-    after = paging.after(scope, TimeKey)
-    backward = after is not None and after.before
-    query, position = _conversation_page_query(("asc" if order == "desc" else "desc") if backward else order, after)
-    found = rows_under_parent(
-        await shape.query(query).records(conn, **filters, **position, limit=paging.limit, offset=paging.offset),
-        "sort_id",
-    )
-    if found is None:
-        return None
-    more = len(found) > paging.limit
-    rows = found[: paging.limit][:: -1 if backward else 1]
-    items = await shape.build(conn, db.topic_names, rows, [row["sort_id"] for row in rows])
-    if not rows:
-        return MessagePage(items=items)
-    if backward:
+@dataclass(frozen=True, slots=True)
+class ConversationList:
+    """One request's view of a conversation's messages: its order, filters, fields and paging.
+
+    Its pages page both ways: each carries next_cursor and prev_cursor, and a prev_cursor (a
+    TimeKey with ``before``) is read walking the other way and turned round.
+    """
+
+    db: Database
+    paging: Paging
+    scope: str
+    shape: Shape
+    order: Literal["desc", "asc"]
+    filters: dict[str, Any]
+
+    async def page(self, conn: Connection) -> MessagePage | None:
+        """The first page, or the one the cursor points to; None: no such conversation."""
+        paging = self.paging
+        after = paging.after(self.scope, TimeKey)
+        backward = after is not None and after.before
+        walk = ("asc" if self.order == "desc" else "desc") if backward else self.order
+        query, position = _conversation_page_query(walk, after)
+        found = rows_under_parent(
+            await self.shape.query(query).records(
+                conn, **self.filters, **position, limit=paging.limit, offset=paging.offset
+            ),
+            "sort_id",
+        )
+        if found is None:
+            return None
+        more = len(found) > paging.limit
+        rows = found[: paging.limit][:: -1 if backward else 1]
+        # Going forward from a cursor, the rows before this page exist (at least the previous page).
+        return await self._envelope(
+            conn, rows, more_before=more if backward else after is not None, more_after=backward or more
+        )
+
+    async def around(self, conn: Connection, message_id: int) -> MessagePage | None:
+        """Up to ``limit`` messages centred on ``message_id`` in the list's order: half before it,
+        half after, the other side filling in where one runs short. None: no such conversation."""
+        limit = self.paging.limit
+        rows = await self.shape.query(sql.list_messages_around).records(
+            conn, **self.filters, around=message_id, limit=limit
+        )
+        if not rows:
+            return None
+        if rows[0]["sort_id"] is None:
+            raise NotFound(f"message {message_id} is not in conversation {self.filters['conversation_id']}")
+        [anchor] = [row for row in rows if row["side"] == 0]
+        if not anchor["listed"]:
+            raise Invalid(
+                f"message {message_id} is in the conversation but outside this list's role, since or until",
+                field="around",
+                status=422,
+            )
+        # Each side ordered by its distance from the anchor, nearest first (rows come oldest first).
+        newer = [row for row in rows if row["side"] == 1]
+        older = [row for row in rows if row["side"] == -1][::-1]
+        leading, trailing = (newer, older) if self.order == "desc" else (older, newer)
+        wanted_before = (limit - 1) // 2
+        wanted_after = limit - 1 - wanted_before
+        take_before = min(len(leading), wanted_before + max(0, wanted_after - len(trailing)))
+        take_after = min(len(trailing), wanted_after + max(0, wanted_before - len(leading)))
+        page_rows = [*leading[:take_before][::-1], anchor, *trailing[:take_after]]
+        return await self._envelope(
+            conn, page_rows, more_before=len(leading) > take_before, more_after=len(trailing) > take_after
+        )
+
+    async def _envelope(
+        self, conn: Connection, rows: Sequence[asyncpg.Record], *, more_before: bool, more_after: bool
+    ) -> MessagePage:
+        items = await self.shape.build(conn, self.db.topic_names, rows, [row["sort_id"] for row in rows])
+        if not rows:
+            return MessagePage(items=items)
+        first, last = _time_key(rows[0], before=True), _time_key(rows[-1])
         return MessagePage(
             items=items,
-            next_cursor=paging.cursor_to(scope, _time_key(rows[-1])),
-            prev_cursor=paging.cursor_to(scope, _time_key(rows[0], before=True)) if more else None,
+            next_cursor=self.paging.cursor_to(self.scope, last) if more_after else None,
+            prev_cursor=self.paging.cursor_to(self.scope, first) if more_before else None,
         )
-    return MessagePage(
-        items=items,
-        next_cursor=paging.cursor_to(scope, _time_key(rows[-1])) if more else None,
-        # Reached by a cursor: the rows before this page exist (at least the previous page's).
-        prev_cursor=paging.cursor_to(scope, _time_key(rows[0], before=True)) if after is not None else None,
-    )
-
-
-async def anchored_page(
-    db: Database,
-    conn: Connection,
-    paging: Paging,
-    scope: str,
-    shape: Shape,
-    order: Literal["desc", "asc"],
-    around: int,
-    filters: dict[str, Any],
-) -> MessagePage | None:
-    """Up to ``limit`` messages centred on ``around`` in the list's order: half before it, half after,
-    the other side filling in where one runs short. Its cursors are the list's own. None: no conversation."""
-    rows = await shape.query(sql.list_messages_around).records(conn, **filters, around=around, limit=paging.limit)
-    if not rows:
-        return None
-    if rows[0]["sort_id"] is None:
-        raise NotFound(f"message {around} is not in conversation {filters['conversation_id']}")
-    [anchor] = [row for row in rows if row["side"] == 0]
-    if not anchor["listed"]:
-        raise Invalid(
-            f"message {around} is in the conversation but outside this list's role, since or until",
-            field="around",
-            status=422,
-        )
-    # Each side ordered by its distance from the anchor, nearest first (rows come oldest first).
-    newer = [row for row in rows if row["side"] == 1]
-    older = [row for row in rows if row["side"] == -1][::-1]
-    leading, trailing = (newer, older) if order == "desc" else (older, newer)
-    wanted_before = (paging.limit - 1) // 2
-    wanted_after = paging.limit - 1 - wanted_before
-    take_before = min(len(leading), wanted_before + max(0, wanted_after - len(trailing)))
-    take_after = min(len(trailing), wanted_after + max(0, wanted_before - len(leading)))
-    page_rows = [*leading[:take_before][::-1], anchor, *trailing[:take_after]]
-    items = await shape.build(conn, db.topic_names, page_rows, [row["sort_id"] for row in page_rows])
-    first, last = _time_key(page_rows[0], before=True), _time_key(page_rows[-1])
-    return MessagePage(
-        items=items,
-        next_cursor=paging.cursor_to(scope, last) if len(trailing) > take_after else None,
-        prev_cursor=paging.cursor_to(scope, first) if len(leading) > take_before else None,
-    )
 
 
 FieldsQuery = Annotated[
@@ -493,13 +494,9 @@ class ConversationMessagesController(Controller):
         scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
         if around is not None and (paging.cursor is not None or not paging.keyset):
             raise Invalid("around starts a page of its own: not with cursor or offset", field="around")
-        shape = parse_fields(fields)
         async with db.connection() as conn:
-            page = (
-                await conversation_page(db, conn, paging, scope, shape, order, filters)
-                if around is None
-                else await anchored_page(db, conn, paging, scope, shape, order, around, filters)
-            )
+            listing = ConversationList(db, paging, scope, parse_fields(fields), order, filters)
+            page = await (listing.page(conn) if around is None else listing.around(conn, around))
             if page is None:
                 raise NotFound(f"conversation {conversation_id} does not exist")
             page.total = await paging.total(conn, sql.count_messages, **filters)

@@ -6,15 +6,13 @@ import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import asyncpg
 import httpx
-import psycopg
 import pytest
 
 from service import context
-from service.db import Connection, configure_connection
+from service.db import Connection
 from tests.api import assert_problem, create_conversation, create_user, post_batch
-from tests.conftest import RUN_ID, create_database, drop_database
+from tests.conftest import RUN_ID, connection_in_transaction, seeded_database
 from tests.test_plans import index_scans, no_seq_scan_of, plans, walk
 
 
@@ -128,24 +126,14 @@ HUGE_SEED = [
 
 @pytest.fixture(scope="module")
 def huge_url(server_url: str, template_name: str) -> Iterator[str]:
-    name = f"freya_context_{RUN_ID}"
-    url = create_database(server_url, name, template=template_name)
-    with psycopg.connect(url, autocommit=True) as seed:
-        for statement in HUGE_SEED:
-            seed.execute(statement)
-    yield url
-    drop_database(server_url, name)
+    with seeded_database(server_url, template_name, f"freya_context_{RUN_ID}", HUGE_SEED) as url:
+        yield url
 
 
 @pytest.fixture
 async def huge_conn(huge_url: str) -> AsyncIterator[Connection]:
-    connection: Connection = await asyncpg.connect(huge_url)
-    await configure_connection(connection)
-    try:
-        async with connection.transaction():
-            yield connection
-    finally:
-        await connection.close()
+    async with connection_in_transaction(huge_url) as connection:
+        yield connection
 
 
 async def test_the_window_reads_what_it_answers_not_the_conversation(huge_conn: Connection) -> None:

@@ -11,14 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-import psycopg
 import pytest
 
 from service import conversations, messages, search, topics
-from service.db import Connection, configure_connection
+from service.db import Connection
 from service.queries import Query
-from tests.conftest import RUN_ID, create_database, drop_database
+from tests.conftest import RUN_ID, connection_in_transaction, seeded_database
 
 BIG_CONVERSATION_MESSAGES = 50_000
 SMALL_CONVERSATIONS = 2_000
@@ -103,24 +101,14 @@ SEED = [
 @pytest.fixture(scope="module")
 def seeded_url(server_url: str, template_name: str) -> Iterator[str]:
     """A database of its own, seeded and analysed once for this module's tests (which only read)."""
-    name = f"freya_plans_{RUN_ID}"
-    url = create_database(server_url, name, template=template_name)
-    with psycopg.connect(url, autocommit=True) as seed:
-        for statement in SEED:
-            seed.execute(statement)
-    yield url
-    drop_database(server_url, name)
+    with seeded_database(server_url, template_name, f"freya_plans_{RUN_ID}", SEED) as url:
+        yield url
 
 
 @pytest.fixture
 async def seeded_conn(seeded_url: str) -> AsyncIterator[Connection]:
-    connection: Connection = await asyncpg.connect(seeded_url)
-    await configure_connection(connection)
-    try:
-        async with connection.transaction():
-            yield connection
-    finally:
-        await connection.close()
+    async with connection_in_transaction(seeded_url) as connection:
+        yield connection
 
 
 @pytest.fixture
