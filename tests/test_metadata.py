@@ -215,3 +215,17 @@ async def test_conversations_take_metadata(client: httpx.AsyncClient) -> None:
     assert_problem(
         await client.post("/v1/conversations", json={"user_id": user["id"], "metadata": too_big}), 400, "metadata"
     )
+
+
+async def test_deeply_nested_metadata_is_a_400_not_a_500(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
+    nested = '{"k": ' * 5000 + "1" + "}" * 5000
+    body = '{"role": "user", "content": "c", "metadata": ' + nested + "}"
+    response = await client.post(chat["messages"], content=body, headers={"content-type": "application/json"})
+    assert_problem(response, 400)
+    # As deep as Python's JSON decoder goes, PostgreSQL stores it and it comes back as written.
+    deep: Any = 1
+    for _ in range(800):
+        deep = {"k": deep}
+    stored = await client.post(chat["messages"], json={"role": "user", "content": "c", "metadata": deep})
+    assert stored.status_code == 201, stored.text
+    assert (await client.get(f"/v1/messages/{stored.json()['id']}")).json()["metadata"] == deep
