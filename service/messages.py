@@ -209,7 +209,8 @@ class _BulkOutcome(msgspec.Struct):
 
 
 def estimate_tokens(content: str) -> int:
-    """The stored estimate when a writer sends no count: ceil(UTF-8 bytes / 4), as migration 0140's token_estimate()."""
+    """The stored estimate when a writer sends no count: ceil(UTF-8 bytes / 4), the formula of the
+    database's token_estimate() (migration message_metadata_columns), which old rows got."""
     return -(-len(content.encode()) // 4)
 
 

@@ -211,7 +211,7 @@ async def _write(conn: Connection, messages: int, seed_number: int, quiet: bool)
         await conn.copy_records_to_table(
             "messages",
             records=rows,
-            # token_count given, so the row trigger of migration 0140 stays idle.
+            # token_count given, so the row trigger of migration message_metadata_columns stays idle.
             columns=["id", "conversation_id", "user_id", "role", "content", "timestamp", "token_count"],
         )
         tag_rows = []

@@ -50,7 +50,7 @@ fresh AS (
 ),
 inserted AS (
     -- search filled here, so the row trigger of migration 0014 is skipped for these rows.
-    -- token_count is always given, so the row trigger of migration 0140 is skipped too.
+    -- token_count is always given, so the row trigger of migration message_metadata_columns is skipped too.
     INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search, metadata, token_count,
                           token_count_estimated)
     OVERRIDING SYSTEM VALUE

@@ -5,13 +5,13 @@
 -- messages.metadata (a JSON object the writer chose), messages.token_count and
 -- token_count_estimated (true when the service estimated the count: ceil(UTF-8 bytes / 4)),
 -- conversations.metadata. Adding nullable columns without a default is a catalogue change (no
--- rewrite); 0141 fills old rows in committed batches, 0142 sets NOT NULL without a long lock.
+-- rewrite); message_metadata_backfill fills old rows in committed batches, message_metadata_not_null sets NOT NULL without a long lock.
 --
 -- Rows written while the migration runs (the previous release, COPY, hand-written INSERTs) get
 -- their values too: the defaults cover metadata and the flag, and a row trigger fills an absent
 -- token_count with the estimate. Its WHEN clause is checked in C, so writers that send a count
 -- (the service always does) pay nothing. The CHECKs are NOT VALID here (no scan under the
--- ACCESS EXCLUSIVE lock); 0142 validates them under a lock that lets reads and writes through.
+-- ACCESS EXCLUSIVE lock); message_metadata_not_null validates them under a lock that lets reads and writes through.
 
 SET LOCAL lock_timeout = '10s';
 

@@ -1,11 +1,11 @@
 -- Message metadata and token counts, step 3 of 4: NOT NULL, without scanning under a long lock.
--- depends: 0141_message_metadata_backfill
+-- depends: 0016_message_metadata_backfill
 --
 -- SET NOT NULL alone scans the whole table under ACCESS EXCLUSIVE (no reads, no writes). Instead
 -- a CHECK (… IS NOT NULL) is added NOT VALID (instant) and validated, a scan that holds only
 -- SHARE UPDATE EXCLUSIVE (reads and writes go on); SET NOT NULL then trusts the validated CHECK
 -- and skips its own scan, and the helper CHECK is dropped. The same validation makes the
--- NOT VALID rules of 0140 (token_count >= 0, metadata is an object) hold for old rows too.
+-- NOT VALID rules of message_metadata_columns (token_count >= 0, metadata is an object) hold for old rows too.
 
 SET LOCAL lock_timeout = '10s';
 
