@@ -55,13 +55,7 @@ async def conversation_page(conversation_id: int, state: State) -> Items:
 page_app = Litestar([conversation_page], on_startup=[_open_pool], on_shutdown=[_close_pool])
 
 
-class OneMessage(msgspec.Struct):
-    id: int
-    conversation_id: int
-    user_id: int
-    role: str
-    content: str
-    timestamp: datetime
+class OneMessage(Message):
     edited_at: datetime | None
 
 

@@ -604,8 +604,7 @@ def main() -> int:
             "message_by_id",
             "one message with its topics, random id",
             "/",
-            pgbench_script(message_queries.sql.get_message, {}, {"message_id": f"random(1, {max_id})"})
-            + bare_script(topics_lookup.sql.replace("$1", "ARRAY[:message_id]::bigint[]")),
+            pgbench_script(message_queries.sql.get_message, {}, {"message_id": f"random(1, {max_id})"}),
             bare_script(
                 f"SELECT {columns}, edited_at FROM messages WHERE id = :message_id",
                 {"message_id": f"random(1, {max_id})"},
