@@ -10,7 +10,7 @@ import abc
 import asyncio
 import time
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,6 +18,8 @@ from typing import Any
 
 import asyncpg
 import msgspec
+
+from service.settings import Pooler
 
 if typing.TYPE_CHECKING:
     # A plain connection (tests) or the pool's proxy for one (the service): the same calls.
@@ -61,17 +63,49 @@ class Database(abc.ABC):
     @abc.abstractmethod
     def connection(self) -> typing.AsyncContextManager[Connection]: ...
 
+    def primary(self, *, autocommit: bool = False) -> typing.AsyncContextManager[Connection]:
+        """A connection to the primary even in a GET: for checks of the primary itself (readiness).
+
+        ``autocommit``: outside the transaction a pooler may need around each use (VACUUM cannot
+        run in one); statements then run without the statement timeout in that mode.
+        """
+        return self.connection()
+
 
 class PoolDatabase(Database):
-    def __init__(self, pool: Pool, acquire_timeout: float) -> None:
+    """One server's pool.
+
+    ``timeout_per_transaction_ms``: behind PgBouncer in transaction mode a server connection serves
+    many clients, one transaction at a time, so a session setting would leak to the others and be
+    lost for us: every use then runs in a transaction that sets its own statement timeout.
+    ``after_use``: awaited on the connection after a use that ended without error (its transaction,
+    if any, committed), before the connection goes back to the pool.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        acquire_timeout: float,
+        *,
+        timeout_per_transaction_ms: int | None = None,
+        after_use: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.acquire_timeout = acquire_timeout
+        self.timeout_per_transaction = None if timeout_per_transaction_ms is None else str(timeout_per_transaction_ms)
+        self.after_use = after_use
         # Requests waiting for a connection right now (a metrics gauge).
         self.waiting = 0
 
+    def connection(self) -> typing.AsyncContextManager[Connection]:
+        return self._use(autocommit=False)
+
+    def primary(self, *, autocommit: bool = False) -> typing.AsyncContextManager[Connection]:
+        return self._use(autocommit=autocommit)
+
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
+    async def _use(self, *, autocommit: bool) -> AsyncIterator[Connection]:
         self.waiting += 1
         try:
             # Without a timeout asyncpg waits for a free connection forever. asyncio.timeout rather
@@ -81,7 +115,14 @@ class PoolDatabase(Database):
         finally:
             self.waiting -= 1
         try:
-            yield conn
+            if self.timeout_per_transaction is None or autocommit:
+                yield conn
+            else:
+                async with conn.transaction():
+                    await conn.execute(_SET_STATEMENT_TIMEOUT, self.timeout_per_transaction, True)
+                    yield conn
+            if self.after_use is not None:
+                await self.after_use(conn)
         finally:
             await self.pool.release(conn)
 
@@ -117,24 +158,51 @@ async def _keep_session(conn: Connection) -> None:
     """Skip asyncpg's reset query on release (RESET ALL, UNLISTEN, advisory unlocks).
 
     It costs a round trip per request, and the service keeps no session state (no SET without
-    LOCAL, no LISTEN, no session advisory locks). asyncpg still rolls back an open transaction.
+    LOCAL, no LISTEN, no session advisory locks) but the statement timeout that pgbouncer-session
+    sets per connection, which a RESET ALL would undo. asyncpg still rolls back an open transaction.
     """
 
 
+# The statement timeout when PgBouncer stands in between: it refuses the start-up parameter.
+_SET_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', $1, $2)"
+
+
 async def create_pool(
-    url: str, *, min_size: int, max_size: int, statement_timeout_ms: int, connect_timeout: float
+    url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    statement_timeout_ms: int,
+    connect_timeout: float,
+    pooler: Pooler = "none",
 ) -> Pool:
+    """A pool on ``url`` with the statement timeout enforced the way ``pooler`` allows.
+
+    none: a start-up parameter (no round trip of its own). pgbouncer-session: PgBouncer rejects
+    that parameter, but the server connection stays ours for the session, so it is SET once per
+    connection. pgbouncer-transaction: set in each transaction (``PoolDatabase``), and asyncpg's
+    named prepared statements are off, since the next transaction may run on another server
+    connection (PgBouncer 1.18, Debian 12's, does not track them); asyncpg then sends each
+    statement's Parse, Bind and Execute in one message sequence, which PgBouncer keeps together.
+    """
+    server_settings = {"application_name": "freya-backend"}
+    if pooler == "none":
+        server_settings["statement_timeout"] = str(statement_timeout_ms)
+
+    async def init(conn: Connection) -> None:
+        await configure_connection(conn)
+        if pooler == "pgbouncer-session":
+            await conn.execute(_SET_STATEMENT_TIMEOUT, str(statement_timeout_ms), False)
+
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         timeout=connect_timeout,
-        server_settings={
-            "statement_timeout": str(statement_timeout_ms),
-            "application_name": "freya-backend",
-        },
+        server_settings=server_settings,
         reset=_keep_session,
-        init=configure_connection,
+        init=init,
+        statement_cache_size=0 if pooler == "pgbouncer-transaction" else 100,
     )
     assert pool is not None
     return pool

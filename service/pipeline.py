@@ -3,6 +3,8 @@
 1. the request id (observability) is set for logs and echoed as ``X-Request-ID``;
 2. the token check (auth) names the caller or answers 401/403, before any database work;
 3. a POST with an Idempotency-Key (idempotency) is claimed, or answered from its first run;
+4. the request's freshness (replicas): a GET of the API may run on a replica, no staler than its
+   Freya-Read-After; a successful write answers the primary's position in that header;
 then the route runs. On the way out it adds ``Server-Timing`` (database and total time), counts
 the request for /metrics and writes one access log line.
 
@@ -21,7 +23,7 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
-from service import db
+from service import db, replicas
 from service.auth import Token, authorize
 from service.errors import ProblemError
 from service.idempotency import Idempotency
@@ -46,6 +48,7 @@ class RequestPipeline(ASGIMiddleware):
         method = cast("HTTPScope", scope)["method"]
         path = scope["path"]
         status = 500
+        freshness = replicas.Freshness(read=False)
 
         async def timed_send(message: Message) -> None:
             nonlocal status
@@ -59,15 +62,17 @@ class RequestPipeline(ASGIMiddleware):
                 response_headers.append(
                     (b"server-timing", f"db;dur={timing.seconds * 1000:.2f}, app;dur={total_ms:.2f}".encode())
                 )
+                response_headers.extend(freshness.response_headers(status))
                 message["headers"] = response_headers
             await send(message)
 
         IN_PROGRESS.inc()
         try:
             principal = authorize(self.tokens, method, path, headers.get(b"authorization"))
+            freshness = replicas.begin_request(method, path, headers)
             key = self.idempotency.key_of(method, path, headers)
             if key is None:
-                await next_app(scope, receive, timed_send)
+                await replicas.answer(freshness, scope, receive, timed_send, next_app)
             else:
                 await self.idempotency.run(scope, receive, timed_send, next_app, principal, key)
         except HTTPException as refused:  # 401/403 here: answered by the app's handlers, outside us

@@ -431,6 +431,47 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
     return result
 
 
+def page_through_pgbouncer(
+    wrk: str, url: str, path: str, workers: int, connections: int, duration: int, secret: str
+) -> dict[str, Any]:
+    """The page request through PgBouncer in transaction mode beside the direct connection, in one go.
+
+    Two services on the same database, one after the other: one connected directly, one through a
+    PgBouncer of its own (FREYA_POOLER=pgbouncer-transaction, two server connections per core). The
+    ratio is what the bouncer costs: an extra hop, a transaction around each use that sets the
+    statement timeout, and statements parsed each time instead of prepared once.
+    """
+    from tests.pgbouncer import PgBouncer, binary
+
+    if binary() is None:
+        return {"skipped": "pgbouncer is not installed (apt-get install pgbouncer)"}
+    pool_size = 2 * (os.cpu_count() or 2)
+    measures: dict[str, Measure] = {}
+    bouncer = PgBouncer(url, "transaction", pool_size=pool_size).start()
+    try:
+        for name, target, pooler in (
+            ("direct", url, "none"),
+            ("pgbouncer_transaction", bouncer.url(BENCH_DATABASE), "pgbouncer-transaction"),
+        ):
+            env = {"FREYA_WORKERS": str(workers), "FREYA_CURSOR_SECRET": secret, "FREYA_POOLER": pooler}
+            server = Server([sys.executable, "-m", "service", "serve"], {"FREYA_DATABASE_URL": target, **env})
+            try:
+                print(f"page through {name} …", end=" ", flush=True)
+                measures[name] = run_wrk(wrk, server.base + path, connections, duration, None, {})
+                print(f"{measures[name].requests_per_second:,.0f} req/s", flush=True)
+            finally:
+                server.stop()
+    finally:
+        bouncer.stop()
+    direct, pooled = measures["direct"], measures["pgbouncer_transaction"]
+    return {
+        "pgbouncer_server_connections": pool_size,
+        "direct": asdict(direct),
+        "pgbouncer_transaction": asdict(pooled),
+        "ratio": round(pooled.requests_per_second / direct.requests_per_second, 3) if direct.requests_per_second else 0,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=seeding.DEFAULT_MESSAGES)
@@ -439,6 +480,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="granian worker processes")
     parser.add_argument("--out", type=Path, default=Path(load_settings().data_dir) / "bench")
     parser.add_argument("--only", help="comma-separated operation names, e.g. page_50,batch_create_1000")
+    parser.add_argument(
+        "--pgbouncer", action="store_true", help="also measure the page through PgBouncer in transaction mode"
+    )
     args = parser.parse_args()
     if args.messages < 10_000:
         sys.exit("make bench needs at least 10,000 messages (messages=10000)")
@@ -716,6 +760,7 @@ def main() -> int:
     results: list[Result] = []
     failures: dict[str, str] = {}
     curve: list[dict[str, float]] = []
+    pgbouncer: dict[str, Any] = {}
 
     def report() -> None:
         """Written after every operation: a failure later loses nothing measured before it."""
@@ -725,6 +770,7 @@ def main() -> int:
             "results": [asdict(r) for r in results],
             "failures": failures,
             "offset_vs_keyset": curve,
+            **({"page_through_pgbouncer": pgbouncer} if pgbouncer else {}),
         }
         (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
 
@@ -752,10 +798,20 @@ def main() -> int:
         curve.extend(offset_vs_keyset(url, whale, depths_for(whale_size)))
     except asyncpg.PostgresError as error:
         failures["offset_vs_keyset"] = str(error)
+    if args.pgbouncer:
+        page = f"/v1/conversations/{whale}/messages?limit=50"
+        pgbouncer.update(page_through_pgbouncer(wrk, url, page, args.workers, args.connections, args.duration, secret))
     report()
     if results:
         chart(results, curve, settings, args.out / "chart.png")
     print_summary(results, curve, failures)
+    if "ratio" in pgbouncer:
+        pooled, direct = pgbouncer["pgbouncer_transaction"], pgbouncer["direct"]
+        print(
+            f"\npage_50 through PgBouncer (transaction mode): {pooled['requests_per_second']:,.0f} req/s, "
+            f"p50 {pooled['p50_ms']:.2f} ms vs direct {direct['requests_per_second']:,.0f} req/s, "
+            f"p50 {direct['p50_ms']:.2f} ms: ratio {pgbouncer['ratio']:.2f}"
+        )
     print(f"written: {args.out / 'results.json'}, {args.out / 'chart.png'}")
     return 1 if failures else 0
 
