@@ -62,11 +62,6 @@ def _provide_database(state: State) -> db.Database:
     return database
 
 
-def _provide_cursors(state: State) -> CursorCodec:
-    cursors: CursorCodec = state.cursors
-    return cursors
-
-
 @route(
     # Litestar's router does not fall back from a matched prefix, so /v1/… needs its own.
     ["/{rest:path}", "/v1/{rest:path}"],
@@ -184,7 +179,6 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         logging_config=None,
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
-            "cursors": Provide(_provide_cursors, sync_to_thread=False),
             "paging": Provide(provide_paging, sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
