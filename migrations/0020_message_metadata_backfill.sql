@@ -1,5 +1,5 @@
 -- Message metadata and token counts, step 2 of 4: fill the new columns of rows written before message_metadata_columns.
--- depends: 0015_message_metadata_columns
+-- depends: 0019_message_metadata_columns
 -- transactional: false
 --
 -- In batches of 5,000 ids, each committed on its own (as 0008 does): row locks are held briefly,

@@ -1,6 +1,6 @@
 -- Message metadata and token counts, step 1 of 4 (the guide's pattern for NOT NULL columns on a
 -- table with data): the columns, nullable.
--- depends: 0014_search_on_insert
+-- depends: 0018_name_message_search_index
 --
 -- messages.metadata (a JSON object the writer chose), messages.token_count and
 -- token_count_estimated (true when the service estimated the count: ceil(UTF-8 bytes / 4)),

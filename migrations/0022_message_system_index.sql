@@ -2,7 +2,7 @@
 -- messages, which come first "whatever their age": without it, finding a conversation's system
 -- messages would read the whole conversation. Partial, so it holds only system messages (few),
 -- in (timestamp, id) order; built without blocking writes.
--- depends: 0017_message_metadata_not_null
+-- depends: 0021_message_metadata_not_null
 -- transactional: false
 
 CREATE INDEX CONCURRENTLY idx_message_system ON messages (conversation_id, "timestamp", id) WHERE role = 'system';

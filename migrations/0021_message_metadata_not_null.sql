@@ -1,5 +1,5 @@
 -- Message metadata and token counts, step 3 of 4: NOT NULL, without scanning under a long lock.
--- depends: 0016_message_metadata_backfill
+-- depends: 0020_message_metadata_backfill
 --
 -- SET NOT NULL alone scans the whole table under ACCESS EXCLUSIVE (no reads, no writes). Instead
 -- a CHECK (… IS NOT NULL) is added NOT VALID (instant) and validated, a scan that holds only
