@@ -37,6 +37,7 @@ from service import (
 from service.admin import AdminController
 from service.auth import parse_tokens
 from service.changes import ChangesController, FeedWatch
+from service.context import ContextController
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
@@ -184,6 +185,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             ConversationsController,
             UserConversationsController,
             ConversationMessagesController,
+            ContextController,
             MessagesController,
             RevisionsController,
             TopicMessagesController,

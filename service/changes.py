@@ -1,6 +1,6 @@
 """The change feed: every committed change to users, conversations, messages and topics, in order.
 
-Triggers (migration 0019) write one row per change in the writer's transaction, stamped with its
+Triggers (migration 0023) write one row per change in the writer's transaction, stamped with its
 transaction id; ``read_changes`` serves only transactions below its snapshot's xmin, so a cursor
 (xid, seq) never has anything appear behind it: each committed change is served exactly once, and
 rolled-back ones never. The price: a transaction that stays open holds the feed back until it ends.

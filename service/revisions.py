@@ -1,6 +1,6 @@
 """Edit revisions: what each PATCH of a message replaced (role and content), newest first.
 
-Migration 0019's trigger keeps them, for the single and the bulk edit alike: revision n is what
+Migration 0023's trigger keeps them, for the single and the bulk edit alike: revision n is what
 the n-th edit replaced, edited_at when that edit happened.
 """
 

@@ -2,7 +2,7 @@
 -- The feed after the cursor (after_xid, after_seq), in (xid, seq) order, holding only changes of
 -- transactions below this statement's snapshot xmin: those have all ended, and any transaction
 -- that commits later has an xid at or above xmin, so no change can ever appear behind a cursor
--- (migration 0019 has the reasoning). Always one row at least: the first carries the feed's
+-- (migration 0023 has the reasoning). Always one row at least: the first carries the feed's
 -- state (visible_below, the pruned horizon), the rest are the page's changes (NULLs when empty).
 WITH feed AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS visible_below, h.xid AS pruned_xid,

@@ -1,22 +1,24 @@
 -- name: create_conversation :one
 -- A new conversation; a user_id with no user fails its foreign key (a 422).
-INSERT INTO conversations (user_id, title)
-VALUES (:user_id, :title)
-RETURNING id, user_id, title, created_at, updated_at, message_count;
+INSERT INTO conversations (user_id, title, metadata)
+VALUES (:user_id, :title, :metadata::jsonb)
+RETURNING id, user_id, title, created_at, updated_at, message_count, metadata;
 
 -- name: get_conversation :one
-SELECT id, user_id, title, created_at, updated_at, message_count
+SELECT id, user_id, title, created_at, updated_at, message_count, metadata
 FROM conversations
 WHERE id = :conversation_id AND deleted_at IS NULL;
 
--- name: update_conversation_title :one
+-- name: update_conversation :one
+-- Sets the title when set_title (null clears it), and replaces metadata unless it is NULL.
 UPDATE conversations
-SET title = :title
+SET title = CASE WHEN :set_title::boolean THEN :title::text ELSE title END,
+    metadata = coalesce(:metadata::jsonb, metadata)
 WHERE id = :conversation_id AND deleted_at IS NULL
-RETURNING id, user_id, title, created_at, updated_at, message_count;
+RETURNING id, user_id, title, created_at, updated_at, message_count, metadata;
 
 -- name: delete_conversation :val
--- Marks a live conversation deleted; migration 0019's trigger marks its live messages deleted
+-- Marks a live conversation deleted; migration 0023's trigger marks its live messages deleted
 -- with it (so a restore brings back exactly those) in a statement of its own, which sees every
 -- message committed while this one waited for the conversation's row lock.
 UPDATE conversations
@@ -38,10 +40,10 @@ RETURNING id;
 -- skipping :offset rows for offset pages; limit + 1 rows, the extra one says more follow. Served
 -- in order by idx_conversation_live_user_updated (live conversations only). The user is the outer side of the join: no row at
 -- all means no such user, one row of NULLs an empty page.
-SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, c.message_count
+SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, c.message_count, c.metadata
 FROM users AS u
 LEFT JOIN LATERAL (
-    SELECT id, user_id, title, created_at, updated_at, message_count
+    SELECT id, user_id, title, created_at, updated_at, message_count, metadata
     FROM conversations
     WHERE user_id = :user_id
       AND deleted_at IS NULL

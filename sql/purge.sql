@@ -1,5 +1,5 @@
 -- name: mark_purging :val
--- Tells the delete triggers of migration 0019 that this transaction purges (the feed says purged,
+-- Tells the delete triggers of migration 0023 that this transaction purges (the feed says purged,
 -- not erased). Transaction-local: it ends with the batch.
 SELECT set_config('freya.purging', 'on', true);
 

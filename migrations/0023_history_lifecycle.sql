@@ -1,5 +1,5 @@
 -- History lifecycle: soft delete and restore, edit revisions, and the change feed.
--- depends: 0018_name_message_search_index
+-- depends: 0022_message_system_index
 --
 -- Why triggers: every path that writes (the API, bulk statements, cascades, an operator's psql)
 -- must keep revisions, counters and the feed right, in the writer's own transaction. Hot tables
@@ -126,7 +126,7 @@ BEGIN
 END
 $$;
 
--- A title change, a delete or a restore (not the counters that message writes move).
+-- A title or metadata change, a delete or a restore (not the counters that message writes move).
 CREATE FUNCTION conversation_updated() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -159,7 +159,8 @@ CREATE TRIGGER conversations_changes_on_delete
 
 CREATE TRIGGER conversations_changes_on_update
     AFTER UPDATE ON conversations
-    FOR EACH ROW WHEN (OLD.title IS DISTINCT FROM NEW.title OR OLD.deleted_at IS DISTINCT FROM NEW.deleted_at)
+    FOR EACH ROW WHEN (OLD.title IS DISTINCT FROM NEW.title OR OLD.metadata IS DISTINCT FROM NEW.metadata
+                       OR OLD.deleted_at IS DISTINCT FROM NEW.deleted_at)
     EXECUTE FUNCTION conversation_updated();
 
 -- messages ---------------------------------------------------------------------------------------

@@ -1,5 +1,0 @@
--- 0021's partial index serves the list now.
--- depends: 0021_live_conversation_list_index
--- transactional: false
-
-DROP INDEX CONCURRENTLY idx_conversation_user_updated;
