@@ -3,7 +3,7 @@
 -- them, in ONE statement whose cost follows the answer, not the conversation:
 --   * system messages (with include_system) come first whatever their age, found through the
 --     partial index idx_message_system, and are counted in the budget;
---   * the other messages (role-filtered) are walked newest first along idx_message_timestamp in
+--   * the other messages (role-filtered) are walked newest first along idx_message_live_timestamp in
 --     chunks of 128, each a keyset range starting after the previous chunk (as a list page does),
 --     until a chunk passes the budget or the conversation ends. PostgreSQL's window "run
 --     conditions" stop a scan for row_number() or count() but not for sum(), and a plain running

@@ -93,7 +93,7 @@ SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conv
        NULL::integer AS token_count, NULL::boolean AS token_count_estimated, NULL::bigint[] AS topic_ids
 FROM unknown_user AS u
 UNION ALL
-SELECT s.ord, 'deleted_duplicate', s.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT s.ord, 'deleted_duplicate', s.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM stored AS s
 WHERE s.deleted
 UNION ALL

@@ -237,6 +237,7 @@ class Writer:
     async def run(self, rounds: int) -> None:
         first, second = await asyncpg.connect(self.url), await asyncpg.connect(self.url)
         await configure_connection(first)
+        await configure_connection(second)
         try:
             for _ in range(rounds):
                 choice = self.rng.random()
@@ -259,6 +260,9 @@ class Writer:
             contents=[f"load {n}" for n in range(count)],
             user_ids=[None] * count,
             client_msg_ids=[None] * count,
+            metadata=[{}] * count,
+            token_counts=[None] * count,
+            token_counts_estimated=[True] * count,
             tag_items=[1],
             tag_names=["load"],
         )
@@ -270,7 +274,15 @@ class Writer:
         kind = self.rng.choice(["single", "batch", "edit", "delete", "restore"])
         if kind == "edit" and self.live:
             target = self.rng.choice(self.live)
-            await messages.sql.update_message.records(conn, message_id=target, content="edited", role=None)
+            await messages.sql.update_message.records(
+                conn,
+                message_id=target,
+                content="edited",
+                role=None,
+                metadata=None,
+                token_count=None,
+                token_count_estimated=None,
+            )
             return [], [], [("message", target, "updated")]
         if kind == "delete" and self.live:
             target = self.rng.choice(self.live)

@@ -150,7 +150,7 @@ async def test_the_window_reads_what_it_answers_not_the_conversation(huge_conn: 
         read = sum(
             (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
             for n in nodes
-            if n.get("Index Name") == "idx_message_timestamp"
+            if n.get("Index Name") == "idx_message_live_timestamp"
         )
         system_read = sum(n["Actual Rows"] for n in nodes if n.get("Index Name") == "idx_message_system")
         assert system_read == HUGE // 50_000
@@ -165,5 +165,5 @@ async def test_the_window_reads_what_it_answers_not_the_conversation(huge_conn: 
     # Generic plans too (asyncpg prepares the statement): both indexes, no sequential scan.
     params = {"conversation_id": conversation_id, "max_tokens": 2_000, "include_system": True, "role": None}
     for nodes in await plans(huge_conn, query, **params):
-        assert {"idx_message_timestamp", "idx_message_system"} <= index_scans(nodes).keys(), nodes
+        assert {"idx_message_live_timestamp", "idx_message_system"} <= index_scans(nodes).keys(), nodes
         assert no_seq_scan_of(nodes, "messages")

@@ -13,7 +13,7 @@ import pytest
 
 from service import conversations, messages, purge
 from service.__main__ import main
-from service.db import Connection
+from service.db import Connection, configure_connection
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
 
@@ -280,10 +280,19 @@ async def test_a_post_racing_a_conversation_delete_never_leaves_a_live_message_i
 ) -> None:
     url = fresh_database()
     poster, deleter = await asyncpg.connect(url), await asyncpg.connect(url)
+    await configure_connection(poster)
     try:
         user_id = await poster.fetchval("INSERT INTO users (email, name) VALUES ('r@example.com', 'R') RETURNING id")
         conversation_id = await poster.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user_id)
-        one = {"roles": ["user"], "contents": ["racing"], "user_ids": [None], "client_msg_ids": [None]}
+        one = {
+            "roles": ["user"],
+            "contents": ["racing"],
+            "user_ids": [None],
+            "client_msg_ids": [None],
+            "metadata": [{}],
+            "token_counts": [None],
+            "token_counts_estimated": [True],
+        }
         tags: dict[str, list[Any]] = {"tag_items": [], "tag_names": []}
 
         # The post commits while the delete waits for the conversation's row: the delete sees it.
