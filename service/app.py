@@ -128,7 +128,9 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         ],
         middleware=[
             RequestPipeline(
-                tokens, Idempotency(timedelta(hours=settings.idempotency_ttl_hours), settings.max_body_bytes)
+                tokens,
+                Idempotency(timedelta(hours=settings.idempotency_ttl_hours), settings.max_body_bytes),
+                settings.request_read_timeout,
             )
         ],
         # Logging is ours (observability.configure_logging): one handler, request ids, text or JSON.

@@ -142,9 +142,14 @@ class Query:
 
 @dataclass(slots=True)
 class DatabaseTime:
-    """Seconds one request spent waiting on its queries (reported in Server-Timing)."""
+    """Seconds one request spent waiting on its queries (reported in Server-Timing), how many
+    statements it completed, and whether its failure may be retried on a fresh connection."""
 
     seconds: float = 0.0
+    statements: int = 0
+    # Set by PoolDatabase when a broken connection refused a statement before sending it, and
+    # nothing the request did before can have been committed: the request may run once more.
+    retryable: bool = False
 
 
 _request_time: ContextVar[DatabaseTime | None] = ContextVar("database_time", default=None)
@@ -161,6 +166,7 @@ def _count_time(started: float) -> None:
     timing = _request_time.get()
     if timing is not None:
         timing.seconds += time.perf_counter() - started
+        timing.statements += 1
 
 
 @functools.lru_cache(maxsize=512)
@@ -347,6 +353,31 @@ class Database(abc.ABC):
     @abc.abstractmethod
     def connection(self) -> typing.AsyncContextManager[Connection]: ...
 
+    @abc.abstractmethod
+    def request_transaction(self) -> typing.AsyncContextManager[Connection]: ...
+
+
+# The connection a request's whole work runs on, when it runs in one transaction (a POST under
+# an Idempotency-Key: the key's claim, the handler's write and the stored answer commit together).
+_request_connection: ContextVar[Connection | None] = ContextVar("request_connection", default=None)
+
+
+def _never_sent(error: BaseException) -> bool:
+    """asyncpg refused the statement before writing it to the socket: the connection is broken
+    (typically an idle one that received PostgreSQL's FATAL and has not noticed the close yet)."""
+    return type(error) in (asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+# Errors after which a connection cannot be trusted for another request (besides _never_sent).
+_BROKEN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ProtocolError,
+    ConnectionError,
+)
+
 
 class PoolDatabase(Database):
     def __init__(self, pool: Pool, acquire_timeout: float) -> None:
@@ -357,16 +388,66 @@ class PoolDatabase(Database):
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
+        bound = _request_connection.get()
+        if bound is not None:
+            # Inside the request's transaction: a savepoint, so a failed statement undoes only
+            # its own part, as it would on a connection of its own.
+            async with bound.transaction():
+                yield bound
+            return
         self.waiting += 1
         try:
             # Without a timeout asyncpg waits for a free connection forever.
             conn = await self.pool.acquire(timeout=self.acquire_timeout)
         finally:
             self.waiting -= 1
+        statements_before = _statements_so_far()
         try:
             yield conn
+        except BaseException as error:
+            _discard_if_broken(conn, error, retryable=statements_before == _statements_so_far())
+            raise
         finally:
             await self.pool.release(conn)
+
+    @asynccontextmanager
+    async def request_transaction(self) -> AsyncIterator[Connection]:
+        """One transaction for everything the request does: connection() inside it hands out
+        savepoints on it. Commits when the block ends without an exception."""
+        self.waiting += 1
+        try:
+            conn = await self.pool.acquire(timeout=self.acquire_timeout)
+        finally:
+            self.waiting -= 1
+        bound = _request_connection.set(conn)
+        try:
+            async with conn.transaction():
+                yield conn
+        except BaseException as error:
+            # Nothing of the request is committed when it fails here (the COMMIT is the last
+            # statement): a statement refused before sending leaves it safe to run again.
+            _discard_if_broken(conn, error, retryable=True)
+            raise
+        finally:
+            _request_connection.reset(bound)
+            await self.pool.release(conn)
+
+
+def _statements_so_far() -> int:
+    timing = _request_time.get()
+    return -1 if timing is None else timing.statements
+
+
+def _discard_if_broken(conn: Connection, error: BaseException, *, retryable: bool) -> None:
+    """Terminate a connection that failed in a way that leaves it unusable, so the pool opens a
+    new one instead of handing the broken one to the next request; mark the request retryable
+    when its statement never left and nothing before it can have been committed."""
+    if not (_never_sent(error) or isinstance(error, _BROKEN)):
+        return
+    conn.terminate()
+    timing = _request_time.get()
+    if timing is not None and retryable and _never_sent(error):
+        timing.retryable = True
 
 
 class SharedConnectionDatabase(Database):
@@ -383,6 +464,9 @@ class SharedConnectionDatabase(Database):
     async def connection(self) -> AsyncIterator[Connection]:
         async with self.conn.transaction():
             yield self.conn
+
+    def request_transaction(self) -> typing.AsyncContextManager[Connection]:
+        return self.connection()
 
 
 async def configure_connection(conn: Connection) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import msgspec
@@ -47,6 +47,7 @@ class ProblemError(Exception):
     status = 500
     title = "Internal server error"
     kind = "internal"
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
@@ -74,6 +75,16 @@ class NotFound(ProblemError):
 
 class Conflict(ProblemError):
     status, title, kind = 409, "Conflict", "conflict"
+
+
+class RequestTimeout(ProblemError):
+    status, title, kind = 408, "Request timeout", "request-timeout"
+    # The rest of the body may still be on its way: the connection cannot be reused.
+    headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
+
+
+class UnsupportedMediaType(ProblemError):
+    status, title, kind = 415, "Unsupported media type", "unsupported-media-type"
 
 
 def problem(
@@ -187,7 +198,7 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
 
 
 def on_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:
-    return problem(exc.status, exc.title, exc.kind, exc.detail, errors=exc.errors, request=request)
+    return problem(exc.status, exc.title, exc.kind, exc.detail, errors=exc.errors, headers=exc.headers, request=request)
 
 
 def _constraint_detail(exc: asyncpg.PostgresError) -> str:

@@ -2,9 +2,14 @@
 
 1. the request id (observability) is set for logs and echoed as ``X-Request-ID``;
 2. the token check (auth) names the caller or answers 401/403, before any database work;
-3. a POST with an Idempotency-Key (idempotency) is claimed, or answered from its first run;
-then the route runs. On the way out it adds ``Server-Timing`` (database and total time), counts
-the request for /metrics and writes one access log line.
+3. a JSON body must say so: a write under /v1 with a body of another media type is a 415;
+4. a POST with an Idempotency-Key (idempotency) runs in one transaction, or is answered from
+   its first run;
+then the route runs. The request body must arrive within FREYA_REQUEST_READ_TIMEOUT seconds
+(a 408 otherwise). A request whose first statement met a broken pooled connection (refused
+before it was sent, so nothing can have been written) runs once more on a fresh connection.
+On the way out it adds ``Server-Timing`` (database and total time), counts the request for
+/metrics and writes one access log line.
 
 One layer rather than a stack of middlewares: each ASGI layer costs every request a few
 microseconds, and this service counts them (see BENCHMARKS.md).
@@ -12,6 +17,7 @@ microseconds, and this service counts them (see BENCHMARKS.md).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import cast
@@ -19,23 +25,26 @@ from typing import cast
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
 
 from service import db
 from service.auth import Token, authorize
-from service.errors import ProblemError
+from service.errors import ProblemError, RequestTimeout, UnsupportedMediaType
 from service.idempotency import Idempotency
 from service.observability import IN_PROGRESS, REQUEST_ID_HEADER, record_request, request_id, request_id_of
 
 access_log = logging.getLogger("freya.access")
 
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
 
 class RequestPipeline(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, tokens: tuple[Token, ...], idempotency: Idempotency) -> None:
+    def __init__(self, tokens: tuple[Token, ...], idempotency: Idempotency, read_timeout: float) -> None:
         self.tokens = tokens
         self.idempotency = idempotency
+        self.read_timeout = read_timeout
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = time.perf_counter()
@@ -65,11 +74,11 @@ class RequestPipeline(ASGIMiddleware):
         IN_PROGRESS.inc()
         try:
             principal = authorize(self.tokens, method, path, headers.get(b"authorization"))
+            if method in _WITH_BODY and path.startswith("/v1/"):
+                _require_json(headers)
             key = self.idempotency.key_of(method, path, headers)
-            if key is None:
-                await next_app(scope, receive, timed_send)
-            else:
-                await self.idempotency.run(scope, receive, timed_send, next_app, principal, key)
+            body = _Replayable(_bounded(receive, asyncio.get_running_loop().time() + self.read_timeout))
+            await self._run(scope, body, timed_send, next_app, timing, principal, key)
         except HTTPException as refused:  # 401/403 here: answered by the app's handlers, outside us
             status = refused.status_code
             raise
@@ -82,3 +91,102 @@ class RequestPipeline(ASGIMiddleware):
             record_request(method, scope.get("path_template", path), status, elapsed)
             access_log.info("%s %s %d %.1fms db=%.1fms", method, path, status, elapsed * 1000, timing.seconds * 1000)
             request_id.reset(context)
+
+    async def _run(
+        self,
+        scope: Scope,
+        body: _Replayable,
+        send: Send,
+        next_app: ASGIApp,
+        timing: db.DatabaseTime,
+        principal: str,
+        key: str | None,
+    ) -> None:
+        """The route (under its Idempotency-Key when given), once more when a broken connection
+        refused its first statement before sending it."""
+        for attempt in (1, 2):
+            timing.retryable = False
+            respond = _Withholding(send, timing) if attempt == 1 else send
+            try:
+                if key is None:
+                    await next_app(scope, body.receive, respond)
+                else:
+                    await self.idempotency.run(scope, body.receive, respond, next_app, principal, key)
+            except Exception:
+                if attempt == 1 and timing.retryable:
+                    body.rewind()
+                    continue
+                raise
+            if isinstance(respond, _Withholding) and respond.withheld:
+                body.rewind()
+                continue
+            return
+
+
+def _require_json(headers: dict[bytes, bytes]) -> None:
+    """A body must be JSON and say so (application/json or a +json type); no body needs no type."""
+    content_type = headers.get(b"content-type")
+    if content_type is None:
+        if headers.get(b"content-length", b"0").strip() in (b"0", b"") and b"transfer-encoding" not in headers:
+            return
+        raise UnsupportedMediaType("a request body must be JSON, sent with Content-Type: application/json")
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    if media_type != b"application/json" and not media_type.endswith(b"+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type.decode('latin-1')!r} is not supported: send application/json"
+        )
+
+
+def _bounded(receive: Receive, deadline: float) -> Receive:
+    """``receive`` that raises RequestTimeout when the body is not complete by ``deadline``
+    (loop time): a client that sends less than its Content-Length, or trickles, is cut off."""
+    complete = False
+
+    async def bounded() -> ReceiveMessage:
+        nonlocal complete
+        if complete:  # the body is in: what follows is the wait for a disconnect
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout("the request body did not arrive in time") from None
+        complete = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return bounded
+
+
+class _Replayable:
+    """The request's receive, recorded so that a retried attempt reads the same body again."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._seen: list[ReceiveMessage] = []
+        self._pending: list[ReceiveMessage] = []
+
+    async def receive(self) -> ReceiveMessage:
+        if self._pending:
+            return self._pending.pop(0)
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._seen.append(message)
+        return message
+
+    def rewind(self) -> None:
+        self._pending = list(self._seen)
+
+
+class _Withholding:
+    """Passes a first attempt's response on, unless it is the 5xx of a retryable failure."""
+
+    def __init__(self, send: Send, timing: db.DatabaseTime) -> None:
+        self._send = send
+        self._timing = timing
+        self.withheld = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 500 and self._timing.retryable:
+            self.withheld = True
+        if not self.withheld:
+            await self._send(message)
