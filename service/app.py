@@ -140,6 +140,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
+        request_class=errors.JsonBodyRequest,
         lifespan=[pool_lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,

@@ -109,6 +109,19 @@ def problem(
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+class JsonBodyRequest(Request[Any, Any, Any]):
+    """Litestar's request, with the body-decoding failures msgspec does not report as such
+    (bytes that are not UTF-8, nesting past its recursion limit) answered as the 400 they are."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except UnicodeDecodeError:
+            raise Invalid("the body is not valid UTF-8", field="body") from None
+        except RecursionError:
+            raise Invalid("the body's JSON is nested too deeply", field="body") from None
+
+
 class FieldError(msgspec.Struct):
     field: str | None
     message: str
@@ -201,9 +214,25 @@ def on_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[d
     return problem(exc.status, exc.title, exc.kind, exc.detail, errors=exc.errors, headers=exc.headers, request=request)
 
 
-def _constraint_detail(exc: asyncpg.PostgresError) -> str:
-    detail = getattr(exc, "detail", None) or ""
-    return f"{exc.args[0] if exc.args else exc}" + (f" ({detail})" if detail else "")
+# What a broken constraint means to the client, by constraint name: PostgreSQL's own message
+# (table and constraint names, key values) never reaches a client.
+_MISSING_PARENT = {  # a row that vanished under the request (a concurrent DELETE): 404
+    "messages_conversation_id_fkey": "the conversation does not exist",
+    "message_topics_message_id_fkey": "the message does not exist",
+    "message_topics_topic_id_fkey": "a topic was deleted while it was being assigned",
+}
+_MISSING_REFERENCE = {  # a field naming a row that does not exist: 422 naming the field
+    "conversations_user_id_fkey": "user_id",
+    "messages_user_id_fkey": "user_id",
+}
+_RULE_FIELDS = {
+    "users_email_check": "email",
+    "users_name_check": "name",
+    "conversations_title_check": "title",
+    "topics_name_check": "name",
+    "messages_role_check": "role",
+    "messages_client_msg_id_length": "client_msg_id",
+}
 
 
 def on_unique_violation(request: Request[Any, Any, Any], exc: asyncpg.UniqueViolationError) -> Response[dict[str, Any]]:
@@ -213,11 +242,20 @@ def on_unique_violation(request: Request[Any, Any, Any], exc: asyncpg.UniqueViol
 def on_missing_reference(
     request: Request[Any, Any, Any], exc: asyncpg.ForeignKeyViolationError
 ) -> Response[dict[str, Any]]:
-    return problem(422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc), request=request)
+    constraint = getattr(exc, "constraint_name", None) or ""
+    if constraint in _MISSING_PARENT:
+        return problem(404, "Not found", "not-found", _MISSING_PARENT[constraint], request=request)
+    field = _MISSING_REFERENCE.get(constraint)
+    detail = f"{field} names a row that does not exist" if field else "a referenced row does not exist"
+    errors = [{"field": field, "message": "does not exist"}] if field else None
+    return problem(422, "Referenced row does not exist", "missing-reference", detail, errors=errors, request=request)
 
 
 def on_rule_broken(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[dict[str, Any]]:
-    return problem(422, "Value breaks a rule", "constraint-violation", _constraint_detail(exc), request=request)
+    field = _RULE_FIELDS.get(getattr(exc, "constraint_name", None) or "")
+    detail = f"{field} breaks a rule of the stored data" if field else "a value is out of the range the data allows"
+    errors = [{"field": field, "message": "breaks a rule of the stored data"}] if field else None
+    return problem(422, "Value breaks a rule", "constraint-violation", detail, errors=errors, request=request)
 
 
 def on_rolled_back(request: Request[Any, Any, Any], exc: asyncpg.TransactionRollbackError) -> Response[dict[str, Any]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import cast
 
@@ -29,13 +30,14 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage,
 
 from service import db
 from service.auth import Token, authorize
-from service.errors import ProblemError, RequestTimeout, UnsupportedMediaType
+from service.errors import Invalid, ProblemError, RequestTimeout, UnsupportedMediaType
 from service.idempotency import Idempotency
 from service.observability import IN_PROGRESS, REQUEST_ID_HEADER, record_request, request_id, request_id_of
 
 access_log = logging.getLogger("freya.access")
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_PLAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 
 
 class RequestPipeline(ASGIMiddleware):
@@ -74,6 +76,7 @@ class RequestPipeline(ASGIMiddleware):
         IN_PROGRESS.inc()
         try:
             principal = authorize(self.tokens, method, path, headers.get(b"authorization"))
+            _require_plain_ids(scope)
             if method in _WITH_BODY and path.startswith("/v1/"):
                 _require_json(headers)
             key = self.idempotency.key_of(method, path, headers)
@@ -123,6 +126,14 @@ class RequestPipeline(ASGIMiddleware):
             return
 
 
+def _require_plain_ids(scope: Scope) -> None:
+    """Path ids are plain decimal integers: 1.0, 1e3, +1 or 0x1 name no row (a 400), whatever a
+    lenient number parser would make of them."""
+    for name, value in scope.get("path_params", {}).items():
+        if name.endswith("_id") and not _PLAIN_ID.match(value):
+            raise Invalid(f"{name} must be a positive decimal integer", field=name)
+
+
 def _require_json(headers: dict[bytes, bytes]) -> None:
     """A body must be JSON and say so (application/json or a +json type); no body needs no type."""
     content_type = headers.get(b"content-type")
@@ -139,7 +150,8 @@ def _require_json(headers: dict[bytes, bytes]) -> None:
 
 def _bounded(receive: Receive, deadline: float) -> Receive:
     """``receive`` that raises RequestTimeout when the body is not complete by ``deadline``
-    (loop time): a client that sends less than its Content-Length, or trickles, is cut off."""
+    (loop time): a client that sends less than its Content-Length, or trickles, is cut off.
+    A body that ends in a disconnect is a 400."""
     complete = False
 
     async def bounded() -> ReceiveMessage:
@@ -151,7 +163,11 @@ def _bounded(receive: Receive, deadline: float) -> Receive:
                 message = await receive()
         except TimeoutError:
             raise RequestTimeout("the request body did not arrive in time") from None
-        complete = message["type"] != "http.request" or not message.get("more_body", False)
+        if message["type"] == "http.disconnect":
+            # Before the body was whole: the server gave up on it (a malformed chunked encoding)
+            # or the client left. Either way a 400, not the 500 of "disconnected prematurely".
+            raise Invalid("the request body is malformed or incomplete", field="body")
+        complete = not message.get("more_body", False)
         return message
 
     return bounded

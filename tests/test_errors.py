@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Callable
 
 import asyncpg
+import httpx
 
 from service.app import create_app
 from service.settings import Settings
-from tests.api import assert_problem, create_user
+from tests.api import assert_problem, create_conversation, create_user, serving
 from tests.conftest import client_for
 
 
@@ -63,3 +64,43 @@ async def test_an_exhausted_pool_is_503_with_retry_after(fresh_database: Callabl
     body = assert_problem(busy, 503)
     assert busy.headers["retry-after"] == "1"
     assert "connection" in body["detail"]
+
+
+async def test_an_unknown_user_id_names_the_field_not_the_database(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/conversations", json={"user_id": 424242, "title": "x"})
+    body = assert_problem(response, 422, "user_id")
+    assert "violates" not in response.text
+    assert "conversations" not in body["detail"]
+
+
+async def test_a_batch_racing_the_delete_of_its_conversation_is_404(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    async with serving(url) as http:
+        user = await create_user(http)
+        conversation = await create_conversation(http, user["id"])
+        deleter = await asyncpg.connect(url)
+        try:
+            async with deleter.transaction():
+                await deleter.execute("DELETE FROM conversations WHERE id = $1", conversation["id"])
+                # The batch sees the conversation (the DELETE is not committed) and waits on its row lock.
+                batch = asyncio.create_task(
+                    http.post(
+                        f"/v1/conversations/{conversation['id']}/messages/batch",
+                        json={"messages": [{"role": "user", "content": "late"}]},
+                    )
+                )
+                for _ in range(200):
+                    waiting = await deleter.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND application_name = 'freya-backend'"
+                    )
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.05)
+                assert waiting, "the batch never waited on the deleted conversation"
+        finally:
+            await deleter.close()
+        response = await batch
+    body = assert_problem(response, 404)
+    assert "conversation" in body["detail"]
+    assert "violates" not in response.text
