@@ -17,6 +17,7 @@ start-up: a typo or a schema drift stops the service with the query's name.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -392,7 +393,7 @@ class PoolDatabase(Database):
         if bound is not None:
             # Inside the request's transaction: a savepoint, so a failed statement undoes only
             # its own part, as it would on a connection of its own.
-            async with bound.transaction():
+            async with _transaction(bound):
                 yield bound
             return
         self.waiting += 1
@@ -421,7 +422,7 @@ class PoolDatabase(Database):
             self.waiting -= 1
         bound = _request_connection.set(conn)
         try:
-            async with conn.transaction():
+            async with _transaction(conn):
                 yield conn
         except BaseException as error:
             # Nothing of the request is committed when it fails here (the COMMIT is the last
@@ -431,6 +432,21 @@ class PoolDatabase(Database):
         finally:
             _request_connection.reset(bound)
             await self.pool.release(conn)
+
+
+@asynccontextmanager
+async def _transaction(conn: Connection) -> AsyncIterator[None]:
+    """conn.transaction(), except that a connection that died inside it keeps its own error:
+    asyncpg's would replace it with "cannot call Transaction.__aexit__(): connection is closed"."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(asyncpg.InterfaceError):  # the connection is gone: so is the transaction
+            await transaction.rollback()
+        raise
+    await transaction.commit()
 
 
 def _statements_so_far() -> int:
@@ -444,7 +460,8 @@ def _discard_if_broken(conn: Connection, error: BaseException, *, retryable: boo
     when its statement never left and nothing before it can have been committed."""
     if not (_never_sent(error) or isinstance(error, _BROKEN)):
         return
-    conn.terminate()
+    with contextlib.suppress(asyncpg.InterfaceError):  # lost already: asyncpg gave it back to the pool
+        conn.terminate()
     timing = _request_time.get()
     if timing is not None and retryable and _never_sent(error):
         timing.retryable = True

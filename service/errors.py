@@ -13,6 +13,7 @@
     asyncpg TransactionRollbackError (deadlock …)      503     Database conflict + Retry-After
     pool acquire TimeoutError                          503     Database busy   + Retry-After
     connection refused / lost / server shutting down   503     Database unavailable + Retry-After
+    asyncpg InterfaceError / InternalClientError       503     Database unavailable + Retry-After
     anything else                                      500     Internal server error (logged)
 
 Problem ``type`` values are URIs under ``PROBLEM_BASE`` so clients can switch on them.
@@ -357,6 +358,12 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     asyncpg.AdminShutdownError: unavailable,
     asyncpg.PostgresConnectionError: unavailable,
     asyncpg.ConnectionDoesNotExistError: unavailable,
+    # A pooled connection PostgreSQL closed (terminated, crashed) that asyncpg had not noticed:
+    # discarded by db.PoolDatabase, and retried once when nothing had been sent.
+    asyncpg.InterfaceError: unavailable,
+    # …but an argument asyncpg cannot encode is the value's fault, not the connection's.
+    asyncpg.exceptions._base.DataError: on_rule_broken,
+    asyncpg.InternalClientError: unavailable,
     ConnectionError: unavailable,
     OSError: unavailable,
     TimeoutError: busy,

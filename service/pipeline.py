@@ -27,6 +27,7 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
+from litestar.utils.scope.state import ScopeState
 
 from service import db
 from service.auth import Token, authorize
@@ -107,9 +108,20 @@ class RequestPipeline(ASGIMiddleware):
     ) -> None:
         """The route (under its Idempotency-Key when given), once more when a broken connection
         refused its first statement before sending it."""
+        state = ScopeState.from_scope(scope)
+        sent = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal sent
+            sent = sent or message["type"] == "http.response.start"
+            await send(message)
+
         for attempt in (1, 2):
             timing.retryable = False
-            respond = _Withholding(send, timing) if attempt == 1 else send
+            # A response held back (idempotency) or withheld (a retry) never reached the client:
+            # Litestar must not take it for one, or an error after it becomes a bare 500.
+            state.response_started = False
+            respond = _Withholding(tracked, timing) if attempt == 1 else tracked
             try:
                 if key is None:
                     await next_app(scope, body.receive, respond)
@@ -119,6 +131,7 @@ class RequestPipeline(ASGIMiddleware):
                 if attempt == 1 and timing.retryable:
                     body.rewind()
                     continue
+                state.response_started = sent
                 raise
             if isinstance(respond, _Withholding) and respond.withheld:
                 body.rewind()

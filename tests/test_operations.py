@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -186,7 +186,7 @@ async def test_a_body_over_the_limit_is_413(conn: Connection) -> None:
 @pytest.mark.usefixtures("restore_logging")
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_control_characters_never_split_a_log_line(
-    conn: Connection, capsys: pytest.CaptureFixture[str], log_format: str
+    conn: Connection, capsys: pytest.CaptureFixture[str], log_format: Literal["text", "json"]
 ) -> None:
     configure_logging("INFO", log_format)
     app = create_app(Settings(log_format=log_format, cursor_secret="x" * 20), SharedConnectionDatabase(conn))
