@@ -6,19 +6,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FREYA := $(BIN)/python -m service
+# Where the embedded server, reports and results go: FREYA_DATA_DIR, as for the service itself.
+DATA_DIR := $(or $(FREYA_DATA_DIR),.freya)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate migration migrate-status rollback analyze vacuum seed bench loadtest db-shell db-stop db-url test lint clean
+# No "Entering directory" lines either, when called from another make: output is the target's own.
+MAKEFLAGS += --no-print-directory
+.PHONY: help install run migrate migration migrate-status rollback analyze vacuum purge-idempotency-keys seed bench loadtest db-shell db-stop db-url test lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# The install writes to stderr only, so a target's output stays its own (psql "$$(make db-url)").
 $(STAMP): pyproject.toml
-	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "installing into $(VENV) (once)" >&2
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/python -m pip install --quiet --upgrade pip >&2
+	@$(BIN)/python -m pip install --quiet -e '.[dev]' >&2
+	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the service with its dev tools
 
@@ -29,7 +35,9 @@ migrate: $(STAMP) ## apply pending migrations
 	$(FREYA) migrate
 
 migration: $(STAMP) ## create the next numbered migration pair: make migration name=add_x
-	$(FREYA) new-migration "$(name)"
+	$(eval problem := $(shell $(FREYA) new-migration --check '$(subst ','\'',$(name))' 2>&1))
+	$(if $(problem),$(error $(problem)))
+	@$(FREYA) new-migration '$(subst ','\'',$(name))'
 
 migrate-status: $(STAMP) ## show the current revision, applied and pending migrations
 	$(FREYA) migrate-status
@@ -43,6 +51,9 @@ analyze: $(STAMP) ## ANALYZE the service's tables (one with table=messages)
 vacuum: $(STAMP) ## VACUUM (ANALYZE) the service's tables (one with table=messages)
 	$(FREYA) maintain vacuum_analyze $(if $(table),--table $(table))
 
+purge-idempotency-keys: $(STAMP) ## delete idempotency keys past FREYA_IDEMPOTENCY_TTL_HOURS (run it daily from cron)
+	$(FREYA) purge-idempotency-keys
+
 seed: $(STAMP) ## generate realistic data: make seed messages=1000000 seed=42 (the defaults)
 	$(FREYA) seed $(if $(messages),--messages $(messages)) $(if $(seed),--seed $(seed))
 
@@ -50,15 +61,16 @@ bench: $(STAMP) ## benchmark hot operations: service (wrk) vs the same SQL (pgbe
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration))
 
-loadtest: $(STAMP) ## run the Locust mix against the running service (make run): duration=60s users=20
+loadtest: $(STAMP) ## run the Locust mix against the running service (make run): duration=60s users=20; report under FREYA_DATA_DIR
 	$(BIN)/python -m pip install --quiet -e '.[load]'
-	$(BIN)/locust -f tests/load/locustfile.py --headless -u $(or $(users),20) -r 5 -t $(or $(duration),60s) --host $(or $(host),http://127.0.0.1:8000) --csv .freya/loadtest --html .freya/loadtest.html
+	@mkdir -p $(DATA_DIR)
+	$(BIN)/locust -f tests/load/locustfile.py --headless -u $(or $(users),20) -r 5 -t $(or $(duration),60s) --host $(or $(host),http://127.0.0.1:8000) --csv $(DATA_DIR)/loadtest --html $(DATA_DIR)/loadtest.html
 
 db-shell: $(STAMP) ## open psql on the service database
 	$(FREYA) db-shell
 
-db-url: $(STAMP) ## print the database URL (starts the embedded server if needed)
-	$(FREYA) db-url
+db-url: $(STAMP) ## print only the database URL, for psql and scripts (starts the embedded server if needed)
+	@$(FREYA) db-url
 
 db-stop: $(STAMP) ## stop the embedded PostgreSQL
 	$(FREYA) db-stop

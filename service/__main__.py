@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
+import multiprocessing
 import os
 import secrets
+import shutil
 import socket
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -46,8 +50,12 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+
+    from service.observability import configure_logging, logging_config
 
     claim_port(settings.host, settings.port)
+    configure_logging(settings.log_level, settings.log_format)
     url = database_url(settings)
     for migration_id in migrations.apply(url):
         print(f"applied {migration_id}", flush=True)
@@ -56,21 +64,61 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     os.environ["FREYA_DATABASE_URL"] = url
     os.environ.setdefault("FREYA_CURSOR_SECRET", secrets.token_urlsafe(32))
     print(f"serving on http://{settings.host}:{settings.port} (OpenAPI UI at /schema)", flush=True)
-    Granian(
-        "service.app:create_app_from_env",
-        factory=True,
-        interface=Interfaces.ASGI,
-        loop=Loops.uvloop,
-        address=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        # A worker that dies (killed, out of memory) is replaced instead of taking the service
-        # down; granian still exits when a respawned worker dies again within seconds.
-        respawn_failed_workers=True,
-        # The slowest client's headers; its body is bounded by the request pipeline (a 408).
-        http1_settings=HTTP1Settings(header_read_timeout=int(settings.request_read_timeout * 1000)),
-    ).serve()
+    with metrics_directory(Path(settings.data_dir)) as metrics_dir:
+        # prometheus_client picks its multiprocess mode when it is first imported, and this process
+        # has imported it already: workers must start afresh (spawn), not as forks of this one.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        multiprocessing.set_start_method("spawn", force=True)
+        Granian(
+            "service.app:create_app_from_env",
+            factory=True,
+            interface=Interfaces.ASGI,
+            loop=Loops.uvloop,
+            address=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            # A worker that dies (killed, out of memory) is replaced instead of taking the service
+            # down; granian still exits when a respawned worker dies again within seconds.
+            respawn_failed_workers=True,
+            # The slowest client's headers; its body is bounded by the request pipeline (a 408).
+            http1_settings=HTTP1Settings(header_read_timeout=int(settings.request_read_timeout * 1000)),
+            # granian's own lines (start, workers, shutdown) in the service's format, on its handler.
+            log_level=LogLevels(settings.log_level.lower()),
+            log_dictconfig=logging_config(settings.log_level, settings.log_format),
+        ).serve()
     return 0
+
+
+@contextmanager
+def metrics_directory(data_dir: Path) -> Iterator[Path]:
+    """A fresh, empty directory for this server's worker metrics, removed when it stops.
+
+    Named after the serving process; those of servers that are gone (killed, so never cleaned)
+    are removed too, and a server's totals never include another's.
+    """
+    parent = data_dir / "metrics"
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob("serve-*"):
+        pid = old.name.removeprefix("serve-")
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = parent / f"serve-{os.getpid()}"
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir()
+    try:
+        yield mine
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process
+        return True
+    return True
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -102,7 +150,15 @@ def migrate_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def new_migration(settings: Settings, args: argparse.Namespace) -> int:
-    for path in migrations.create(args.name):
+    try:
+        if args.check:  # the Makefile asks first, so a bad name is one line and nothing else
+            migrations.check_summary(args.name)
+            return 0
+        created = migrations.create(args.name)
+    except ValueError as error:
+        print(f"freya: {error}", file=sys.stderr)
+        return 2
+    for path in created:
         print(f"created {path.relative_to(migrations.MIGRATIONS_DIR.parent)}")
     return 0
 
@@ -158,8 +214,12 @@ def purge_idempotency_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def seed_data(settings: Settings, args: argparse.Namespace) -> int:
+    url = database_url(settings)
+    for migration_id in migrations.apply(url):  # a fresh database can be seeded first, as `serve` would do
+        print(f"applied {migration_id}", flush=True)
+
     async def run() -> seed.SeedReport:
-        conn = await asyncpg.connect(database_url(settings))
+        conn = await asyncpg.connect(url)
         try:
             return await seed.seed(conn, args.messages, args.seed)
         finally:
@@ -172,8 +232,20 @@ def seed_data(settings: Settings, args: argparse.Namespace) -> int:
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
+class _Version(argparse.Action):
+    """``--version``: the package, the API contract and the newest migration this code ships."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from service.app import VERSION  # the app is heavy to import: only when asked
+
+        package = importlib.metadata.version("freya-backend")
+        print(f"freya-backend {package} (API {VERSION}, schema {migrations.migration_ids()[-1]})")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m service", description="Freya backend")
+    root.add_argument("--version", action=_Version, nargs=0, help="print the versions and exit")
     commands = root.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
@@ -187,9 +259,9 @@ def parser() -> argparse.ArgumentParser:
         "--count", type=int, default=1, help="how many to undo (default 1)"
     )
     command("migrate-status", migrate_status, "show the current revision, applied and pending migrations")
-    command("new-migration", new_migration, "create the next numbered migration pair").add_argument(
-        "name", help="snake_case summary, e.g. add_message_flags"
-    )
+    migration = command("new-migration", new_migration, "create the next numbered migration pair")
+    migration.add_argument("name", help="snake_case summary, e.g. add_message_flags")
+    migration.add_argument("--check", action="store_true", help="only check the name; create nothing")
     maintenance = command("maintain", maintain, "run ANALYZE, VACUUM or both (VACUUM (ANALYZE))")
     maintenance.add_argument("operation", choices=typing.get_args(admin.Operation))
     maintenance.add_argument("--table", choices=admin.TABLES, help="one table (default: all of them)")

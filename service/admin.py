@@ -18,8 +18,9 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from service.db import Connection, Database, Query, QueryFile
+from service.db import Connection, Database
 from service.errors import problem_responses
+from service.queries import Query, QueryFile
 
 Operation = Literal["analyze", "vacuum", "vacuum_analyze"]
 Table = Literal["users", "conversations", "messages", "topics", "message_topics"]

@@ -9,25 +9,28 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, route
+from litestar import Controller, Litestar, Request, Response, get, route
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusController
+from litestar.openapi.plugins import JsonRenderPlugin
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import db, errors
+from service import admin, conversations, db, errors, health, idempotency, messages, search, topics, users
 from service.admin import AdminController
 from service.auth import parse_tokens
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
-from service.health import HealthController
+from service.docs import DOCS_PATH, docs_asset, swagger_ui
+from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
-from service.messages import ConversationMessagesController, MessagesController
-from service.observability import configure_logging, stamp_request_ids, watch_pool
+from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
+from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
+from service.pages import provide_paging
 from service.pipeline import RequestPipeline
+from service.queries import prepare_all, queries_of
 from service.search import SearchController
 from service.settings import Settings, load_settings
 from service.topics import MessageTopicsController, TopicsController
@@ -36,6 +39,18 @@ from service.users import UsersController
 log = logging.getLogger("freya")
 
 VERSION = "1.0.0"
+
+# The SQL files this app runs, prepared at start (the seed's, for one, is not among them).
+SERVED_QUERIES = (
+    admin.sql,
+    conversations.sql,
+    health.sql,
+    idempotency.sql,
+    messages.sql,
+    search.sql,
+    topics.sql,
+    users.sql,
+)
 
 
 def _provide_database(state: State) -> db.Database:
@@ -59,11 +74,15 @@ async def unknown_route(request: Request[Any, Any, Any]) -> None:
     raise errors.NotFound(f"no route {request.url.path}")
 
 
-class MetricsController(PrometheusController):
-    """Prometheus text of the default registry: the pipeline's request metrics and the pool gauges."""
+class MetricsController(Controller):
+    """Prometheus text: the pipeline's request metrics and the pool gauges, of every worker."""
 
     path = "/metrics"
     include_in_schema = False
+
+    @get(sync_to_thread=False)
+    def metrics(self) -> Response[bytes]:
+        return Response(scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings, database: db.Database | None = None) -> Litestar:
@@ -77,7 +96,10 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
     tokens = parse_tokens(settings.api_tokens) if settings.api_tokens else ()
     if not tokens:
         log.warning("FREYA_API_TOKENS is not set: every API route is open to anyone who can reach the port")
-    state = State({"cursors": cursors} | ({"database": database} if database is not None else {}))
+    state = State(
+        {"cursors": cursors, "expected_migrations": expected_migrations()}
+        | ({"database": database} if database is not None else {})
+    )
 
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -96,7 +118,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         )
         try:
             async with pool.acquire() as conn:
-                prepared = await db.prepare_all(conn, db.load_all())
+                prepared = await prepare_all(conn, queries_of(SERVED_QUERIES))
             log.info(
                 "database pool open (%d-%d connections), %d queries prepared",
                 settings.pool_min_size,
@@ -104,8 +126,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
                 prepared,
             )
             app.state.database = db.PoolDatabase(pool, settings.pool_acquire_timeout)
-            watch_pool(app.state.database)
-            yield
+            async with watching_pool(app.state.database):
+                yield
         finally:
             # Graceful: waits for connections in use to be released, i.e. in-flight requests.
             await pool.close()
@@ -119,11 +141,13 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             UserConversationsController,
             ConversationMessagesController,
             MessagesController,
+            TopicMessagesController,
             TopicsController,
             MessageTopicsController,
             SearchController,
             AdminController,
             MetricsController,
+            docs_asset,
             unknown_route,
         ],
         middleware=[
@@ -138,6 +162,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
             "cursors": Provide(_provide_cursors, sync_to_thread=False),
+            "paging": Provide(provide_paging, sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
         request_class=errors.JsonBodyRequest,
@@ -148,8 +173,8 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             title="Freya backend",
             version=VERSION,
             description="Chat history of the Freya assistant: users, conversations, messages, topics.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(path="/openapi.json")],
+            path=DOCS_PATH,
+            render_plugins=[swagger_ui(), JsonRenderPlugin(path="/openapi.json")],
         ),
     )
 

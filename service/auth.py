@@ -6,16 +6,23 @@ or unknown token is a 401, a token without the scope the request needs a 403. GE
 ``read``, other methods ``write``, ``/v1/admin/*`` needs ``admin``. Tokens are compared as SHA-256
 digests in constant time against every configured token, and never logged; the caller's token
 *name* is what the rest of the service sees (``scope["state"]["principal"]``).
+
+The docs page is for people with a browser, which cannot send a Bearer header: there the token
+is also taken as the password of HTTP Basic, and a missing one is asked for (service/docs.py).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import re
 from dataclasses import dataclass
 
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+
+from service import docs
 
 SCOPES = frozenset({"read", "write", "admin"})
 ANONYMOUS = "anonymous"
@@ -60,8 +67,8 @@ def parse_tokens(spec: str) -> tuple[Token, ...]:
 
 
 def is_open(path: str) -> bool:
-    """Paths that stay reachable without a token: the probes and the metrics scrape."""
-    return path == "/metrics" or path.startswith("/health/")
+    """Paths that stay reachable without a token: the probes, the metrics scrape, the docs' assets."""
+    return path == "/metrics" or path.startswith("/health/") or docs.is_asset(path)
 
 
 def required_scope(method: str, path: str) -> str:
@@ -70,14 +77,27 @@ def required_scope(method: str, path: str) -> str:
     return "read" if method in ("GET", "HEAD") else "write"
 
 
-def identify(tokens: tuple[Token, ...], authorization: str | None) -> Token | None:
+def _presented(authorization: str, basic: bool) -> str | None:
+    """The token of ``Bearer <token>``, or (``basic``) the password of ``Basic base64(user:token)``."""
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials or None
+    if basic and scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def identify(tokens: tuple[Token, ...], authorization: str | None, *, basic: bool = False) -> Token | None:
     """The token presented in an Authorization header, checked against all of them in constant time."""
-    if authorization is None:
+    presented = _presented(authorization, basic) if authorization is not None else None
+    if presented is None:
         return None
-    scheme, _, presented = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        return None
-    digest = _digest(presented.strip())
+    digest = _digest(presented)
     found = None
     for token in tokens:
         # No early exit: the time taken does not tell which token, or how much of one, matched.
@@ -90,11 +110,13 @@ def authorize(tokens: tuple[Token, ...], method: str, path: str, authorization: 
     """The caller's name for this request; 401 or 403 when it may not make it."""
     if not tokens or is_open(path):
         return ANONYMOUS
-    token = identify(tokens, authorization.decode("latin-1") if authorization is not None else None)
+    for_people = docs.is_docs(path)
+    token = identify(tokens, authorization.decode("latin-1") if authorization is not None else None, basic=for_people)
     if token is None:
         raise NotAuthorizedException(
-            "a valid service token is required: Authorization: Bearer <token>",
-            headers={"WWW-Authenticate": 'Bearer realm="freya"'},
+            "a valid service token is required: Authorization: Bearer <token>"
+            + (" (in a browser: the token as the password, any user name)" if for_people else ""),
+            headers={"WWW-Authenticate": docs.BASIC_REALM if for_people else 'Bearer realm="freya"'},
         )
     needed = required_scope(method, path)
     if needed not in token.scopes:

@@ -9,19 +9,18 @@ from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from service import users
-from service.cursors import CursorCodec
-from service.db import Database, Query, QueryFile
+from service.cursors import TimeKey
+from service.db import Database
 from service.errors import NotFound, problem_responses
 from service.fields import Id, PathId, Title
-from service.pages import DEFAULT_LIMIT, CountMode, Cursor, Limit, Offset, Page, count_rows, one_paging_mode, page_of
+from service.pages import Page, Paging, rows_under_parent
+from service.queries import Query, QueryFile
 from service.timestamps import from_micros, to_micros
 
 
 class ConversationQueries(QueryFile, file="conversations"):
     create_conversation: Query
     get_conversation: Query
-    conversation_exists: Query
     update_conversation_title: Query
     delete_conversation: Query
     list_user_conversations: Query
@@ -102,33 +101,22 @@ class UserConversationsController(Controller):
 
     @get(summary="A user's conversations, most recently active first", responses=problem_responses(400, 404))
     async def list_conversations(
-        self,
-        user_id: PathId,
-        db: NamedDependency[Database],
-        cursors: NamedDependency[CursorCodec],
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
-        offset: Offset = None,
-        count: CountMode = "none",
+        self, user_id: PathId, db: NamedDependency[Database], paging: NamedDependency[Paging]
     ) -> Page[Conversation]:
-        skip = one_paging_mode(cursor, offset)
         scope = f"conversations:{user_id}"
-        before_micros, before_id = cursors.decode(cursor, scope, 2) if cursor else (None, None)
+        after = paging.after(scope, TimeKey)
         async with db.connection() as conn:
-            rows = await sql.list_user_conversations.many(
+            rows = await sql.list_user_conversations.records(
                 conn,
-                Conversation,
                 user_id=user_id,
-                before_updated_at=from_micros(before_micros),
-                before_id=before_id,
-                limit=limit + 1,
-                offset=skip,
+                before_updated_at=after and from_micros(after.micros),
+                before_id=after and after.id,
+                limit=paging.limit,
+                offset=paging.offset,
             )
-            if not rows and not await users.sql.user_exists.val(conn, user_id=user_id):
+            page_rows = rows_under_parent(rows, "id")
+            if page_rows is None:
                 raise NotFound(f"user {user_id} does not exist")
-            total = await count_rows(conn, count, sql.count_user_conversations, user_id=user_id)
-
-        def after(last: Conversation) -> str:
-            return cursors.encode(scope, to_micros(last.updated_at), last.id)
-
-        return page_of(rows, limit, after if offset is None else None, total)
+            found = [Conversation(*row) for row in page_rows]
+            total = await paging.total(conn, sql.count_user_conversations, user_id=user_id)
+        return paging.page(found, scope, lambda i: TimeKey(to_micros(found[i].updated_at), found[i].id), total=total)

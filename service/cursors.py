@@ -1,10 +1,11 @@
 """Keyset cursors: opaque to clients, signed so a forged, truncated or foreign one is a 400.
 
-A cursor carries the position after the last row of a page (e.g. its timestamp and id) and the
-scope it belongs to: the list, its parent id, its order and filters. The token is
-``base64url(json([scope, position…])) . base64url(hmac)``; decoding checks the signature in
-constant time, then that the scope is the request's own. The key comes from
-FREYA_CURSOR_SECRET; without it each start draws a random one, and older cursors become 400s.
+A cursor carries the position after the last row of a page (a typed Struct per list: e.g. its
+timestamp and id) and the scope it belongs to: the list, its parent id, its order and filters.
+The token is ``base64url(json([scope, position])) . base64url(hmac)``; decoding checks the
+signature in constant time, then that the scope is the request's own, then the position's shape.
+The key comes from FREYA_CURSOR_SECRET; without it each start draws a random one, and older
+cursors become 400s.
 """
 
 from __future__ import annotations
@@ -14,13 +15,40 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 
 from service.errors import Invalid
 
 _SIGNATURE_BYTES = 16
+P = TypeVar("P", bound=msgspec.Struct)
+
+
+class TimeKey(msgspec.Struct, array_like=True, frozen=True):
+    """The position after a row of a list ordered by (time, id): time in microseconds (exact)."""
+
+    micros: int
+    id: int
+
+
+class IdKey(msgspec.Struct, array_like=True, frozen=True):
+    """The position after a row of a list ordered by id."""
+
+    id: int
+
+
+class NameKey(msgspec.Struct, array_like=True, frozen=True):
+    """The position after a row of a list ordered by name."""
+
+    name: str
+
+
+class RankKey(msgspec.Struct, array_like=True, frozen=True):
+    """The position after a row of a list ordered by (rank, id)."""
+
+    rank: float
+    id: int
 
 
 def _b64(data: bytes) -> str:
@@ -39,12 +67,12 @@ class CursorCodec:
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
 
-    def encode(self, scope: str, *position: Any) -> str:
-        payload = msgspec.json.encode([scope, *position])
+    def encode(self, scope: str, position: msgspec.Struct) -> str:
+        payload = msgspec.json.encode((scope, position))
         return f"{_b64(payload)}.{_b64(self._sign(payload))}"
 
-    def decode(self, token: str, scope: str, size: int) -> list[Any]:
-        """The ``size`` values a cursor holds; Invalid (400, field ``cursor``) unless it is ours and for this scope."""
+    def decode(self, token: str, scope: str, position: type[P]) -> P:
+        """The position a cursor holds; Invalid (400, field ``cursor``) unless it is ours and for this scope."""
         try:
             encoded_payload, encoded_signature = token.split(".")
             payload, signature = _unb64(encoded_payload), _unb64(encoded_signature)
@@ -55,10 +83,13 @@ class CursorCodec:
                 "the cursor is not valid (altered, or issued before the service's cursor key changed)",
                 field="cursor",
             )
-        decoded = msgspec.json.decode(payload)
-        if not isinstance(decoded, list) or not decoded or decoded[0] != scope:
+        try:
+            cursor_scope, raw = msgspec.json.decode(payload, type=tuple[str, msgspec.Raw])
+        except msgspec.ValidationError:
+            raise Invalid("the cursor does not fit this list", field="cursor") from None
+        if cursor_scope != scope:
             raise Invalid("the cursor belongs to another list, order or filter", field="cursor")
-        position = decoded[1:]
-        if len(position) != size or not all(isinstance(value, int | float | str) for value in position):
-            raise Invalid("the cursor does not fit this list", field="cursor")
-        return position
+        try:
+            return msgspec.json.decode(raw, type=position)
+        except msgspec.ValidationError:
+            raise Invalid("the cursor does not fit this list", field="cursor") from None

@@ -22,8 +22,9 @@ from typing import cast
 import msgspec
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
 
-from service.db import Database, Query, QueryFile
+from service.db import Database
 from service.errors import Conflict, Invalid
+from service.queries import Query, QueryFile
 
 log = logging.getLogger("freya.idempotency")
 

@@ -1,8 +1,16 @@
-"""Messages: post one or a batch (idempotent by client_msg_id), page through a conversation, edit, delete."""
+"""Messages: post one or a batch (idempotent by client_msg_id), page through a conversation or a
+topic, edit, delete.
+
+Reads select plain columns (PostgreSQL finds rows; Python formats them): a row becomes a msgspec
+Struct positionally, and the page's topics come from one lookup for all its ids
+(topics.topics_of). ``fields=`` projects both the SQL's select list and the Struct.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -13,9 +21,9 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 
-from service import conversations
-from service.cursors import CursorCodec
-from service.db import Connection, Database, Query, QueryFile
+from service import topics
+from service.cursors import IdKey, TimeKey
+from service.db import Connection, Database
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import (
     MAX_BATCH,
@@ -28,19 +36,10 @@ from service.fields import (
     TimeQuery,
     TopicNames,
 )
-from service.pages import (
-    DEFAULT_LIMIT,
-    CountMode,
-    Cursor,
-    JsonRows,
-    Limit,
-    Offset,
-    Page,
-    count_rows,
-    json_page,
-    one_paging_mode,
-)
+from service.pages import Page, Paging, rows_under_parent
+from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
+from service.topics import TopicRef
 
 
 class MessageQueries(QueryFile, file="messages"):
@@ -50,6 +49,8 @@ class MessageQueries(QueryFile, file="messages"):
     list_messages_newest_first: Query
     list_messages_oldest_first: Query
     count_messages: Query
+    list_topic_messages: Query
+    count_topic_messages: Query
     update_message: Query
     update_messages: Query
     delete_message: Query
@@ -57,29 +58,92 @@ class MessageQueries(QueryFile, file="messages"):
 
 sql = MessageQueries()
 
-# fields= chooses among the columns of the message queries' select list, by these names.
-FIELDS = tuple(name for name, _ in sql.get_message.columns)
 # Deadlocks are possible, if rare, when concurrent batches create the same new topics in
 # different orders; PostgreSQL aborts one statement, which is then safe to run again.
 _DEADLOCK_ATTEMPTS = 3
 
 
-class TopicRef(msgspec.Struct):
-    id: int
-    name: str
-
-
 class Message(msgspec.Struct):
-    """A message; with fields= only the chosen fields are present."""
+    """A message as the API shows it (its columns in the select list's order, then its topics)."""
 
-    id: int | msgspec.UnsetType = msgspec.UNSET
-    conversation_id: int | msgspec.UnsetType = msgspec.UNSET
-    user_id: int | msgspec.UnsetType = msgspec.UNSET
-    role: Role | msgspec.UnsetType = msgspec.UNSET
-    content: str | msgspec.UnsetType = msgspec.UNSET
-    timestamp: datetime | msgspec.UnsetType = msgspec.UNSET
-    edited_at: datetime | msgspec.UnsetType | None = msgspec.UNSET
-    topics: list[TopicRef] | msgspec.UnsetType = msgspec.UNSET
+    id: int
+    conversation_id: int
+    user_id: int
+    role: Role
+    content: str
+    timestamp: datetime
+    edited_at: datetime | None
+    topics: list[TopicRef] = msgspec.field(default_factory=list)
+
+
+COLUMNS = tuple(name for name, _ in sql.get_message.columns)
+# fields= chooses among these names: the message's columns and its topics.
+FIELDS = (*COLUMNS, "topics")
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a read returns: every field, or those fields= names (the SQL then selects only those)."""
+
+    struct: type[msgspec.Struct]
+    columns: frozenset[str] | None  # None: every column, the query as written
+    topics: bool
+
+    @property
+    def width(self) -> int:
+        """How many leading values of a row are the message's columns."""
+        return len(COLUMNS) if self.columns is None else len(self.columns)
+
+    def query(self, query: Query) -> Query:
+        return query if self.columns is None else query.project(self.columns)
+
+    async def build(
+        self, conn: Connection, names: dict[int, str], rows: Sequence[Any], ids: Sequence[int]
+    ) -> list[Any]:
+        """Structs from rows (``ids`` their message ids), with topics from one lookup when asked for
+        (``names``: the database's topic-name cache)."""
+        width = self.width
+        items = [self.struct(*row[:width]) for row in rows]
+        if self.topics and items:
+            found = await topics.topics_of(conn, names, ids)
+            for item, message_id in zip(items, ids, strict=True):
+                item.topics = found.get(message_id, [])  # type: ignore[attr-defined]
+        return items
+
+
+FULL = Shape(Message, None, topics=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _shape(names: frozenset[str]) -> Shape:
+    chosen = [field for field in msgspec.structs.fields(Message) if field.name in names]
+    struct = msgspec.defstruct(
+        "Message",
+        [
+            (field.name, field.type, msgspec.field(default_factory=list))
+            if field.name == "topics"
+            else (field.name, field.type)
+            for field in chosen
+        ],
+    )
+    return Shape(struct, frozenset(names) - {"topics"}, topics="topics" in names)
+
+
+def parse_fields(fields: str | None) -> Shape:
+    """fields=a,b,c as the shape to read; every field without it. Unknown names are a 400."""
+    if fields is None:
+        return FULL
+    names = [name.strip() for name in fields.split(",")]
+    if unknown := [name for name in names if name not in FIELDS]:
+        raise Invalid(
+            f"unknown field(s) {', '.join(repr(n) for n in unknown)}; choose from {', '.join(FIELDS)}", field="fields"
+        )
+    return _shape(frozenset(names))
+
+
+async def with_topics(conn: Connection, names: dict[int, str], rows: Sequence[Any]) -> list[Message]:
+    """Full messages from rows that hold the message's columns first (and its id first of all)."""
+    return await FULL.build(conn, names, rows, [row[0] for row in rows])
 
 
 class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,35 +188,13 @@ class BulkUpdated(msgspec.Struct):
     updated: int
 
 
-class _Added(msgspec.Struct):
-    ord: int
-    status: Literal["created", "duplicate", "unknown_user"]
-    id: int | None
-    conversation_id: int | None
-    user_id: int | None
-    role: Role | None
-    content: str | None
-    timestamp: datetime | None
-    edited_at: datetime | None
-    topics: list[TopicRef] | None
-
-
-class _StoredByKey(Message):
-    client_msg_id: str | msgspec.UnsetType = msgspec.UNSET
-
-
 class _BulkOutcome(msgspec.Struct):
     updated: int
     missing: list[int]
 
 
-def _as_message(row: _Added | _StoredByKey) -> Message:
-    fields: dict[str, Any] = {field: getattr(row, field) for field in FIELDS}
-    return Message(**fields)
-
-
 async def add_messages(
-    conn: Connection, conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
+    conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
     """Store items in one statement; every item comes back created or as the duplicate it repeats.
 
@@ -171,12 +213,13 @@ async def add_messages(
     }
     for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
         try:
-            rows = await sql.add_messages.many(conn, _Added, **arguments)
+            rows = await sql.add_messages.records(conn, **arguments)
             break
         except asyncpg.DeadlockDetectedError:
             if attempt == _DEADLOCK_ATTEMPTS:
                 raise
-    if unknown := [row.ord - 1 for row in rows if row.status == "unknown_user"]:
+    # A row is (ord, status, the message's columns…).
+    if unknown := [row[0] - 1 for row in rows if row[1] == "unknown_user"]:
         raise Invalid(
             "user_id names a user that does not exist; nothing was written",
             status=422,
@@ -188,54 +231,64 @@ async def add_messages(
                 for index in unknown
             ],
         )
-    found = {row.ord: BatchItem(row.status, _as_message(row)) for row in rows}  # type: ignore[arg-type]
+    stored = await with_topics(conn, names, [row[2:] for row in rows])
+    found = {row[0]: BatchItem(row[1], message) for row, message in zip(rows, stored, strict=True)}
     if lost := [number for number in range(1, len(items) + 1) if number not in found]:
-        await _fill_lost_races(conn, conversation_id, items, lost, found)
+        await _fill_lost_races(conn, names, conversation_id, items, lost, found)
     return [found[number] for number in range(1, len(items) + 1)]
 
 
 async def _fill_lost_races(
-    conn: Connection, conversation_id: int, items: Sequence[MessageCreate], lost: list[int], found: dict[int, BatchItem]
+    conn: Connection,
+    names: dict[int, str],
+    conversation_id: int,
+    items: Sequence[MessageCreate],
+    lost: list[int],
+    found: dict[int, BatchItem],
 ) -> None:
     """Items absent from add_messages' answer: the conversation is gone, or a concurrent request
     stored the same client_msg_id first (its row was invisible to our statement's snapshot)."""
     keys = [items[number - 1].client_msg_id for number in lost]
-    winners = {
-        stored.client_msg_id: stored
-        for stored in await sql.get_messages_by_client_ids.many(
-            conn, _StoredByKey, conversation_id=conversation_id, client_msg_ids=[k for k in keys if k is not None]
-        )
-    }
+    rows = await sql.get_messages_by_client_ids.records(
+        conn, conversation_id=conversation_id, client_msg_ids=[k for k in keys if k is not None]
+    )
+    # A row is (client_msg_id, the message's columns…).
+    winners = dict(
+        zip([row[0] for row in rows], await with_topics(conn, names, [row[1:] for row in rows]), strict=True)
+    )
     for number, key in zip(lost, keys, strict=True):
         if key not in winners:
             raise NotFound(f"conversation {conversation_id} does not exist")
-        found[number] = BatchItem("duplicate", _as_message(winners[key]))
+        found[number] = BatchItem("duplicate", winners[key])
 
 
-def parse_fields(fields: str | None) -> frozenset[str] | None:
-    """fields=a,b,c as a set of known names; None for every field. Unknown names are a 400."""
-    if fields is None:
-        return None
-    names = [name.strip() for name in fields.split(",")]
-    if unknown := [name for name in names if name not in FIELDS]:
-        raise Invalid(
-            f"unknown field(s) {', '.join(repr(n) for n in unknown)}; choose from {', '.join(FIELDS)}", field="fields"
-        )
-    return frozenset(names)
-
-
-def _projected(query: Query, fields: frozenset[str] | None) -> Query:
-    return query if fields is None else query.project(fields)
-
-
-def _conversation_page_query(
-    order: Literal["desc", "asc"], fields: frozenset[str] | None, after: list[Any] | None
-) -> tuple[Query, dict[str, Any]]:
-    """The page query for this order and projection, with the cursor's position as its parameters."""
-    moment, message_id = (from_micros(after[0]), after[1]) if after else (None, None)
+def _conversation_page_query(order: Literal["desc", "asc"], after: TimeKey | None) -> tuple[Query, dict[str, Any]]:
+    """The page query for this order, with the cursor's position as its parameters."""
+    moment, message_id = (from_micros(after.micros), after.id) if after else (None, None)
     if order == "desc":
-        return _projected(sql.list_messages_newest_first, fields), {"before_ts": moment, "before_id": message_id}
-    return _projected(sql.list_messages_oldest_first, fields), {"after_ts": moment, "after_id": message_id}
+        return sql.list_messages_newest_first, {"before_ts": moment, "before_id": message_id}
+    return sql.list_messages_oldest_first, {"after_ts": moment, "after_id": message_id}
+
+
+async def read_page(
+    db: Database, conn: Connection, paging: Paging, scope: str, shape: Shape, query: Query, /, **params: Any
+) -> Page[Any] | None:
+    """A page of a parent's messages (a conversation's or a topic's); None when there is no parent.
+
+    The query's rows end in the sort key (``sort_ts`` when it orders by time, and ``sort_id``).
+    """
+    rows = rows_under_parent(
+        await shape.query(query).records(conn, **params, limit=paging.limit, offset=paging.offset), "sort_id"
+    )
+    if rows is None:
+        return None
+    items = await shape.build(conn, db.topic_names, rows, [row["sort_id"] for row in rows])
+
+    def key(index: int) -> msgspec.Struct:
+        row = rows[index]
+        return IdKey(row["sort_id"]) if "sort_ts" not in row else TimeKey(to_micros(row["sort_ts"]), row["sort_id"])
+
+    return paging.page(items, scope, key)
 
 
 FieldsQuery = Annotated[
@@ -260,7 +313,7 @@ class ConversationMessagesController(Controller):
         self, conversation_id: PathId, data: JSONBody[MessageCreate], db: NamedDependency[Database]
     ) -> Response[Message]:
         async with db.connection() as conn:
-            [item] = await add_messages(conn, conversation_id, [data], in_batch=False)
+            [item] = await add_messages(conn, db.topic_names, conversation_id, [data], in_batch=False)
         return Response(item.message, status_code=201 if item.status == "created" else 200)
 
     @post(
@@ -273,45 +326,61 @@ class ConversationMessagesController(Controller):
         self, conversation_id: PathId, data: JSONBody[MessageBatch], db: NamedDependency[Database]
     ) -> BatchResult:
         async with db.connection() as conn:
-            return BatchResult(await add_messages(conn, conversation_id, data.messages, in_batch=True))
+            return BatchResult(await add_messages(conn, db.topic_names, conversation_id, data.messages, in_batch=True))
 
-    @get(
-        summary="Page through a conversation's messages",
-        responses={200: ResponseSpec(data_container=Page[Message], description="A page")} | problem_responses(400, 404),
-    )
+    @get(summary="Page through a conversation's messages", responses=problem_responses(400, 404))
     async def list_messages(
         self,
         conversation_id: PathId,
         db: NamedDependency[Database],
-        cursors: NamedDependency[CursorCodec],
+        paging: NamedDependency[Paging],
         order: Order = "desc",
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
-        offset: Offset = None,
-        count: CountMode = "none",
         role: RoleQuery = None,
         since: TimeQuery = None,
         until: TimeQuery = None,
         fields: FieldsQuery = None,
-    ) -> Response[bytes]:
-        skip = one_paging_mode(cursor, offset)
+    ) -> Page[Message]:
         since, until = as_utc(since), as_utc(until)
-        scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
-        after = cursors.decode(cursor, scope, 2) if cursor else None
-        query, position = _conversation_page_query(order, parse_fields(fields), after)
         filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}
+        scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
+        query, position = _conversation_page_query(order, paging.after(scope, TimeKey))
         async with db.connection() as conn:
-            page = await query.one(conn, JsonRows, **filters, **position, limit=limit, offset=skip)
-            assert page is not None
-            if page.items == b"[]" and not await conversations.sql.conversation_exists.val(
-                conn, conversation_id=conversation_id
-            ):
+            page = await read_page(db, conn, paging, scope, parse_fields(fields), query, **filters, **position)
+            if page is None:
                 raise NotFound(f"conversation {conversation_id} does not exist")
-            total = await count_rows(conn, count, sql.count_messages, **filters)
-        next_cursor = None
-        if page.more and offset is None and page.last_timestamp is not None:
-            next_cursor = cursors.encode(scope, to_micros(page.last_timestamp), page.last_id)
-        return json_page(page.items, next_cursor, total)
+            page.total = await paging.total(conn, sql.count_messages, **filters)
+        return page
+
+
+class TopicMessagesController(Controller):
+    path = "/v1/topics/{topic_id:str}/messages"
+    tags = ("topics",)
+
+    @get(summary="A topic's messages, newest first", responses=problem_responses(400, 404))
+    async def list_topic_messages(
+        self,
+        topic_id: PathId,
+        db: NamedDependency[Database],
+        paging: NamedDependency[Paging],
+        fields: FieldsQuery = None,
+    ) -> Page[Message]:
+        scope = f"topic-messages:{topic_id}"
+        after = paging.after(scope, IdKey)
+        async with db.connection() as conn:
+            page = await read_page(
+                db,
+                conn,
+                paging,
+                scope,
+                parse_fields(fields),
+                sql.list_topic_messages,
+                topic_id=topic_id,
+                before_id=after and after.id,
+            )
+            if page is None:
+                raise NotFound(f"topic {topic_id} does not exist")
+            page.total = await paging.total(conn, sql.count_topic_messages, topic_id=topic_id)
+        return page
 
 
 class MessagesController(Controller):
@@ -322,12 +391,17 @@ class MessagesController(Controller):
     async def get_message(
         self, message_id: PathId, db: NamedDependency[Database], fields: FieldsQuery = None
     ) -> Message:
-        chosen = parse_fields(fields)
+        shape = parse_fields(fields)
         async with db.connection() as conn:
-            found = await _projected(sql.get_message, chosen).one(conn, Message, message_id=message_id)
-        if found is None:
-            raise NotFound(f"message {message_id} does not exist")
-        return found
+            # One row per topic: the message's columns, then a topic id (NULL without topics).
+            rows = await shape.query(sql.get_message).records(conn, message_id=message_id)
+            if not rows:
+                raise NotFound(f"message {message_id} does not exist")
+            message: Any = shape.struct(*rows[0][: shape.width])
+            if shape.topics:
+                tags = [(message_id, row["topic_id"]) for row in rows if row["topic_id"] is not None]
+                message.topics = (await topics.refs_by_message(conn, db.topic_names, tags)).get(message_id, [])
+        return message  # type: ignore[no-any-return]
 
     @patch("/{message_id:str}", summary="Edit a message's content or role", responses=problem_responses(400, 404))
     async def update_message(
@@ -336,12 +410,11 @@ class MessagesController(Controller):
         if data.content is None and data.role is None:
             raise Invalid("give content, role or both", field="content")
         async with db.connection() as conn:
-            updated = await sql.update_message.one(
-                conn, Message, message_id=message_id, content=data.content, role=data.role
-            )
-        if updated is None:
-            raise NotFound(f"message {message_id} does not exist")
-        return updated
+            row = await sql.update_message.records(conn, message_id=message_id, content=data.content, role=data.role)
+            if not row:
+                raise NotFound(f"message {message_id} does not exist")
+            [message] = await with_topics(conn, db.topic_names, row)
+        return message
 
     @patch(summary="Edit many messages in one statement", responses=problem_responses(400, 404))
     async def update_messages(self, data: JSONBody[BulkUpdate], db: NamedDependency[Database]) -> BulkUpdated:

@@ -71,10 +71,17 @@ def status(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[Migratio
     return [MigrationStatus(m.id, m.hash in applied) for m in read_migrations(str(directory))]
 
 
-def create(summary: str, directory: Path = MIGRATIONS_DIR) -> tuple[Path, Path]:
-    """Write the next numbered, empty ``.sql`` + ``.rollback.sql`` pair, depending on the newest."""
+def check_summary(summary: str) -> None:
+    """Raise ValueError, in one line meant for a person, unless ``summary`` can name a migration."""
+    if not summary:
+        raise ValueError("a migration needs a name: make migration name=add_message_flags")
     if not _SUMMARY.match(summary):
         raise ValueError(f"migration name {summary!r} must be snake_case, e.g. add_message_flags")
+
+
+def create(summary: str, directory: Path = MIGRATIONS_DIR) -> tuple[Path, Path]:
+    """Write the next numbered, empty ``.sql`` + ``.rollback.sql`` pair, depending on the newest."""
+    check_summary(summary)
     existing = migration_ids(directory)
     number = int(existing[-1][:4]) + 1 if existing else 1
     new_id = f"{number:04d}_{summary}"

@@ -3,22 +3,30 @@
 Every request carries an id (the caller's ``X-Request-ID`` when it is sane, else a new one),
 echoed on the response and stamped on every log line written while it runs. The request
 pipeline (service/pipeline.py) sets it and feeds the metrics defined here.
+
+Metrics across workers: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before
+granian starts its workers, so prometheus_client writes each worker's values to files there and a
+scrape, whichever worker answers it, adds them all up (``scrape``). Without it (tests, one
+process) the values live in the process. Each gauge says how workers combine: ``livesum``, the
+sum over running workers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import logging.config
+import os
 import re
-import sys
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
 from typing import Any
 
 import msgspec
 from litestar.types import Scope
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from service import db
 
@@ -39,11 +47,12 @@ def request_id_of(scope: Scope, headers: Mapping[bytes, bytes] | None = None) ->
     if rid is None:
         given = (headers if headers is not None else dict(scope.get("headers", []))).get(REQUEST_ID_HEADER)
         text = given.decode("latin-1") if given is not None else ""
-        rid = text if _SANE_REQUEST_ID.match(text) else uuid.uuid4().hex
+        rid = text if _SANE_REQUEST_ID.match(text) else os.urandom(16).hex()
         state["request_id"] = rid
     return rid
 
 
+# The metrics. A new one is a module-level definition here (gauges with multiprocess_mode).
 # Requests by route template (never the raw path, so ids do not explode the label set).
 REQUESTS = Counter("freya_requests", "HTTP requests answered", ["method", "path", "status_code"])
 LATENCY = Histogram(
@@ -52,12 +61,28 @@ LATENCY = Histogram(
     ["method", "path"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-IN_PROGRESS = Gauge("freya_requests_in_progress", "Requests being answered now")
+IN_PROGRESS = Gauge("freya_requests_in_progress", "Requests being answered now", multiprocess_mode="livesum")
+# Pool gauges, summed over workers (each has its own pool); sampled by watching_pool.
+POOL_SIZE = Gauge("freya_db_pool_size", "Open database connections in the pools", multiprocess_mode="livesum")
+POOL_IDLE = Gauge("freya_db_pool_idle", "Pool connections not in use", multiprocess_mode="livesum")
+POOL_MAX = Gauge("freya_db_pool_max", "Most connections the pools may open", multiprocess_mode="livesum")
+POOL_WAITING = Gauge("freya_db_pool_waiting", "Requests waiting for a pool connection", multiprocess_mode="livesum")
+POOL_SAMPLE_SECONDS = 1.0
 
 
 def record_request(method: str, path_template: str, status: int, seconds: float) -> None:
     REQUESTS.labels(method, path_template, str(status)).inc()
     LATENCY.labels(method, path_template).observe(seconds)
+
+
+def scrape() -> bytes:
+    """Prometheus text of every worker's metrics (one process's when not in multiprocess mode)."""
+    _sample_pool()  # this worker's pool as of now; the others' as of their last sample
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
 
 
 _plain_record_factory = logging.getLogRecordFactory()
@@ -88,15 +113,13 @@ def _escape_one(match: re.Match[str]) -> str:
     return match.group().encode("unicode_escape").decode("ascii")
 
 
-class TextFormatter(logging.Formatter):
-    """One line per record, always: control characters in any field (the message, a path, a
-    traceback) are escaped."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return escape_controls(super().format(record))
-
-
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; an access line's ``fields`` (method, path, …) become its keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.converter = time.gmtime
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
@@ -105,55 +128,89 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": escape_controls(record.getMessage()),
         }
+        fields: dict[str, Any] | None = getattr(record, "fields", None)
+        if fields:
+            entry.update({k: escape_controls(v) if isinstance(v, str) else v for k, v in fields.items()})
         if record.exc_info:
             entry["exception"] = escape_controls(self.formatException(record.exc_info))
         return msgspec.json.encode(entry).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """A readable line in UTC, with the request id (``-`` outside a request, e.g. granian's own lines).
+
+    One line per record, always: control characters in any field (the message, a path, a
+    traceback) are escaped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", defaults={"request_id": "-"}
+        )
+        self.converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
+
+
+def logging_config(level: str, log_format: str) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` of the service and of granian: one handler on stderr, one format.
+
+    granian's own loggers (``_granian``, ``granian.access``) lose their handlers and pass their
+    records to ours, so its start-up and worker lines come out in the service's format too.
+    """
+    formatter = JsonFormatter if log_format == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"freya": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "freya", "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "_granian": {"handlers": [], "propagate": True, "level": level},
+            "granian.access": {"handlers": [], "propagate": True, "level": level},
+            # `serve` prints each migration it applies; yoyo's step by step lines are noise.
+            "yoyo": {"level": "WARNING"},
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+    }
+
+
 def configure_logging(level: str, log_format: str) -> None:
-    """Route every logger (ours, Litestar's, asyncpg's) through one handler on stderr."""
+    """Route every logger (ours, Litestar's, asyncpg's, granian's) through one handler on stderr."""
     stamp_request_ids()
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    logging.config.dictConfig(logging_config(level, log_format))
 
 
-# Pool gauges read the live pool at scrape time (the service runs one pool per worker process).
+@asynccontextmanager
+async def watching_pool(database: db.PoolDatabase) -> AsyncIterator[None]:
+    """Sample the pool into its gauges while the app runs (a scrape samples its own worker too)."""
+    _pool_source[:] = [database]
+
+    async def sample_forever() -> None:
+        while True:
+            _sample_pool()
+            await asyncio.sleep(POOL_SAMPLE_SECONDS)
+
+    sampler = asyncio.create_task(sample_forever())
+    try:
+        yield
+    finally:
+        sampler.cancel()
+        with suppress(asyncio.CancelledError):
+            await sampler
+        _pool_source.clear()
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # this worker's live gauges leave the sums
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
 _pool_source: list[db.PoolDatabase] = []
 
 
-def watch_pool(database: db.PoolDatabase) -> None:
-    _pool_source[:] = [database]
-
-
-def _pool_value(read: str) -> float:
+def _sample_pool() -> None:
     if not _pool_source:
-        return 0.0
+        return
     database = _pool_source[0]
-    values = {
-        "size": database.pool.get_size(),
-        "idle": database.pool.get_idle_size(),
-        "max": database.pool.get_max_size(),
-        "waiting": database.waiting,
-    }
-    return float(values[read])
-
-
-def _reader(read: str) -> Callable[[], float]:
-    return lambda: _pool_value(read)
-
-
-for _name, _doc in (
-    ("size", "Open database connections in the pool"),
-    ("idle", "Pool connections not in use"),
-    ("max", "Most connections the pool may open"),
-    ("waiting", "Requests waiting for a pool connection"),
-):
-    Gauge(f"freya_db_pool_{_name}", _doc).set_function(_reader(_name))
+    POOL_SIZE.set(database.pool.get_size())
+    POOL_IDLE.set(database.pool.get_idle_size())
+    POOL_MAX.set(database.pool.get_max_size())
+    POOL_WAITING.set(database.waiting)

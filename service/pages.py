@@ -1,4 +1,9 @@
-"""Lists: the ``{items, next_cursor, total}`` envelope and the paging parameters every list takes.
+"""Lists: the paging parameters every list takes, validated once, and the one page envelope.
+
+A list handler reads as: its parameters (``paging: NamedDependency[Paging]`` among them), one
+named query run with ``limit`` and ``offset`` from the paging, and ``paging.page(...)`` back. In
+every SQL file ``:limit`` is the page size and the statement reads ``:limit + 1`` rows: the extra
+row only says that another page follows.
 
 Keyset pages (``cursor=``) cost the same at any depth; offset pages (``offset=``) are for admin
 tools and small jumps, capped at MAX_OFFSET because PostgreSQL reads and discards every skipped row.
@@ -7,22 +12,28 @@ tools and small jumps, capped at MAX_OFFSET because PostgreSQL reads and discard
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
+import asyncpg
 import msgspec
-from litestar import MediaType, Response
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from service import db
+from service.cursors import CursorCodec
+from service.db import Connection
 from service.errors import Invalid
+from service.queries import Query
 
 T = TypeVar("T")
+P = TypeVar("P", bound=msgspec.Struct)
 
 MAX_OFFSET = 10_000
 DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
 
-Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page, 1-200 (default 50)")]
+Limit = Annotated[
+    int, QueryParameter(ge=1, le=MAX_LIMIT, description=f"Items per page, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})")
+]
 Offset = Annotated[
     int | None,
     QueryParameter(ge=0, le=MAX_OFFSET, description=f"Rows to skip (offset paging, at most {MAX_OFFSET})"),
@@ -31,8 +42,9 @@ Cursor = Annotated[
     str | None,
     QueryParameter(min_length=1, max_length=1024, description="next_cursor of the previous page (keyset paging)"),
 ]
-CountMode = Annotated[
-    Literal["exact", "estimated", "none"],
+CountMode = Literal["exact", "estimated", "none"]
+Count = Annotated[
+    CountMode,
     QueryParameter(description="Add total: exact (counts), estimated (planner statistics) or none"),
 ]
 
@@ -44,46 +56,75 @@ class Page(msgspec.Struct, Generic[T]):
     total: int | msgspec.UnsetType = msgspec.UNSET
 
 
-def one_paging_mode(cursor: str | None, offset: int | None) -> int:
-    """The offset to run with; cursor and offset together are a 400."""
-    if cursor is not None and offset is not None:
-        raise Invalid("use either cursor or offset, not both", field="offset")
-    return offset or 0
+def rows_under_parent(rows: Sequence[asyncpg.Record], key: str) -> list[asyncpg.Record] | None:
+    """The page rows of a statement that reads a parent (a user, a conversation, a topic) as the
+    outer side of a LEFT JOIN to its page: no row at all means no parent (None), a single row whose
+    ``key`` is NULL an empty page. One statement then answers both "which rows" and "does it exist"."""
+    if not rows:
+        return None
+    return [] if rows[0][key] is None else list(rows)
 
 
-def page_of(
-    rows: Sequence[T], limit: int, cursor_after: Callable[[T], str] | None, total: int | msgspec.UnsetType
-) -> Page[T]:
-    """The envelope for rows fetched with LIMIT limit + 1: the extra row only says another page exists."""
-    items = list(rows[:limit])
-    more = len(rows) > limit
-    next_cursor = cursor_after(items[-1]) if more and items and cursor_after is not None else None
-    return Page(items=items, next_cursor=next_cursor, total=total)
+class Paging:
+    """One list request's paging: ``limit``, a keyset ``cursor`` or an ``offset``, and ``count``."""
+
+    __slots__ = ("_codec", "count", "cursor", "keyset", "limit", "offset")
+
+    def __init__(
+        self, codec: CursorCodec, limit: int, cursor: str | None, offset: int | None, count: CountMode
+    ) -> None:
+        if cursor is not None and offset is not None:
+            raise Invalid("use either cursor or offset, not both", field="offset")
+        self._codec = codec
+        self.limit = limit
+        self.cursor = cursor
+        # Offset pages carry no next_cursor: their position is the offset.
+        self.keyset = offset is None
+        # What the SQL skips: 0 for keyset pages.
+        self.offset = offset or 0
+        self.count = count
+
+    def after(self, scope: str, position: type[P]) -> P | None:
+        """Where the cursor says this page starts (None on the first page); a foreign cursor is a 400."""
+        return None if self.cursor is None else self._codec.decode(self.cursor, scope, position)
+
+    def page(self, rows: Sequence[T], scope: str, key: Callable[[int], msgspec.Struct], **extra: Any) -> Page[T]:
+        """The envelope for rows read with ``limit + 1``; ``key(i)`` is the sort key of row i."""
+        items = list(rows[: self.limit])
+        more = len(rows) > self.limit
+        next_cursor = self._codec.encode(scope, key(len(items) - 1)) if more and self.keyset else None
+        return Page(items=items, next_cursor=next_cursor, **extra)
+
+    async def total(self, conn: Connection, query: Query, /, **params: Any) -> int | msgspec.UnsetType:
+        """``total`` for count=exact (the count query) or estimated (the planner's estimate of it)."""
+        if self.count == "exact":
+            return int(await query.val(conn, **params))
+        if self.count == "estimated":
+            return await estimate_rows(conn, query, **params)
+        return msgspec.UNSET
 
 
-class JsonRows(msgspec.Struct):
-    """A page whose items PostgreSQL encoded: the JSON array, whether more follow, the last sort key."""
-
-    items: bytes
-    more: bool
-    last_id: int | None
-    last_timestamp: datetime | None = None
-
-
-def json_page(items: bytes, next_cursor: str | None, total: int | msgspec.UnsetType) -> Response[bytes]:
-    """The list envelope around items that are JSON already: no decoding, no re-encoding."""
-    body = b'{"items":' + items + b',"next_cursor":' + msgspec.json.encode(next_cursor)
-    if not isinstance(total, msgspec.UnsetType):
-        body += b',"total":' + str(total).encode()
-    return Response(body + b"}", media_type=MediaType.JSON)
+async def estimate_rows(conn: Connection, query: Query, /, **params: Any) -> int:
+    """The planner's row estimate for ``query`` (count=estimated): no scan, just statistics."""
+    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args(params))
+    if isinstance(plan, str):
+        plan = msgspec.json.decode(plan)
+    node = plan[0]["Plan"]
+    # Below an Aggregate (count(*)) is the scan whose row estimate is the answer.
+    while node.get("Node Type") == "Aggregate" and node.get("Plans"):
+        node = node["Plans"][0]
+    return int(node["Plan Rows"])
 
 
-async def count_rows(
-    conn: db.Connection, mode: Literal["exact", "estimated", "none"], query: db.Query, **params: Any
-) -> int | msgspec.UnsetType:
-    """``total`` for count=exact (the count query) or estimated (the planner's estimate of it)."""
-    if mode == "exact":
-        return int(await query.val(conn, **params))
-    if mode == "estimated":
-        return await db.estimate_rows(conn, query, **params)
-    return msgspec.UNSET
+def provide_paging(
+    cursors: NamedDependency[CursorCodec],
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    offset: Offset = None,
+    count: Count = "none",
+) -> Paging:
+    """The ``paging`` dependency: every list's paging parameters, validated in one place.
+
+    Synchronous on purpose: Litestar resolves async dependencies in a task group, a task per
+    request that this cheap constructor does not need."""
+    return Paging(cursors, limit, cursor, offset, count)

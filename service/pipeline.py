@@ -93,7 +93,25 @@ class RequestPipeline(ASGIMiddleware):
             IN_PROGRESS.dec()
             elapsed = time.perf_counter() - started
             record_request(method, scope.get("path_template", path), status, elapsed)
-            access_log.info("%s %s %d %.1fms db=%.1fms", method, path, status, elapsed * 1000, timing.seconds * 1000)
+            duration_ms, db_ms = round(elapsed * 1000, 1), round(timing.seconds * 1000, 1)
+            access_log.info(
+                "%s %s %d %.1fms db=%.1fms",
+                method,
+                path,
+                status,
+                duration_ms,
+                db_ms,
+                # Separate keys in JSON logs (the request id is on every record already).
+                extra={
+                    "fields": {
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": duration_ms,
+                        "db_ms": db_ms,
+                    }
+                },
+            )
             request_id.reset(context)
 
     async def _run(

@@ -12,20 +12,21 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from service.cursors import CursorCodec
-from service.db import Connection, Database, Query, QueryFile
+from service.cursors import RankKey, TimeKey
+from service.db import Connection, Database
 from service.errors import Invalid, problem_responses
 from service.fields import NO_NUL, RoleQuery, TimeQuery
-from service.messages import TopicRef
-from service.pages import DEFAULT_LIMIT, Cursor, Limit, Page, page_of
+from service.pages import Page, Paging
+from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
-from service.topics import prefix_range
+from service.topics import TopicRef, prefix_range, topics_of
 
 
 class SearchQueries(QueryFile, file="search"):
     plan_for_these_values: Query
     search_messages_by_rank: Query
     search_messages_by_recent: Query
+    count_matching_messages: Query
     search_topics: Query
 
 
@@ -51,6 +52,8 @@ TopicLimit = Annotated[int, QueryParameter(ge=1, le=50, description="Most topics
 
 
 class MessageHit(msgspec.Struct):
+    """A message (its fields in the message's order) with its rank and highlight."""
+
     id: int
     conversation_id: int
     user_id: int
@@ -96,17 +99,32 @@ def _search_text(q: str) -> str:
 
 
 async def search_messages_txn(
-    conn: Connection, sort: Literal["rank", "recent"], filters: dict[str, Any], after: list[Any] | None, limit: int
-) -> list[MessageHit]:
-    """One search, planned for its own values, in a read-only transaction of its own."""
-    after_key, after_id = after if after else (None, None)
+    conn: Connection,
+    names: dict[int, str],
+    sort: Literal["rank", "recent"],
+    filters: dict[str, Any],
+    after: RankKey | TimeKey | None,
+    paging: Paging,
+) -> tuple[list[MessageHit], int | msgspec.UnsetType]:
+    """One page of a search (and its total when asked), planned for its own values, in a read-only
+    transaction of its own."""
+    position: dict[str, Any]
     if sort == "rank":
-        query, position = sql.search_messages_by_rank, {"before_rank": after_key}
+        query = sql.search_messages_by_rank
+        position = {"before_rank": after.rank if isinstance(after, RankKey) else None}
     else:
-        query, position = sql.search_messages_by_recent, {"before_ts": from_micros(after_key)}
+        query = sql.search_messages_by_recent
+        position = {"before_ts": from_micros(after.micros) if isinstance(after, TimeKey) else None}
     async with conn.transaction(readonly=True):
         await sql.plan_for_these_values.val(conn)
-        return await query.many(conn, MessageHit, **filters, **position, before_id=after_id, limit=limit)
+        rows = await query.records(
+            conn, **filters, **position, before_id=after and after.id, limit=paging.limit, offset=paging.offset
+        )
+        found = await topics_of(conn, names, [row[0] for row in rows])
+        total = await paging.total(conn, sql.count_matching_messages, **filters)
+    # A row is the message's seven columns, its rank and its highlight.
+    hits = [MessageHit(*row[:7], found.get(row[0], []), *row[7:]) for row in rows]  # type: ignore[call-arg]
+    return hits, total
 
 
 class SearchController(Controller):
@@ -118,10 +136,8 @@ class SearchController(Controller):
         self,
         q: SearchText,
         db: NamedDependency[Database],
-        cursors: NamedDependency[CursorCodec],
+        paging: NamedDependency[Paging],
         sort: Sort = "rank",
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
         conversation_id: IdFilter = None,
         user_id: IdFilter = None,
         topic: TopicFilter = None,
@@ -142,15 +158,17 @@ class SearchController(Controller):
         scope = _scope(
             sort, q, conversation_id, user_id, topic, role, since and to_micros(since), until and to_micros(until)
         )
-        position = cursors.decode(cursor, scope, 2) if cursor else None
+        after: RankKey | TimeKey | None = (
+            paging.after(scope, RankKey) if sort == "rank" else paging.after(scope, TimeKey)
+        )
         async with db.connection() as conn:
-            rows = await search_messages_txn(conn, sort, filters, position, limit + 1)
+            hits, total = await search_messages_txn(conn, db.topic_names, sort, filters, after, paging)
 
-        def after(last: MessageHit) -> str:
-            key = last.rank if sort == "rank" else to_micros(last.timestamp)
-            return cursors.encode(scope, key, last.id)
+        def key(index: int) -> msgspec.Struct:
+            hit = hits[index]
+            return RankKey(hit.rank, hit.id) if sort == "rank" else TimeKey(to_micros(hit.timestamp), hit.id)
 
-        return page_of(rows, limit, after, msgspec.UNSET)
+        return paging.page(hits, scope, key, total=total)
 
     @get("/topics", summary="Topic names by full text and prefix", responses=problem_responses(400))
     async def search_topics(

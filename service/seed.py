@@ -7,8 +7,9 @@ drawn with Zipf-like frequencies from a chat vocabulary (common words are common
 which is what full-text search meets in real life); 400 topics, also Zipf-distributed, on about
 40% of messages. Rows go in with binary COPY in batches; ANALYZE runs at the end.
 
-The same seed number on an empty database gives the same rows. On a database that already has
-data, new ids continue after the existing ones.
+The same seed number on an empty database gives the same rows. A seed is one transaction: it
+adds to whatever the database holds (ids come from the tables' identity sequences, topics that
+exist are reused by name), any number of times, and a seed that fails leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import msgspec
 
 from service.admin import run_maintenance
-from service.db import Connection, Query, QueryFile
+from service.db import Connection
+from service.queries import Query, QueryFile
 
 _WORDS = """
 the be to of and a in that have i it for not on with he as you do at this but his by from they we say
@@ -139,68 +142,57 @@ class _Progress:
 
 
 class SeedQueries(QueryFile, file="seed"):
-    next_ids: Query
-    existing_topic_names: Query
-    sync_sequences: Query
+    reserve_ids: Query
+    topic_ids: Query
 
 
 sql = SeedQueries()
 
 
-class _NextIds(msgspec.Struct):
-    user_id: int
-    topic_id: int
-    conversation_id: int
-    message_id: int
-
-
-class _Name(msgspec.Struct):
+class _Topic(msgspec.Struct):
+    id: int
     name: str
 
 
-class _Sequences(msgspec.Struct):
-    users: int | None
-    topics: int | None
-    conversations: int | None
-    messages: int | None
+async def _reserve_ids(conn: Connection, table: Literal["users", "conversations", "messages"], count: int) -> list[int]:
+    ids: list[int] = await sql.reserve_ids.val(conn, table=table, count=count)
+    return ids
 
 
 async def seed(conn: Connection, messages: int, seed_number: int = 42, *, quiet: bool = False) -> SeedReport:
-    """Generate and COPY a dataset of ``messages`` messages; ANALYZE at the end."""
+    """Generate and COPY a dataset of ``messages`` messages in one transaction; ANALYZE after it commits."""
     started = time.perf_counter()
+    async with conn.transaction():
+        report = await _write(conn, messages, seed_number, quiet)
+    await run_maintenance(conn, "analyze", None)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def _write(conn: Connection, messages: int, seed_number: int, quiet: bool) -> SeedReport:
     rng = random.Random(seed_number)
     plan = SeedPlan.for_messages(messages)
     now = datetime(2026, 11, 1, tzinfo=UTC)
 
-    start = await sql.next_ids.one(conn, _NextIds)
-    assert start is not None
-    first_user = start.user_id
-    users = [
-        (first_user + n, f"user{first_user + n}.s{seed_number}@example.com", f"User {first_user + n}", now)
-        for n in range(plan.users)
-    ]
+    user_ids = await _reserve_ids(conn, "users", plan.users)
+    users = [(uid, f"user{uid}.s{seed_number}@example.com", f"User {uid}", now) for uid in user_ids]
     await conn.copy_records_to_table("users", records=users, columns=["id", "email", "name", "created_at"])
     _Progress("users", plan.users, quiet).advance(plan.users)
 
-    first_topic = start.topic_id
     names = [
         f"{_TOPICS_BASE[n % len(_TOPICS_BASE)]}" + (f"-{n // len(_TOPICS_BASE)}" if n >= len(_TOPICS_BASE) else "")
         for n in range(plan.topics)
     ]
-    existing = {t.name for t in await sql.existing_topic_names.many(conn, _Name, names=names)}
-    fresh_names = [name for name in names if name not in existing]
-    topic_rows = [(first_topic + n, name, now) for n, name in enumerate(fresh_names)]
-    await conn.copy_records_to_table("topics", records=topic_rows, columns=["id", "name", "created_at"])
-    topic_ids = [row[0] for row in topic_rows] or [first_topic]
+    by_name = {t.name: t.id for t in await sql.topic_ids.many(conn, _Topic, names=names)}
+    topic_ids = [by_name[name] for name in names]  # in Zipf rank order, whoever created them
 
-    first_conversation = start.conversation_id
     lengths = conversation_lengths(plan, rng)
+    conversation_ids = await _reserve_ids(conn, "conversations", len(lengths))
     conversations = []
-    for n in range(len(lengths)):
+    for conversation_id in conversation_ids:
         created = now - timedelta(days=365 * rng.random())
-        conversations.append(
-            (first_conversation + n, first_user + rng.randrange(plan.users), f"Conversation {n}", created, created, 0)
-        )
+        owner = user_ids[rng.randrange(plan.users)]
+        conversations.append((conversation_id, owner, f"Conversation {conversation_id}", created, created, 0))
     await conn.copy_records_to_table(
         "conversations",
         records=conversations,
@@ -210,39 +202,35 @@ async def seed(conn: Connection, messages: int, seed_number: int = 42, *, quiet:
 
     word_weights = _zipf_weights(len(_WORDS))
     topic_weights = _zipf_weights(len(topic_ids))
-    first_message = start.message_id
     progress = _Progress("messages", plan.messages, quiet)
     tags = 0
-    for batch in _message_batches(conversations, lengths, first_message, rng, word_weights):
+    for batch in _message_batches(conversations, lengths, rng, word_weights):
+        message_ids = await _reserve_ids(conn, "messages", len(batch))
+        rows = [(message_id, *row) for message_id, row in zip(message_ids, batch, strict=True)]
         await conn.copy_records_to_table(
             "messages",
-            records=batch,
+            records=rows,
             columns=["id", "conversation_id", "user_id", "role", "content", "timestamp"],
         )
         tag_rows = []
-        for row in batch:
+        for message_id in message_ids:
             if rng.random() < 0.4:
                 for topic in set(rng.choices(topic_ids, cum_weights=topic_weights, k=rng.choice((1, 1, 2, 3)))):
-                    tag_rows.append((topic, row[0]))
+                    tag_rows.append((topic, message_id))
         await conn.copy_records_to_table("message_topics", records=tag_rows, columns=["topic_id", "message_id"])
         tags += len(tag_rows)
         progress.advance(len(batch))
-
-    await sql.sync_sequences.one(conn, _Sequences)
-    await run_maintenance(conn, "analyze", None)
-    return SeedReport(len(users), len(conversations), plan.messages, tags, time.perf_counter() - started)
+    return SeedReport(len(users), len(conversations), plan.messages, tags, 0.0)
 
 
 def _message_batches(
     conversations: Sequence[tuple[int, int, str, datetime, datetime, int]],
     lengths: Sequence[int],
-    first_id: int,
     rng: random.Random,
     word_weights: list[float],
-) -> Iterator[list[tuple[int, int, int, str, str, datetime]]]:
-    """Messages conversation by conversation, in timestamp order, in COPY-sized batches."""
-    batch: list[tuple[int, int, int, str, str, datetime]] = []
-    next_id = first_id
+) -> Iterator[list[tuple[int, int, str, str, datetime]]]:
+    """Messages (without their ids) conversation by conversation, in timestamp order, in COPY-sized batches."""
+    batch: list[tuple[int, int, str, str, datetime]] = []
     assistant_id = conversations[0][1]
     for (conversation_id, owner, _title, created, _updated, _count), length in zip(conversations, lengths, strict=True):
         moment = created
@@ -255,8 +243,7 @@ def _message_batches(
                 words.append(rng.choice(_RARE_WORDS))
             content = " ".join(words).capitalize() + rng.choice((".", "?", "!", "."))
             author = owner if role == "user" else assistant_id
-            batch.append((next_id, conversation_id, author, role, content, moment))
-            next_id += 1
+            batch.append((conversation_id, author, role, content, moment))
             moment += step * (0.5 + rng.random())
             if len(batch) >= _BATCH:
                 yield batch

@@ -26,7 +26,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = str(PROJECT_ROOT / ".freya")
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
-    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # One granian worker process per core, as production runs it (1 is for debugging).
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = min(64, os.cpu_count() or 1)
     # Small pools win: the Python process, not PostgreSQL, is the bottleneck (ARCHITECTURE.md).
     pool_min_size: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
     pool_max_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8

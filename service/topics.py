@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Response, delete, get, post, put
+from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 
-from service.cursors import CursorCodec
-from service.db import Database, Query, QueryFile
+from service.cursors import NameKey
+from service.db import Connection, Database
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import MAX_BATCH, Id, PathId, TopicName, TopicNames
-from service.messages import FieldsQuery, Message, TopicRef, parse_fields
-from service.pages import (
-    DEFAULT_LIMIT,
-    CountMode,
-    Cursor,
-    JsonRows,
-    Limit,
-    Offset,
-    Page,
-    count_rows,
-    json_page,
-    one_paging_mode,
-    page_of,
-)
+from service.pages import Page, Paging
+from service.queries import Query, QueryFile
 
 
 class TopicQueries(QueryFile, file="topics"):
     create_topic: Query
     get_topic: Query
-    topic_exists: Query
     list_topics: Query
     count_topics: Query
-    list_topic_messages: Query
-    count_topic_messages: Query
+    tags_of_messages: Query
+    topic_names: Query
     replace_message_topics: Query
     add_message_topics: Query
     remove_message_topic: Query
@@ -46,6 +33,41 @@ class TopicQueries(QueryFile, file="topics"):
 
 
 sql = TopicQueries()
+
+
+class TopicRef(msgspec.Struct):
+    """A topic as a message lists it."""
+
+    id: int
+    name: str
+
+
+async def topics_of(conn: Connection, names: dict[int, str], message_ids: Sequence[int]) -> dict[int, list[TopicRef]]:
+    """The topics of these messages, by message id, each list by name: one lookup for them all.
+
+    ``names`` is the database's topic-name cache (Database.topic_names); ids it lacks are read once.
+    """
+    tags = await sql.tags_of_messages.records(conn, message_ids=message_ids)
+    return await refs_by_message(conn, names, [(tag[0], tag[1]) for tag in tags])
+
+
+async def refs_by_message(
+    conn: Connection, names: dict[int, str], tags: Iterable[tuple[int, int]]
+) -> dict[int, list[TopicRef]]:
+    """(message id, topic id) pairs as each message's topics, by name; unknown names read once."""
+    tags = list(tags)
+    if unseen := {topic_id for _, topic_id in tags if topic_id not in names}:
+        names.update(await sql.topic_names.records(conn, topic_ids=list(unseen)))  # type: ignore[arg-type]
+    by_message: dict[int, list[TopicRef]] = {}
+    for message_id, topic_id in tags:
+        by_message.setdefault(message_id, []).append(TopicRef(topic_id, names[topic_id]))
+    for refs in by_message.values():
+        refs.sort(key=_by_name)
+    return by_message
+
+
+def _by_name(ref: TopicRef) -> str:
+    return ref.name
 
 
 class Topic(msgspec.Struct):
@@ -73,11 +95,6 @@ class TopicAssignment(msgspec.Struct, forbid_unknown_fields=True):
 
 class Assigned(msgspec.Struct):
     assigned: int
-
-
-class _Tagging(msgspec.Struct):
-    found: bool
-    topics: list[TopicRef]
 
 
 class _AssignOutcome(msgspec.Struct):
@@ -121,35 +138,23 @@ class TopicsController(Controller):
 
     @get(summary="Topics by name; prefix= for autocomplete", responses=problem_responses(400))
     async def list_topics(
-        self,
-        db: NamedDependency[Database],
-        cursors: NamedDependency[CursorCodec],
-        prefix: Prefix = None,
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
-        offset: Offset = None,
-        count: CountMode = "none",
+        self, db: NamedDependency[Database], paging: NamedDependency[Paging], prefix: Prefix = None
     ) -> Page[Topic]:
-        skip = one_paging_mode(cursor, offset)
         scope = f"topics:{prefix}"
-        [after_name] = cursors.decode(cursor, scope, 1) if cursor else [None]
+        after = paging.after(scope, NameKey)
         prefix_from, prefix_to = prefix_range(prefix)
         async with db.connection() as conn:
             rows = await sql.list_topics.many(
                 conn,
                 Topic,
-                after_name=after_name,
+                after_name=after and after.name,
                 prefix_from=prefix_from,
                 prefix_to=prefix_to,
-                limit=limit + 1,
-                offset=skip,
+                limit=paging.limit,
+                offset=paging.offset,
             )
-            total = await count_rows(conn, count, sql.count_topics, prefix_from=prefix_from, prefix_to=prefix_to)
-
-        def after(last: Topic) -> str:
-            return cursors.encode(scope, last.name)
-
-        return page_of(rows, limit, after if offset is None else None, total)
+            total = await paging.total(conn, sql.count_topics, prefix_from=prefix_from, prefix_to=prefix_to)
+        return paging.page(rows, scope, lambda i: NameKey(rows[i].name), total=total)
 
     @get("/{topic_id:str}", summary="Get a topic with its message count", responses=problem_responses(400, 404))
     async def get_topic(self, topic_id: PathId, db: NamedDependency[Database]) -> TopicWithCount:
@@ -158,36 +163,6 @@ class TopicsController(Controller):
         if found is None:
             raise NotFound(f"topic {topic_id} does not exist")
         return found
-
-    @get(
-        "/{topic_id:str}/messages",
-        summary="A topic's messages, newest first",
-        responses={200: ResponseSpec(data_container=Page[Message], description="A page")} | problem_responses(400, 404),
-    )
-    async def list_topic_messages(
-        self,
-        topic_id: PathId,
-        db: NamedDependency[Database],
-        cursors: NamedDependency[CursorCodec],
-        limit: Limit = DEFAULT_LIMIT,
-        cursor: Cursor = None,
-        offset: Offset = None,
-        count: CountMode = "none",
-        fields: FieldsQuery = None,
-    ) -> Response[bytes]:
-        skip = one_paging_mode(cursor, offset)
-        chosen = parse_fields(fields)
-        scope = f"topic-messages:{topic_id}"
-        [before_id] = cursors.decode(cursor, scope, 1) if cursor else [None]
-        query = sql.list_topic_messages if chosen is None else sql.list_topic_messages.project(chosen)
-        async with db.connection() as conn:
-            page = await query.one(conn, JsonRows, topic_id=topic_id, before_id=before_id, limit=limit, offset=skip)
-            assert page is not None
-            if page.items == b"[]" and not await sql.topic_exists.val(conn, topic_id=topic_id):
-                raise NotFound(f"topic {topic_id} does not exist")
-            total = await count_rows(conn, count, sql.count_topic_messages, topic_id=topic_id)
-        next_cursor = cursors.encode(scope, page.last_id) if page.more and offset is None else None
-        return json_page(page.items, next_cursor, total)
 
     @post(
         "/assign",
@@ -219,16 +194,16 @@ class MessageTopicsController(Controller):
         self, message_id: PathId, data: JSONBody[TopicList], db: NamedDependency[Database]
     ) -> list[TopicRef]:
         async with db.connection() as conn:
-            tagging = await sql.replace_message_topics.one(conn, _Tagging, message_id=message_id, topics=data.topics)
-        return _topics_of(tagging, message_id)
+            found = await sql.replace_message_topics.val(conn, message_id=message_id, topics=data.topics)
+            return await _topics_after_tagging(conn, db.topic_names, found, message_id)
 
     @post(status_code=200, summary="Add topics to a message", responses=problem_responses(400, 404))
     async def add_topics(
         self, message_id: PathId, data: JSONBody[TopicList], db: NamedDependency[Database]
     ) -> list[TopicRef]:
         async with db.connection() as conn:
-            tagging = await sql.add_message_topics.one(conn, _Tagging, message_id=message_id, topics=data.topics)
-        return _topics_of(tagging, message_id)
+            found = await sql.add_message_topics.val(conn, message_id=message_id, topics=data.topics)
+            return await _topics_after_tagging(conn, db.topic_names, found, message_id)
 
     @delete("/{topic_id:str}", summary="Remove a topic from a message", responses=problem_responses(400, 404))
     async def remove_topic(self, message_id: PathId, topic_id: PathId, db: NamedDependency[Database]) -> None:
@@ -238,7 +213,9 @@ class MessageTopicsController(Controller):
             raise NotFound(f"message {message_id} has no topic {topic_id}")
 
 
-def _topics_of(tagging: _Tagging | None, message_id: int) -> list[TopicRef]:
-    if tagging is None or not tagging.found:
+async def _topics_after_tagging(
+    conn: Connection, names: dict[int, str], found: bool, message_id: int
+) -> list[TopicRef]:
+    if not found:
         raise NotFound(f"message {message_id} does not exist")
-    return tagging.topics
+    return (await topics_of(conn, names, [message_id])).get(message_id, [])

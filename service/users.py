@@ -9,10 +9,11 @@ from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from service.db import Database, Query, QueryFile
+from service.db import Database
 from service.errors import NotFound, problem_responses
 from service.fields import Email, EmailQuery, PathId, PersonName
 from service.pages import Page
+from service.queries import Query, QueryFile
 
 
 class UserQueries(QueryFile, file="users"):
@@ -21,7 +22,6 @@ class UserQueries(QueryFile, file="users"):
     find_users_by_email: Query
     update_user: Query
     delete_user: Query
-    user_exists: Query
 
 
 sql = UserQueries()

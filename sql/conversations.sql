@@ -9,9 +9,6 @@ SELECT id, user_id, title, created_at, updated_at, message_count
 FROM conversations
 WHERE id = :conversation_id;
 
--- name: conversation_exists :val
-SELECT EXISTS (SELECT 1 FROM conversations WHERE id = :conversation_id);
-
 -- name: update_conversation_title :one
 UPDATE conversations
 SET title = :title
@@ -27,15 +24,23 @@ RETURNING id;
 -- name: list_user_conversations :many
 -- A user's conversations, most recently active first: keyset after (before_updated_at, before_id)
 -- when a cursor is given, else from the top (NULLs become +infinity so the plan has one shape),
--- skipping :offset rows for offset pages. Served in order by idx_conversation_user_updated.
-SELECT id, user_id, title, created_at, updated_at, message_count
-FROM conversations
-WHERE user_id = :user_id
-  AND updated_at <= coalesce(:before_updated_at::timestamptz, 'infinity')
-  AND (updated_at, id) < (coalesce(:before_updated_at::timestamptz, 'infinity'),
-                          coalesce(:before_id::bigint, 9223372036854775807))
-ORDER BY updated_at DESC, id DESC
-LIMIT :limit OFFSET :offset;
+-- skipping :offset rows for offset pages; limit + 1 rows, the extra one says more follow. Served
+-- in order by idx_conversation_user_updated. The user is the outer side of the join: no row at
+-- all means no such user, one row of NULLs an empty page.
+SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, c.message_count
+FROM users AS u
+LEFT JOIN LATERAL (
+    SELECT id, user_id, title, created_at, updated_at, message_count
+    FROM conversations
+    WHERE user_id = :user_id
+      AND updated_at <= coalesce(:before_updated_at::timestamptz, 'infinity')
+      AND (updated_at, id) < (coalesce(:before_updated_at::timestamptz, 'infinity'),
+                              coalesce(:before_id::bigint, 9223372036854775807))
+    ORDER BY updated_at DESC, id DESC
+    LIMIT :limit::integer + 1 OFFSET :offset
+) AS c ON true
+WHERE u.id = :user_id
+ORDER BY c.updated_at DESC, c.id DESC;
 
 -- name: count_user_conversations :val
 SELECT count(*)

@@ -2,7 +2,7 @@
 -- Adds a batch of messages (one or up to 1,000) to a conversation in ONE statement, so the batch
 -- is all-or-nothing and costs one round trip. Items arrive as parallel arrays; item topics as
 -- (tag_items, tag_names) pairs, tag_items being the 1-based item number. One row per item:
---   created       inserted now, with its topics;
+--   created       inserted now (its topics: topics.tags_of_messages);
 --   duplicate     its client_msg_id is stored already, or repeats an earlier item of the batch:
 --                 the stored message, nothing written for it;
 --   unknown_user  its user_id does not exist: then nothing at all is written.
@@ -70,154 +70,134 @@ tagged AS (
     SELECT tp.id, tg.message_id
     FROM tag AS tg JOIN topic AS tp ON tp.name = tg.name
     RETURNING topic_id, message_id
-),
-new_topics AS (
-    SELECT tg.message_id,
-           json_agg(json_build_object('id', tp.id, 'name', tp.name) ORDER BY tp.name) AS topics
-    FROM tagged AS tg JOIN topic AS tp ON tp.id = tg.topic_id
-    GROUP BY tg.message_id
 )
 SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conversation_id,
        NULL::bigint AS user_id, NULL::text AS role, NULL::text AS content,
-       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::json AS topics
+       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at
 FROM unknown_user AS u
 UNION ALL
-SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
-       coalesce(nt.topics, '[]'::json)
+SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at
 FROM fresh AS f
 JOIN inserted AS n ON n.id = f.id
-LEFT JOIN new_topics AS nt ON nt.message_id = n.id
 UNION ALL
-SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = m.id)
+SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at
 FROM stored AS s
 JOIN messages AS m ON m.id = s.id
 UNION ALL
-SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
-       coalesce(nt.topics, '[]'::json)
+SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at
 FROM input AS i
 JOIN first_of_key AS k ON k.client_msg_id = i.client_msg_id AND k.ord <> i.ord
 JOIN fresh AS f ON f.ord = k.ord
 JOIN inserted AS n ON n.id = f.id
-LEFT JOIN new_topics AS nt ON nt.message_id = n.id
 WHERE NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.ord = i.ord)
 ORDER BY ord;
 
+-- fragment: message_columns
+-- The message object as the API shows it, in the order of the Message Struct; its topics come
+-- from topics.tags_of_messages. fields= projects this list.
+/*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
+       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at/*end columns*/
+
+-- fragment: page_filters
+-- A conversation's messages in [since, until) with an optional role; NULLs mean "no bound".
+m.conversation_id = :conversation_id
+          AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+          AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+          AND (:role::text IS NULL OR m.role = :role::text)
+
 -- name: get_messages_by_client_ids :many
 -- The stored messages of a conversation with these client_msg_ids (after a lost race).
-SELECT m.client_msg_id, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = m.id) AS topics
+SELECT m.client_msg_id, /*include message_columns*/
 FROM messages AS m
 WHERE m.conversation_id = :conversation_id
   AND m.client_msg_id = ANY (:client_msg_ids::text[]);
 
--- name: get_message :one
-SELECT /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
-       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = m.id) AS topics/*end columns*/
+-- name: get_message :many
+-- One row per topic of the message (one with a NULL topic_id when it has none), so the message and
+-- its topic ids come in one statement; names come from topics.topic_names.
+SELECT /*include message_columns*/, mt.topic_id
 FROM messages AS m
+LEFT JOIN message_topics AS mt ON mt.message_id = m.id
 WHERE m.id = :message_id;
 
--- name: list_messages_newest_first :one
+-- name: list_messages_newest_first :many
 -- A page of a conversation, newest first, after the keyset position (before_ts, before_id) when a
 -- cursor is given (NULLs become +infinity, so the statement has one plan shape). The bare
 -- "timestamp" <= bound makes the position an index condition of idx_message_timestamp
 -- (conversation_id, timestamp): the scan starts at the cursor, not at the newest message.
--- since is inclusive, until exclusive; role filters.
--- The page comes back as one row: items, a UTF-8 JSON array built by PostgreSQL (no per-row
--- work in Python), whether another page follows (limit + 1 rows were read), and the sort key of
--- the last item, from which the next cursor is made. fields= projects the object's keys.
-WITH page AS (
-    SELECT m.id, m."timestamp",
-           json_build_object(/*columns*/'id', m.id, 'conversation_id', m.conversation_id, 'user_id', m.user_id,
-               'role', m.role, 'content', m.content, 'timestamp', api_time(m."timestamp"),
-               'edited_at', api_time(m.edited_at),
-               'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-                FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-                WHERE mt.message_id = m.id)/*end columns*/) AS item
+-- since is inclusive, until exclusive; role filters. limit + 1 rows: the extra one says another
+-- page follows. Each row ends with the sort key (sort_ts, sort_id) the next cursor is made of.
+-- The conversation is the outer side of the join, so an unknown conversation is no row at all
+-- and an existing one with an empty page is one row of NULLs: no second statement to tell them apart.
+SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id
+FROM conversations AS c
+LEFT JOIN LATERAL (
+    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at
     FROM messages AS m
-    WHERE m.conversation_id = :conversation_id
+    WHERE /*include page_filters*/
       AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
       AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, 'infinity'),
                                    coalesce(:before_id::bigint, 9223372036854775807))
-      AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
-      AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-      AND (:role::text IS NULL OR m.role = :role::text)
     ORDER BY m."timestamp" DESC, m.id DESC
     LIMIT :limit::integer + 1 OFFSET :offset
-),
-numbered AS (
-    SELECT row_number() OVER (ORDER BY "timestamp" DESC, id DESC) AS n, id, "timestamp", item
-    FROM page
-)
-SELECT convert_to(coalesce(json_agg(item ORDER BY n) FILTER (WHERE n <= :limit::integer), '[]')::text, 'UTF8') AS items,
-       count(*) > :limit::integer AS more,
-       max("timestamp") FILTER (WHERE n = :limit::integer) AS last_timestamp,
-       max(id) FILTER (WHERE n = :limit::integer) AS last_id
-FROM numbered;
+) AS m ON true
+WHERE c.id = :conversation_id
+ORDER BY m."timestamp" DESC, m.id DESC;
 
--- name: list_messages_oldest_first :one
+-- name: list_messages_oldest_first :many
 -- The same page walked the other way: after (after_ts, after_id), oldest first.
--- The page comes back as one row: items, a UTF-8 JSON array built by PostgreSQL (no per-row
--- work in Python), whether another page follows (limit + 1 rows were read), and the sort key of
--- the last item, from which the next cursor is made. fields= projects the object's keys.
-WITH page AS (
-    SELECT m.id, m."timestamp",
-           json_build_object(/*columns*/'id', m.id, 'conversation_id', m.conversation_id, 'user_id', m.user_id,
-               'role', m.role, 'content', m.content, 'timestamp', api_time(m."timestamp"),
-               'edited_at', api_time(m.edited_at),
-               'topics', (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-                FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-                WHERE mt.message_id = m.id)/*end columns*/) AS item
+SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id
+FROM conversations AS c
+LEFT JOIN LATERAL (
+    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at
     FROM messages AS m
-    WHERE m.conversation_id = :conversation_id
+    WHERE /*include page_filters*/
       AND m."timestamp" >= coalesce(:after_ts::timestamptz, '-infinity')
       AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, '-infinity'), coalesce(:after_id::bigint, 0))
-      AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
-      AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-      AND (:role::text IS NULL OR m.role = :role::text)
     ORDER BY m."timestamp", m.id
     LIMIT :limit::integer + 1 OFFSET :offset
-),
-numbered AS (
-    SELECT row_number() OVER (ORDER BY "timestamp", id) AS n, id, "timestamp", item
-    FROM page
-)
-SELECT convert_to(coalesce(json_agg(item ORDER BY n) FILTER (WHERE n <= :limit::integer), '[]')::text, 'UTF8') AS items,
-       count(*) > :limit::integer AS more,
-       max("timestamp") FILTER (WHERE n = :limit::integer) AS last_timestamp,
-       max(id) FILTER (WHERE n = :limit::integer) AS last_id
-FROM numbered;
+) AS m ON true
+WHERE c.id = :conversation_id
+ORDER BY m."timestamp", m.id;
+
+-- name: list_topic_messages :many
+-- A topic's messages, newest first by id (ids grow with creation). The page of ids is cut from
+-- the message_topics primary key (topic_id, message_id) first, walked backwards, and only those
+-- messages are then fetched by primary key: a page costs its own size at any depth, and however
+-- many newer messages carry other topics (a merge join along messages_pkey would walk them all).
+-- The topic is the outer side, as in list_messages_newest_first: no row means no such topic.
+SELECT /*include message_columns*/, page.message_id AS sort_id
+FROM topics AS t
+LEFT JOIN LATERAL (
+    SELECT mt.message_id
+    FROM message_topics AS mt
+    WHERE mt.topic_id = t.id
+      AND mt.message_id < coalesce(:before_id::bigint, 9223372036854775807)
+    ORDER BY mt.message_id DESC
+    LIMIT :limit::integer + 1 OFFSET :offset
+) AS page ON true
+LEFT JOIN messages AS m ON m.id = page.message_id
+WHERE t.id = :topic_id
+ORDER BY page.message_id DESC;
+
+-- name: count_topic_messages :val
+SELECT count(*)
+FROM message_topics
+WHERE topic_id = :topic_id;
 
 -- name: count_messages :val
 SELECT count(*)
 FROM messages AS m
-WHERE m.conversation_id = :conversation_id
-  AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
-  AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-  AND (:role::text IS NULL OR m.role = :role::text);
+WHERE /*include page_filters*/;
 
--- name: update_message :one
+-- name: update_message :many
 -- Changes content and/or role (NULL keeps the stored value) and stamps edited_at.
-WITH updated AS (
-    UPDATE messages
-    SET content = coalesce(:content::text, content),
-        role = coalesce(:role::text, role),
-        edited_at = now()
-    WHERE id = :message_id
-    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at
-)
-SELECT u.id, u.conversation_id, u.user_id, u.role, u.content, u."timestamp", u.edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = u.id) AS topics
-FROM updated AS u;
+UPDATE messages AS m
+SET content = coalesce(:content::text, m.content),
+    role = coalesce(:role::text, m.role),
+    edited_at = now()
+WHERE m.id = :message_id
+RETURNING /*include message_columns*/;
 
 -- name: update_messages :one
 -- Bulk edit in one statement: each id gets its content and/or role (NULL keeps the value). If any

@@ -5,17 +5,11 @@
 -- plan of the prepared statement.
 SELECT set_config('plan_cache_mode', 'force_custom_plan', true);
 
--- name: search_messages_by_rank :many
--- Messages matching :q (web-search syntax), best first: ts_rank_cd on the stored messages.search
--- (never recomputing to_tsvector), ties by id; keyset after (before_rank, before_id). Every match
--- is ranked (ranking needs them all), but only the page's rows get a ts_headline and topics.
--- Optional filters are NULL when not given; run after plan_for_these_values, so each search is
--- planned for its own filters.
-WITH hit AS (
-    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
-           ts_rank_cd(m.search, search_query(:q)) AS rank
-    FROM messages AS m
-    WHERE m.search @@ search_query(:q)
+-- fragment: matching_messages
+-- The messages matching :q (web-search syntax, on the stored messages.search) and the optional
+-- filters, NULL when not given. Run after plan_for_these_values, so each search is planned for
+-- its own filters.
+m.search @@ search_query(:q)
       AND (:conversation_id::bigint IS NULL OR m.conversation_id = :conversation_id::bigint)
       AND (:user_id::bigint IS NULL OR m.user_id = :user_id::bigint)
       AND (:role::text IS NULL OR m.role = :role::text)
@@ -24,50 +18,47 @@ WITH hit AS (
       AND (:topic::text IS NULL OR EXISTS (
               SELECT 1 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
               WHERE mt.message_id = m.id AND t.name = :topic::text))
-),
-page AS (
-    SELECT id, conversation_id, user_id, role, content, "timestamp", edited_at, rank
-    FROM hit
-    WHERE (rank, id) < (coalesce(:before_rank::real, 'Infinity'), coalesce(:before_id::bigint, 9223372036854775807))
-    ORDER BY rank DESC, id DESC
-    LIMIT :limit
+
+-- name: search_messages_by_rank :many
+-- Matching messages, best first: ts_rank_cd on the stored messages.search (never recomputing
+-- to_tsvector), ties by id; keyset after (before_rank, before_id), limit + 1 rows. Every match
+-- is ranked (ranking needs them all), but only the page's rows get a ts_headline. A row is the
+-- message's columns, its rank and its highlight; topics come from topics.tags_of_messages.
+WITH page AS (
+    SELECT m.id, ts_rank_cd(m.search, search_query(:q)) AS rank
+    FROM messages AS m
+    WHERE /*include matching_messages*/
+      AND (ts_rank_cd(m.search, search_query(:q)), m.id)
+          < (coalesce(:before_rank::real, 'Infinity'), coalesce(:before_id::bigint, 9223372036854775807))
+    ORDER BY rank DESC, m.id DESC
+    LIMIT :limit::integer + 1 OFFSET :offset
 )
-SELECT p.id, p.conversation_id, p.user_id, p.role, p.content, p."timestamp", p.edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = p.id) AS topics,
-       p.rank, search_headline(p.content, search_query(:q)) AS highlight
+SELECT /*include messages.message_columns*/, p.rank, search_headline(m.content, search_query(:q)) AS highlight
 FROM page AS p
+JOIN messages AS m ON m.id = p.id
 ORDER BY p.rank DESC, p.id DESC;
 
 -- name: search_messages_by_recent :many
--- Messages matching :q, newest first by (timestamp, id), keyset after (before_ts, before_id).
+-- Matching messages, newest first by (timestamp, id), keyset after (before_ts, before_id).
 WITH page AS (
-    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
-           ts_rank_cd(m.search, search_query(:q)) AS rank
+    SELECT m.id, m."timestamp", ts_rank_cd(m.search, search_query(:q)) AS rank
     FROM messages AS m
-    WHERE m.search @@ search_query(:q)
-      AND (:conversation_id::bigint IS NULL OR m.conversation_id = :conversation_id::bigint)
-      AND (:user_id::bigint IS NULL OR m.user_id = :user_id::bigint)
-      AND (:role::text IS NULL OR m.role = :role::text)
-      AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
-      AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-      AND (:topic::text IS NULL OR EXISTS (
-              SELECT 1 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-              WHERE mt.message_id = m.id AND t.name = :topic::text))
+    WHERE /*include matching_messages*/
       AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
       AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, 'infinity'),
                                    coalesce(:before_id::bigint, 9223372036854775807))
     ORDER BY m."timestamp" DESC, m.id DESC
-    LIMIT :limit
+    LIMIT :limit::integer + 1 OFFSET :offset
 )
-SELECT p.id, p.conversation_id, p.user_id, p.role, p.content, p."timestamp", p.edited_at,
-       (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.name), '[]'::json)
-        FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
-        WHERE mt.message_id = p.id) AS topics,
-       p.rank, search_headline(p.content, search_query(:q)) AS highlight
+SELECT /*include messages.message_columns*/, p.rank, search_headline(m.content, search_query(:q)) AS highlight
 FROM page AS p
+JOIN messages AS m ON m.id = p.id
 ORDER BY p."timestamp" DESC, p.id DESC;
+
+-- name: count_matching_messages :val
+SELECT count(*)
+FROM messages AS m
+WHERE /*include matching_messages*/;
 
 -- name: search_topics :many
 -- Topic names matching :q by full text (GIN on topics.search) or by prefix (the byte range

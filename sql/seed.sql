@@ -1,18 +1,17 @@
--- name: next_ids :one
--- Where generated rows start, so a seed adds to a database that has data already.
-SELECT (SELECT coalesce(max(id), 0) + 1 FROM users) AS user_id,
-       (SELECT coalesce(max(id), 0) + 1 FROM topics) AS topic_id,
-       (SELECT coalesce(max(id), 0) + 1 FROM conversations) AS conversation_id,
-       (SELECT coalesce(max(id), 0) + 1 FROM messages) AS message_id;
+-- name: reserve_ids :val
+-- Ids for the rows a seed COPYs, drawn from the table's own identity sequence: the same values
+-- the service would hand out, so they never collide with rows written before, during or after
+-- the seed, and no setval is needed (nor ever left undone). A rolled-back seed leaves a gap.
+WITH sequence AS (
+    SELECT pg_get_serial_sequence(:table::text, 'id')::regclass AS name
+)
+SELECT array_agg(reserved.id ORDER BY reserved.id)
+FROM (
+    SELECT nextval(sequence.name) AS id
+    FROM sequence, generate_series(1, :count::int)
+) AS reserved;
 
--- name: existing_topic_names :many
-SELECT name
-FROM topics
-WHERE name = ANY (:names::text[]);
-
--- name: sync_sequences :one
--- COPY wrote explicit ids: move each identity sequence past them.
-SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users)) AS users,
-       setval(pg_get_serial_sequence('topics', 'id'), (SELECT max(id) FROM topics)) AS topics,
-       setval(pg_get_serial_sequence('conversations', 'id'), (SELECT max(id) FROM conversations)) AS conversations,
-       setval(pg_get_serial_sequence('messages', 'id'), (SELECT max(id) FROM messages)) AS messages;
+-- name: topic_ids :many
+-- The seed's topics by name: existing ones as they are, missing ones created (migration 0004).
+SELECT id, name
+FROM topic_ids(:names::text[]);

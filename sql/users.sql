@@ -28,6 +28,3 @@ RETURNING id, email, name, created_at;
 DELETE FROM users
 WHERE id = :user_id
 RETURNING id;
-
--- name: user_exists :val
-SELECT EXISTS (SELECT 1 FROM users WHERE id = :user_id);

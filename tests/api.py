@@ -93,12 +93,19 @@ def free_port() -> int:
 def start_service(database_url: str, **settings: str) -> tuple[subprocess.Popen[str], str]:
     """`python -m service serve` on a free port, as an operator starts it; waits until it is ready.
 
-    ``settings``: more FREYA_* variables, by their lower-case names (``workers="2"``).
-    Returns the process (output piped, to read after it ends) and its base URL.
+    ``settings``: more environment, e.g. ``FREYA_WORKERS="2"``. Returns the process (output
+    piped, to read after it ends) and its base URL.
     """
     port = free_port()
-    env = {**os.environ, "FREYA_DATABASE_URL": database_url, "FREYA_PORT": str(port), "FREYA_POOL_MIN_SIZE": "1"}
-    env |= {f"FREYA_{name.upper()}": value for name, value in settings.items()}
+    # One worker unless a test asks for more: the service's default is one per core.
+    env = {
+        "FREYA_WORKERS": "1",
+        **os.environ,
+        "FREYA_DATABASE_URL": database_url,
+        "FREYA_PORT": str(port),
+        "FREYA_POOL_MIN_SIZE": "1",
+        **settings,
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"],
         cwd=PROJECT_ROOT,

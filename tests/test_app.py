@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +16,9 @@ import pytest
 from service import migrations
 from service.__main__ import main
 from service.app import create_app
-from service.db import QueryPrepareError, SharedConnectionDatabase
+from service.db import Connection, SharedConnectionDatabase
 from service.devdb import EmbeddedPostgres
+from service.queries import QueryPrepareError
 from service.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
 from tests.api import assert_problem, start_service
 from tests.conftest import client_for
@@ -110,6 +113,9 @@ def test_settings_defaults_and_parsing() -> None:
     assert settings.pool_max_size == 4
     assert settings.database_url is None
     assert Path(settings.data_dir) == PROJECT_ROOT / ".freya"
+    # One worker per core unless FREYA_WORKERS says otherwise, as production runs it.
+    assert settings.workers == (os.cpu_count() or 1)
+    assert load_settings({"FREYA_WORKERS": "1"}).workers == 1
 
 
 @pytest.mark.parametrize(
@@ -212,3 +218,32 @@ async def test_every_api_operation_documents_its_problems(client: httpx.AsyncCli
         assert codes & {"200", "201", "204"}, (method, path, codes)
         if "{" in path:
             assert "404" in codes, (method, path, codes)
+
+
+async def test_ready_keeps_the_migrations_it_started_with(client: httpx.AsyncClient) -> None:
+    # A checkout gains a migration while the service runs (a git pull before the restart): the
+    # running code did not ship it, so readiness does not change.
+    probe = migrations.MIGRATIONS_DIR / f"9999_probe_{uuid.uuid4().hex[:8]}.sql"
+    probe.write_text("-- a migration of code that is not running\n")
+    try:
+        assert probe.stem in migrations.migration_ids()
+        response = await client.get("/health/ready")
+    finally:
+        probe.unlink()
+    assert response.status_code == 200, response.text
+    assert response.json()["schema_version"] != probe.stem
+
+
+async def test_ready_reports_a_database_ahead_of_the_code(client: httpx.AsyncClient, conn: Connection) -> None:
+    # Newer code migrated the database (a rolling deploy): this code still serves, and says so.
+    await conn.execute(
+        "INSERT INTO _yoyo_migration (migration_hash, migration_id, applied_at_utc) "
+        "VALUES ('from-newer-code', '9999_from_newer_code', now())"
+    )
+    response = await client.get("/health/ready")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "status": "ready",
+        "schema_version": migrations.migration_ids()[-1],
+        "unknown_migrations": ["9999_from_newer_code"],
+    }

@@ -149,6 +149,13 @@ async def test_json_logs(conn: Connection, capsys: pytest.CaptureFixture[str]) -
     assert access[0]["request_id"] == "json-7"
     assert access[0]["message"].startswith("GET /v1/users/5 404")
     assert {"time", "level", "logger", "request_id", "message"} <= set(access[0])
+    assert access[0]["time"].endswith("Z")
+    # The access line's parts are fields of their own, typed, for a log collector to query.
+    assert access[0]["method"] == "GET"
+    assert access[0]["path"] == "/v1/users/5"
+    assert access[0]["status"] == 404
+    assert isinstance(access[0]["duration_ms"], float)
+    assert access[0]["duration_ms"] >= access[0]["db_ms"] >= 0
 
 
 @pytest.mark.usefixtures("restore_logging")

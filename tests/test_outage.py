@@ -232,7 +232,9 @@ def service_backends(url: str) -> list[int]:
 def test_four_writers_through_killed_sessions_a_crash_and_a_restart_see_no_500(own_server: EmbeddedPostgres) -> None:
     url = own_server.url("freya")
     # ERROR: the output is read at the end, and a pipe full of access lines would block the service.
-    process, base = start_service(url, pool_min_size="4", pool_max_size="4", connect_timeout="2", log_level="ERROR")
+    process, base = start_service(
+        url, FREYA_POOL_MIN_SIZE="4", FREYA_POOL_MAX_SIZE="4", FREYA_CONNECT_TIMEOUT="2", FREYA_LOG_LEVEL="ERROR"
+    )
     try:
         user = httpx.post(f"{base}/v1/users", json={"email": "w@example.com", "name": "W"}, timeout=10).json()
         conversation = httpx.post(f"{base}/v1/conversations", json={"user_id": user["id"]}, timeout=10).json()

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from service import conversations, messages, search, topics
-from service.db import Connection, Query, configure_connection
+from service.db import Connection, configure_connection
+from service.queries import Query
 from tests.conftest import RUN_ID, create_database, drop_database
 
 BIG_CONVERSATION_MESSAGES = 50_000
@@ -37,6 +38,8 @@ def literal(value: Any) -> str:
         return f"'{value.isoformat()}'"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(literal(item) for item in value) + "]"
     return str(value)
 
 
@@ -65,6 +68,11 @@ def index_scans(nodes: list[dict[str, Any]]) -> dict[str, str]:
 
 def no_seq_scan_of(nodes: list[dict[str, Any]], table: str) -> bool:
     return not any(n["Node Type"] == "Seq Scan" and n.get("Relation Name") == table for n in nodes)
+
+
+def no_per_row_subplan(nodes: list[dict[str, Any]]) -> bool:
+    """No correlated subquery run once per row (a SubPlan); an InitPlan runs once and is fine."""
+    return not any(n.get("Parent Relationship") == "SubPlan" for n in nodes)
 
 
 SEED = [
@@ -131,7 +139,7 @@ async def seeded(seeded_conn: Connection) -> dict[str, Any]:
 
 
 def page_filters(conversation_id: int) -> dict[str, Any]:
-    return {"conversation_id": conversation_id, "since": None, "until": None, "role": None, "limit": 51, "offset": 0}
+    return {"conversation_id": conversation_id, "since": None, "until": None, "role": None, "limit": 50, "offset": 0}
 
 
 async def test_conversation_pages_use_idx_message_timestamp_at_any_depth(
@@ -151,6 +159,7 @@ async def test_conversation_pages_use_idx_message_timestamp_at_any_depth(
             # The position bounds the index scan itself: it starts at the cursor, not at the top.
             assert "timestamp" in scans["idx_message_timestamp"], scans
             assert no_seq_scan_of(nodes, "messages"), nodes
+            assert no_per_row_subplan(nodes), nodes
 
 
 async def test_fields_projection_keeps_the_plan(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
@@ -167,14 +176,16 @@ async def test_a_topics_messages_use_the_message_topics_primary_key(
     for before_id in (None, 60_000):
         for nodes in await plans(
             seeded_conn,
-            topics.sql.list_topic_messages,
+            messages.sql.list_topic_messages,
             topic_id=seeded["topic_id"],
             before_id=before_id,
-            limit=51,
+            limit=50,
             offset=0,
         ):
             assert "message_topics_pkey" in index_scans(nodes), nodes
+            assert "messages_pkey" in index_scans(nodes), nodes
             assert no_seq_scan_of(nodes, "messages")
+            assert no_per_row_subplan(nodes), nodes
             assert no_seq_scan_of(nodes, "message_topics")
 
 
@@ -186,10 +197,11 @@ async def test_a_users_conversations_use_an_index(seeded_conn: Connection, seede
             user_id=user_id,
             before_updated_at=None,
             before_id=None,
-            limit=51,
+            limit=50,
             offset=0,
         ):
             used = index_scans(nodes)
+            assert no_per_row_subplan(nodes), nodes
             assert used.keys() & {"idx_conversation_user_updated", "idx_conversation_user_id"}, nodes
             assert no_seq_scan_of(nodes, "conversations")
             if user_id == seeded["user_id"]:
@@ -201,6 +213,15 @@ async def test_one_message_uses_its_primary_key(seeded_conn: Connection, seeded:
     for nodes in await plans(seeded_conn, messages.sql.get_message, message_id=seeded["deep"]["id"]):
         assert "messages_pkey" in index_scans(nodes)
         assert no_seq_scan_of(nodes, "messages")
+        assert no_per_row_subplan(nodes), nodes
+
+
+async def test_a_pages_topics_are_one_index_lookup(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
+    page = [row["id"] for row in await seeded_conn.fetch("SELECT id FROM messages ORDER BY id DESC LIMIT 50")]
+    for nodes in await plans(seeded_conn, topics.sql.tags_of_messages, message_ids=page):
+        assert "idx_message_topic" in index_scans(nodes), nodes
+        assert no_seq_scan_of(nodes, "message_topics")
+        assert no_per_row_subplan(nodes), nodes
 
 
 def search_params(q: str, **scope: Any) -> dict[str, Any]:
@@ -212,7 +233,8 @@ def search_params(q: str, **scope: Any) -> dict[str, Any]:
         "role": None,
         "since": None,
         "until": None,
-        "limit": 21,
+        "limit": 20,
+        "offset": 0,
         **scope,
     }
 
@@ -226,6 +248,7 @@ async def test_a_whole_corpus_search_uses_the_gin_index(seeded_conn: Connection,
         for nodes in await plans(seeded_conn, query, generic=False, **search_params("12345"), **position):
             assert "idx_message_search" in index_scans(nodes), (query.name, nodes)
             assert no_seq_scan_of(nodes, "messages")
+            assert no_per_row_subplan(nodes), nodes
 
 
 async def test_a_scoped_search_uses_an_index(seeded_conn: Connection, seeded: dict[str, Any]) -> None:

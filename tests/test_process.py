@@ -133,7 +133,7 @@ HEAD = b"POST /v1/users HTTP/1.1\r\nHost: freya\r\nContent-Type: application/jso
 
 
 def test_slow_and_broken_bodies_taken_port_and_forged_log_lines(fresh_database: Callable[[], str]) -> None:
-    process, base = start_service(fresh_database(), request_read_timeout="1")
+    process, base = start_service(fresh_database(), FREYA_REQUEST_READ_TIMEOUT="1")
     try:
         short = raw_request(base, HEAD + b"Content-Length: 100\r\n\r\n", b'{"email"')
         unfinished = raw_request(base, HEAD + b"Transfer-Encoding: chunked\r\n\r\n", b'5\r\n{"ema\r\n')

@@ -108,6 +108,17 @@ async def test_ranked_pages_continue_exactly_where_the_last_stopped(
     assert every[0]["topics"] is not None
 
 
+async def test_search_pages_take_the_paging_parameters_of_every_list(
+    client: httpx.AsyncClient, corpus: dict[str, Any]
+) -> None:
+    everything = await all_pages(client, "/v1/search/messages", q="lisbon", limit=2)
+    counted = (await client.get("/v1/search/messages", params={"q": "lisbon", "count": "exact", "limit": 1})).json()
+    assert counted["total"] == len(everything)
+    skipped = (await client.get("/v1/search/messages", params={"q": "lisbon", "offset": 1, "limit": 200})).json()
+    assert [hit["id"] for hit in skipped["items"]] == [hit["id"] for hit in everything[1:]]
+    assert skipped["next_cursor"] is None
+
+
 async def test_recent_pages_newest_first(client: httpx.AsyncClient, corpus: dict[str, Any]) -> None:
     paged = await search(client, q="flight", sort="recent", limit=5)
     ids = [h["id"] for h in paged]

@@ -7,8 +7,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from service import db
-from service.db import Connection, Query, QueryFile, QueryFileError, compile_parameters, parse_sql_file
+from service import queries as db
+from service.db import Connection
+from service.queries import Query, QueryFile, QueryFileError, compile_parameters, parse_sql_file
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -129,6 +130,41 @@ async def test_calls_bind_keywords_and_convert_rows(conn: Connection, tmp_path: 
         await queries["pair"].one(conn, Row, id=1, name="b")
     with pytest.raises(TypeError, match="is a :val query, called as :many"):
         await queries["echo"].many(conn, Row, v="x")
+
+
+class Swapped(msgspec.Struct):
+    label: str
+    id: int
+
+
+async def test_rows_build_structs_only_when_the_columns_name_its_fields_in_order(
+    conn: Connection, tmp_path: Path
+) -> None:
+    # Rows become Structs by position, so a select list in another order must not pass silently.
+    queries = parse_sql_file(write(tmp_path, "order", "-- name: pair :one\nSELECT 1 AS id, 'a' AS label;\n"))
+    with pytest.raises(TypeError, match=r"order\.pair selects \('id', 'label'\), which does not build Swapped"):
+        await queries["pair"].one(conn, Swapped)
+    assert await queries["pair"].one(conn, Row) == Row(1, "a")
+
+
+def test_fragments_are_written_once_and_included(tmp_path: Path) -> None:
+    write(tmp_path, "shared", "-- fragment: columns\n-- The row as shown.\nid, label\n")
+    queries = parse_sql_file(
+        write(
+            tmp_path,
+            "users_of",
+            "-- fragment: only_mine\nowner = :owner\n"
+            "-- name: mine :many\nSELECT /*include shared.columns*/ FROM t WHERE /*include only_mine*/;\n"
+            "-- name: mine_again :many\nSELECT /*include shared.columns*/ FROM u WHERE /*include only_mine*/;\n",
+        )
+    )
+    assert list(queries) == ["mine", "mine_again"]  # a fragment is not a query
+    assert queries["mine"].sql == "-- users_of.mine\nSELECT id, label FROM t WHERE owner = $1;"
+    assert queries["mine_again"].params == ("owner",)
+    with pytest.raises(QueryFileError, match=r"broken\.sql: query a includes nowhere, which is not a fragment"):
+        parse_sql_file(write(tmp_path, "broken", "-- name: a :one\nSELECT /*include nowhere*/;\n"))
+    with pytest.raises(QueryFileError, match=r"includes shared\.missing"):
+        parse_sql_file(write(tmp_path, "broken", "-- name: a :one\nSELECT /*include shared.missing*/;\n"))
 
 
 async def test_a_query_that_does_not_prepare_names_itself(conn: Connection, tmp_path: Path) -> None:

@@ -191,3 +191,19 @@ async def _race_duplicates(live_client: httpx.AsyncClient) -> None:
     assert stored["total"] == 2
     conversation_now = (await live_client.get(f"/v1/conversations/{conversation['id']}")).json()
     assert conversation_now["message_count"] == 2
+
+
+async def test_topic_names_are_cached_per_database(fresh_database: Callable[[], str]) -> None:
+    # Two databases cloned from one template hand out the same topic ids for different names: each
+    # app's topic-name cache belongs to its own database, so neither answers with the other's name.
+    seen: list[list[dict[str, Any]]] = []
+    for name in ("first-name", "second-name"):
+        async with serving(fresh_database()) as client:
+            user = await create_user(client)
+            conversation = await create_conversation(client, user["id"])
+            await post_batch(client, conversation["id"], [{"role": "user", "content": "x", "topics": [name]}])
+            page = (await client.get(f"/v1/conversations/{conversation['id']}/messages")).json()
+            seen.append(page["items"][0]["topics"])
+    assert seen[0][0]["id"] == seen[1][0]["id"]
+    assert [t["name"] for t in seen[0]] == ["first-name"]
+    assert [t["name"] for t in seen[1]] == ["second-name"]

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,24 +34,27 @@ import asyncpg
 import psycopg
 from psycopg import sql as pgsql
 
+from service import conversations as conversation_queries
 from service import devdb, migrations, search
 from service import messages as message_queries
 from service import seed as seeding
 from service import topics as topic_queries
 from service.admin import run_maintenance
-from service.cursors import CursorCodec
-from service.db import Query
+from service.cursors import CursorCodec, TimeKey
+from service.queries import Query
 from service.settings import PROJECT_ROOT, load_settings
 from service.timestamps import to_micros
 
 LOAD = PROJECT_ROOT / "tests" / "load"
-OUT = PROJECT_ROOT / ".freya" / "bench"
 BENCH_DATABASE = "freya_bench"
+# Targets as same-run ratios (issue 9), or as figures of this machine where the issue gives one.
 TARGETS = {
-    "page_50": "service/pgbench >= 0.35",
-    "deep_keyset_page": "p50 within 1.5x of page_50's",
+    "page_50": "service >= 0.25x pgbench on the bare page query, >= 1.0x the minimal Litestar handler",
+    "message_by_id": "service >= 0.6x the raw ASGI app",
+    "deep_keyset_page": "p50 within 1.5x of the newest page's",
     "batch_create_1000": ">= 50,000 messages/s",
     "search_common": "p99 < 50 ms",
+    "statement_cost": "each read statement <= 1.3x the bare statement's per-call cost (pgbench)",
 }
 
 
@@ -66,9 +70,14 @@ class Measure:
 class Result:
     name: str
     description: str
-    service: Measure
-    pgbench: Measure
-    ratio: float = 0.0
+    service: Measure | None = None
+    # pgbench on the statement(s) the service runs for one request, and on the bare SQL that
+    # returns the same rows (the honest reference), and the reference app where there is one.
+    pgbench: Measure | None = None
+    pgbench_bare: Measure | None = None
+    reference: Measure | None = None
+    reference_name: str = ""
+    ratios: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -129,24 +138,18 @@ def free_port() -> int:
         return port
 
 
-class Service:
-    def __init__(self, url: str, workers: int, cursor_secret: str) -> None:
+class Server:
+    """An HTTP server process on a free port: the service (python -m service serve) or a reference app."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "FREYA_DATABASE_URL": url,
-            "FREYA_PORT": str(self.port),
-            "FREYA_WORKERS": str(workers),
-            "FREYA_LOG_LEVEL": "WARNING",
-            "FREYA_CURSOR_SECRET": cursor_secret,
-        }
-        env.pop("FREYA_API_TOKENS", None)
-        # Kept open for the service's lifetime and read only if it fails to start.
+        environment = {**os.environ, **env, "FREYA_PORT": str(self.port), "FREYA_LOG_LEVEL": "WARNING"}
+        environment.pop("FREYA_API_TOKENS", None)
+        # Kept open for the server's lifetime and read only if it fails to start.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"], cwd=PROJECT_ROOT, env=env, stdout=self.log, stderr=self.log
-        )
+        command = [part.replace("{port}", str(self.port)) for part in command]
+        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=self.log, stderr=self.log)
         for _ in range(600):
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
@@ -154,13 +157,28 @@ class Service:
             except OSError:
                 if self.process.poll() is not None:
                     self.log.seek(0)
-                    sys.exit("the service did not start:\n" + self.log.read().decode(errors="replace"))
+                    sys.exit(f"{command} did not start:\n" + self.log.read().decode(errors="replace"))
                 time.sleep(0.1)
-        sys.exit("the service did not start listening within 60 s")
+        sys.exit(f"{command} did not start listening within 60 s")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def service(url: str, workers: int, cursor_secret: str) -> Server:
+    env = {"FREYA_DATABASE_URL": url, "FREYA_WORKERS": str(workers), "FREYA_CURSOR_SECRET": cursor_secret}
+    return Server([sys.executable, "-m", "service", "serve"], env)
+
+
+def reference(url: str, workers: int, app: str, interface: str) -> Server:
+    granian = [sys.executable, "-m", "granian", "--interface", interface, "--loop", "uvloop"]
+    command = [*granian, "--workers", str(workers), "--port", "{port}", "--log-level", "warning", app]
+    return Server(command, {"FREYA_DATABASE_URL": url})
 
 
 def run_wrk(wrk: str, url: str, connections: int, duration: int, script: Path | None, env: dict[str, str]) -> Measure:
@@ -289,20 +307,47 @@ def offset_vs_keyset(url: str, conversation_id: int, depths: list[int]) -> list[
     return asyncio.run(measure())
 
 
-def chart(results: list[Result], curve: list[dict[str, float]], path: Path) -> None:
+def chart(results: list[Result], curve: list[dict[str, float]], settings: dict[str, Any], path: Path) -> None:
+    """Left: each operation's req/s through the service beside its references (pgbench on the bare
+    SQL, the reference app), with p99; right: OFFSET against keyset paging by depth."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (bars, lines) = plt.subplots(1, 2, figsize=(14, 5.5))
-    names = [r.name for r in results]
-    bars.barh(names, [r.ratio for r in results], color="#4c72b0")
-    bars.axvline(0.35, color="#c44e52", linestyle="--", label="0.35 target (page_50)")
-    bars.set_xlabel("service req/s ÷ pgbench tps (same SQL, same concurrency)")
-    bars.set_title("Service throughput relative to PostgreSQL's own rate")
+    measured = [r for r in results if r.service is not None]
+    figure, (bars, lines) = plt.subplots(1, 2, figsize=(16, 6.5))
+    rows = range(len(measured))
+    height = 0.27
+    series: tuple[tuple[str, Callable[[Result], Measure | None], str], ...] = (
+        ("service", lambda r: r.service, "#4c72b0"),
+        ("reference app", lambda r: r.reference, "#55a868"),
+        ("pgbench, bare SQL", lambda r: r.pgbench_bare or r.pgbench, "#c44e52"),
+    )
+    for offset, (label, pick, color) in enumerate(series):
+        picked = [pick(r) for r in measured]
+        values = [m.requests_per_second if m else 0 for m in picked]
+        positions = [row + (offset - 1) * height for row in rows]
+        bars.barh(positions, values, height=height, color=color, label=label)
+        for position, result in zip(positions, measured, strict=True):
+            figure_measure = pick(result)
+            if figure_measure:
+                bars.text(
+                    figure_measure.requests_per_second,
+                    position,
+                    f" {figure_measure.requests_per_second:,.0f}/s p99 {figure_measure.p99_ms:.1f} ms",
+                    va="center",
+                    fontsize=7,
+                )
+    bars.set_yticks(list(rows), [r.name for r in measured])
+    bars.set_xscale("log")
+    bars.set_xlabel("requests (or transactions) per second, log scale")
+    bars.set_title(
+        f"Service vs references, same run: {settings['messages']:,} messages, "
+        f"{settings['workers']} workers, {settings['duration_s']} s each"
+    )
     bars.invert_yaxis()
-    bars.legend(loc="lower right")
+    bars.legend(loc="lower right", fontsize=8)
     depths = [point["depth"] for point in curve]
     lines.plot(depths, [p["offset_ms"] for p in curve], marker="o", label="OFFSET")
     lines.plot(depths, [p["keyset_ms"] for p in curve], marker="o", label="keyset (cursor)")
@@ -321,22 +366,89 @@ def scalar(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:
     return row[0] if len(row) == 1 else row
 
 
+@dataclass
+class Operation:
+    name: str
+    description: str
+    path: str  # through the service (and the reference app), or "" for a pgbench-only comparison
+    ours: str  # pgbench script: the statement(s) the service runs for one request
+    bare: str | None = None  # pgbench script: the bare SQL returning the same rows
+    script: Path | None = None  # wrk Lua script
+    env: dict[str, str] = field(default_factory=dict)
+    connections: int = 16
+    reference: str = ""  # "page" or "message": which reference app serves the same path
+
+
+def bare_script(sql: str, variables: dict[str, str] | None = None) -> str:
+    sets = "".join(f"\\set {name} {expression}\n" for name, expression in (variables or {}).items())
+    return sets + sql.rstrip().rstrip(";") + ";\n"
+
+
+def depths_for(size: int) -> list[int]:
+    """Page depths for the paging curve that exist in a conversation of ``size`` messages."""
+    deepest = max(size - 60, 0)
+    return sorted({0, *(d for d in (1_000, 10_000, 50_000, 100_000, 200_000) if d < deepest), min(deepest, 200_000)})
+
+
+def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server], duration: int) -> Result:
+    result = Result(operation.name, operation.description)
+    if operation.path:
+        result.service = run_wrk(
+            wrk,
+            servers["service"].base + operation.path,
+            operation.connections,
+            duration,
+            operation.script,
+            operation.env,
+        )
+    if operation.reference:
+        result.reference_name = operation.reference
+        result.reference = run_wrk(
+            wrk,
+            servers[operation.reference].base + operation.path,
+            operation.connections,
+            duration,
+            operation.script,
+            operation.env,
+        )
+    result.pgbench = run_pgbench(url, operation.ours, operation.connections, duration)
+    if operation.bare is not None:
+        result.pgbench_bare = run_pgbench(url, operation.bare, operation.connections, duration)
+
+    def rate(m: Measure | None) -> float:
+        return m.requests_per_second if m else 0.0
+
+    sql_reference = result.pgbench_bare or result.pgbench
+    if result.service and rate(sql_reference):
+        result.ratios["service/pgbench_bare"] = round(rate(result.service) / rate(sql_reference), 3)
+    if result.service and result.reference and rate(result.reference):
+        result.ratios["service/reference"] = round(rate(result.service) / rate(result.reference), 3)
+    if result.pgbench_bare and rate(result.pgbench):
+        # Per-call cost of our statement(s) relative to the bare SQL: > 1 costs PostgreSQL more.
+        result.ratios["statement_cost"] = round(rate(result.pgbench_bare) / rate(result.pgbench), 3)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=seeding.DEFAULT_MESSAGES)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2, help="granian worker processes")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="granian worker processes")
+    parser.add_argument("--out", type=Path, default=Path(load_settings().data_dir) / "bench")
     parser.add_argument("--only", help="comma-separated operation names, e.g. page_50,batch_create_1000")
     args = parser.parse_args()
+    if args.messages < 10_000:
+        sys.exit("make bench needs at least 10,000 messages (messages=10000)")
 
     wrk = ensure_wrk()
     url = bench_database(args.messages)
     args.out.mkdir(parents=True, exist_ok=True)
     with psycopg.connect(url) as conn:
-        whale = scalar(conn, "SELECT id FROM conversations ORDER BY message_count DESC, id LIMIT 1")
-        depth = min(200_000, scalar(conn, "SELECT message_count FROM conversations WHERE id = %s", whale) - 60)
+        whale, whale_size = scalar(
+            conn, "SELECT id, message_count FROM conversations ORDER BY message_count DESC, id LIMIT 1"
+        )
+        depth = min(200_000, max(whale_size - 60, 1))
         deep = scalar(
             conn,
             'SELECT "timestamp", id FROM messages WHERE conversation_id = %s ORDER BY "timestamp" DESC, id DESC '
@@ -344,16 +456,25 @@ def main() -> int:
             whale,
             depth - 1,
         )
+        newest_ids = [
+            row[0]
+            for row in conn.execute(
+                'SELECT id FROM messages WHERE conversation_id = %s ORDER BY "timestamp" DESC, id DESC LIMIT 50',
+                (whale,),
+            ).fetchall()
+        ]
         max_id = scalar(conn, "SELECT max(id) FROM messages")
         top_topic = scalar(conn, "SELECT topic_id FROM message_topics GROUP BY topic_id ORDER BY count(*) DESC LIMIT 1")
-        conversations = min(1000, scalar(conn, "SELECT count(*) FROM conversations"))
+        busiest_user = scalar(conn, "SELECT user_id FROM conversations GROUP BY user_id ORDER BY count(*) DESC LIMIT 1")
+        conversation_count = scalar(conn, "SELECT count(*) FROM conversations")
+    conversations = min(1000, conversation_count)
     # "time" is among the most frequent words (about 5% of messages); "quokka" is in about 1 in 16,000.
     common, rare = "time", "quokka"
     # Search latency is measured with one client per core: the target is about the query, and with
     # more clients than cores a p99 mostly measures the queue.
     search_clients = os.cpu_count() or 2
     secret = secrets.token_urlsafe(24)
-    cursor = CursorCodec(secret).encode(f"messages:{whale}:desc:None:None:None", to_micros(deep[0]), deep[1])
+    cursor = CursorCodec(secret).encode(f"messages:{whale}:desc:None:None:None", TimeKey(to_micros(deep[0]), deep[1]))
     page_params = {"conversation_id": whale, "since": None, "until": None, "role": None, "limit": 50, "offset": 0}
     search_params = {
         "conversation_id": None,
@@ -364,7 +485,8 @@ def main() -> int:
         "until": None,
         "before_rank": None,
         "before_id": None,
-        "limit": 21,
+        "limit": 20,
+        "offset": 0,
     }
     batch = {
         "roles": ["user", "assistant"] * 500,
@@ -382,174 +504,232 @@ def main() -> int:
         "tag_items": [1],
         "tag_names": ["loadtest"],
     }
+    columns = 'id, conversation_id, user_id, role, content, "timestamp"'
+    bare_page = (
+        f'SELECT {columns} FROM messages WHERE conversation_id = :cid ORDER BY "timestamp" DESC, id DESC LIMIT 50'
+    )
+    newest_page = {**page_params, "before_ts": None, "before_id": None}
+    topics_lookup = topic_queries.sql.tags_of_messages
 
-    def search_script(q: str) -> str:
-        query = search.sql.search_messages_by_rank
-        return (
+    def search_scripts(q: str) -> tuple[str, str]:
+        ours = (
             "BEGIN;\n"
             + pgbench_script(search.sql.plan_for_these_values, {})
-            + pgbench_script(query, {**search_params, "q": q})
+            + pgbench_script(search.sql.search_messages_by_rank, {**search_params, "q": q})
             + "COMMIT;\n"
         )
+        bare = bare_script(
+            f"SELECT {columns}, edited_at, ts_rank_cd(search, websearch_to_tsquery('english', {literal(q)})) AS rank "
+            f"FROM messages WHERE search @@ websearch_to_tsquery('english', {literal(q)}) "
+            "ORDER BY rank DESC, id DESC LIMIT 20"
+        )
+        return ours, bare
 
-    operations: list[tuple[str, str, str, Path | None, dict[str, str], str, int]] = [
-        (
+    common_ours, common_bare = search_scripts(common)
+    rare_ours, rare_bare = search_scripts(rare)
+    operations = [
+        Operation(
             "page_50",
-            "newest 50 messages of the largest conversation",
-            f"/v1/conversations/{whale}/messages?limit=50",
-            None,
-            {},
+            "newest 50 messages of a random conversation",
+            "/",
             pgbench_script(
-                message_queries.sql.list_messages_newest_first, {**page_params, "before_ts": None, "before_id": None}
+                message_queries.sql.list_messages_newest_first,
+                newest_page,
+                {"conversation_id": f"random(1, {conversations})"},
             ),
-            args.connections,
+            bare_script(bare_page, {"cid": f"random(1, {conversations})"}),
+            script=LOAD / "conversation_page.lua",
+            env={"FREYA_CONVERSATIONS": str(conversations)},
+            reference="page",
         ),
-        (
+        Operation(
+            "page_50_with_topics_sql",
+            "the largest conversation's newest page and its topics lookup (SQL only)",
+            "",
+            pgbench_script(message_queries.sql.list_messages_newest_first, newest_page)
+            + pgbench_script(topics_lookup, {"message_ids": newest_ids}),
+            bare_script(bare_page.replace(":cid", str(whale))),
+        ),
+        Operation(
             "deep_keyset_page",
-            f"50 messages {depth:,} deep, by cursor",
+            f"50 messages {depth:,} deep in the largest conversation, by cursor",
             f"/v1/conversations/{whale}/messages?limit=50&cursor={cursor}",
-            None,
-            {},
             pgbench_script(
                 message_queries.sql.list_messages_newest_first,
                 {**page_params, "before_ts": deep[0], "before_id": deep[1]},
             ),
-            args.connections,
+            bare_script(
+                f"SELECT {columns} FROM messages WHERE conversation_id = {whale} "
+                f'AND ("timestamp", id) < ({literal(deep[0])}, {deep[1]}) ORDER BY "timestamp" DESC, id DESC LIMIT 50'
+            ),
         ),
-        (
+        Operation(
             "message_by_id",
             "one message with its topics, random id",
             "/",
-            LOAD / "message_by_id.lua",
-            {"FREYA_MAX_MESSAGE_ID": str(max_id)},
             pgbench_script(message_queries.sql.get_message, {}, {"message_id": f"random(1, {max_id})"}),
-            args.connections,
+            bare_script(
+                f"SELECT {columns}, edited_at FROM messages WHERE id = :message_id",
+                {"message_id": f"random(1, {max_id})"},
+            ),
+            script=LOAD / "message_by_id.lua",
+            env={"FREYA_MAX_MESSAGE_ID": str(max_id)},
+            reference="message",
         ),
-        (
-            "create_message",
-            "post one message with a topic",
-            "/",
-            LOAD / "create_message.lua",
-            {"FREYA_CONVERSATIONS": str(conversations)},
-            pgbench_script(message_queries.sql.add_messages, one, {"conversation_id": f"random(1, {conversations})"}),
-            args.connections,
-        ),
-        (
-            "batch_create_1000",
-            "post 1,000 messages in one request",
-            "/",
-            LOAD / "batch_messages.lua",
-            {"FREYA_CONVERSATIONS": str(conversations), "FREYA_BATCH_SIZE": "1000"},
-            pgbench_script(message_queries.sql.add_messages, batch, {"conversation_id": f"random(1, {conversations})"}),
-            4,
-        ),
-        (
-            "search_common",
-            f"ranked search for a common word ({common!r}), 20 hits",
-            f"/v1/search/messages?q={common}&limit=20",
-            None,
-            {},
-            search_script(common),
-            search_clients,
-        ),
-        (
-            "search_rare",
-            f"ranked search for a rare word ({rare!r}), 20 hits",
-            f"/v1/search/messages?q={rare}&limit=20",
-            None,
-            {},
-            search_script(rare),
-            search_clients,
-        ),
-        (
+        Operation(
             "topic_messages",
             "newest 50 messages of the busiest topic",
             f"/v1/topics/{top_topic}/messages?limit=50",
-            None,
-            {},
             pgbench_script(
-                topic_queries.sql.list_topic_messages,
+                message_queries.sql.list_topic_messages,
                 {"topic_id": top_topic, "before_id": None, "limit": 50, "offset": 0},
             ),
-            args.connections,
+            bare_script(
+                f'SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp" '
+                f"FROM message_topics AS mt JOIN messages AS m ON m.id = mt.message_id "
+                f"WHERE mt.topic_id = {top_topic} ORDER BY mt.message_id DESC LIMIT 50"
+            ),
+        ),
+        Operation(
+            "user_conversations",
+            "50 most recently active conversations of the user with the most",
+            f"/v1/users/{busiest_user}/conversations?limit=50",
+            pgbench_script(
+                conversation_queries.sql.list_user_conversations,
+                {"user_id": busiest_user, "before_updated_at": None, "before_id": None, "limit": 50, "offset": 0},
+            ),
+            bare_script(
+                "SELECT id, user_id, title, created_at, updated_at, message_count FROM conversations "
+                f"WHERE user_id = {busiest_user} ORDER BY updated_at DESC, id DESC LIMIT 50"
+            ),
+        ),
+        Operation(
+            "create_message",
+            "post one message with a topic",
+            "/",
+            pgbench_script(message_queries.sql.add_messages, one, {"conversation_id": f"random(1, {conversations})"}),
+            script=LOAD / "create_message.lua",
+            env={"FREYA_CONVERSATIONS": str(conversations)},
+        ),
+        Operation(
+            "batch_create_1000",
+            "post 1,000 messages in one request",
+            "/",
+            pgbench_script(message_queries.sql.add_messages, batch, {"conversation_id": f"random(1, {conversations})"}),
+            script=LOAD / "batch_messages.lua",
+            env={"FREYA_CONVERSATIONS": str(conversations), "FREYA_BATCH_SIZE": "1000"},
+            connections=4,
+        ),
+        Operation(
+            "search_common",
+            f"ranked search for a common word ({common!r}), 20 hits",
+            f"/v1/search/messages?q={common}&limit=20",
+            common_ours,
+            common_bare,
+            connections=search_clients,
+        ),
+        Operation(
+            "search_rare",
+            f"ranked search for a rare word ({rare!r}), 20 hits",
+            f"/v1/search/messages?q={rare}&limit=20",
+            rare_ours,
+            rare_bare,
+            connections=search_clients,
         ),
     ]
-
     if args.only:
         wanted = set(args.only.split(","))
-        operations = [operation for operation in operations if operation[0] in wanted]
+        operations = [operation for operation in operations if operation.name in wanted]
         if not operations:
             sys.exit(f"--only names none of the operations: {args.only}")
-    service = Service(url, args.workers, secret)
-    results: list[Result] = []
-    try:
-        for name, description, path, script, env, sql_script, connections in operations:
-            print(f"{name}: service …", end=" ", flush=True)
-            through_service = run_wrk(wrk, service.base + path, connections, args.duration, script, env)
-            print("pgbench …", end=" ", flush=True)
-            direct = run_pgbench(url, sql_script, connections, args.duration)
-            ratio = (
-                through_service.requests_per_second / direct.requests_per_second if direct.requests_per_second else 0
-            )
-            results.append(Result(name, description, through_service, direct, round(ratio, 3)))
-            print(f"{through_service.requests_per_second:,.0f} req/s vs {direct.requests_per_second:,.0f} tps")
-    finally:
-        service.stop()
-    curve = offset_vs_keyset(url, whale, [0, 1_000, 10_000, 50_000, 100_000, depth])
 
-    by_name = {r.name: r for r in results}
-    if "batch_create_1000" in by_name:
-        batch_result = by_name["batch_create_1000"]
-        batch_result.extra["messages_per_second"] = round(batch_result.service.requests_per_second * 1000)
-    checks: dict[str, bool] = {}
-    if "page_50" in by_name:
-        checks["page_50"] = by_name["page_50"].ratio >= 0.35
-    if {"page_50", "deep_keyset_page"} <= by_name.keys():
-        checks["deep_keyset_page"] = (
-            by_name["deep_keyset_page"].service.p50_ms <= 1.5 * by_name["page_50"].service.p50_ms
-        )
-    if "batch_create_1000" in by_name:
-        checks["batch_create_1000"] = by_name["batch_create_1000"].extra["messages_per_second"] >= 50_000
-    if "search_common" in by_name:
-        checks["search_common"] = by_name["search_common"].service.p99_ms < 50
-    report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "settings": {
-            "messages": args.messages,
-            "duration_s": args.duration,
-            "connections": args.connections,
-            "workers": args.workers,
-        },
-        "results": [asdict(r) for r in results],
-        "offset_vs_keyset": curve,
-        "targets": {name: {"target": TARGETS[name], "met": met} for name, met in checks.items()},
+    settings = {
+        "messages": args.messages,
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "workers": args.workers,
     }
-    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
-    chart(results, curve, args.out / "chart.png")
+    results: list[Result] = []
+    failures: dict[str, str] = {}
+    curve: list[dict[str, float]] = []
+
+    def report() -> None:
+        """Written after every operation: a failure later loses nothing measured before it."""
+        payload = {
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "settings": settings,
+            "results": [asdict(r) for r in results],
+            "failures": failures,
+            "offset_vs_keyset": curve,
+        }
+        (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+
+    servers = {
+        "service": service(url, args.workers, secret),
+        "page": reference(url, args.workers, "tests.bench.reference_app:page_app", "asgi"),
+        "message": reference(url, args.workers, "tests.bench.reference_app:message_app", "asgi"),
+    }
+    try:
+        for operation in operations:
+            print(f"{operation.name} …", end=" ", flush=True)
+            try:
+                result = measure(operation, wrk, url, servers, args.duration)
+            except (RuntimeError, subprocess.CalledProcessError) as error:
+                failures[operation.name] = str(error)
+                print(f"FAILED: {error}", flush=True)
+            else:
+                results.append(result)
+                print(", ".join(f"{k} {v:.2f}" for k, v in result.ratios.items()), flush=True)
+            report()
+    finally:
+        for server in servers.values():
+            server.stop()
+    try:
+        curve.extend(offset_vs_keyset(url, whale, depths_for(whale_size)))
+    except asyncpg.PostgresError as error:
+        failures["offset_vs_keyset"] = str(error)
+    report()
+    if results:
+        chart(results, curve, settings, args.out / "chart.png")
+    print_summary(results, curve, failures)
+    print(f"written: {args.out / 'results.json'}, {args.out / 'chart.png'}")
+    return 1 if failures else 0
+
+
+def print_summary(results: list[Result], curve: list[dict[str, float]], failures: dict[str, str]) -> None:
+    def cells(m: Measure | None) -> str:
+        return (
+            f"{m.requests_per_second:>10,.0f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f}"
+            if m
+            else f"{'-':>10} {'-':>7} {'-':>7}"
+        )
 
     print(
-        f"\n{'operation':<20} {'service req/s':>14} {'p50 ms':>8} {'p99 ms':>8} {'pgbench tps':>12} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'ratio':>7}"
+        f"\n{'operation':<24} {'service/s':>10} {'p50':>7} {'p99':>7} {'ref/s':>10} {'p50':>7} {'p99':>7} "
+        f"{'ours tps':>10} {'p50':>7} {'p99':>7} {'bare tps':>10} {'p50':>7} {'p99':>7}  ratios"
     )
     for r in results:
         print(
-            f"{r.name:<20} {r.service.requests_per_second:>14,.0f} {r.service.p50_ms:>8.2f} {r.service.p99_ms:>8.2f} "
-            f"{r.pgbench.requests_per_second:>12,.0f} {r.pgbench.p50_ms:>8.2f} {r.pgbench.p99_ms:>8.2f} "
-            f"{r.ratio:>7.2f}"
+            f"{r.name:<24} {cells(r.service)} {cells(r.reference)} {cells(r.pgbench)} {cells(r.pgbench_bare)}  "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r.ratios.items())
         )
-    print("\nOFFSET vs keyset, median ms per 50-message page:")
-    for point in curve:
-        print(f"  depth {point['depth']:>8,}: OFFSET {point['offset_ms']:8.2f}   keyset {point['keyset_ms']:6.2f}")
+    by_name = {r.name: r for r in results}
+    if "batch_create_1000" in by_name and by_name["batch_create_1000"].service:
+        batch = by_name["batch_create_1000"]
+        assert batch.service is not None
+        print(f"\nbatch create: {batch.service.requests_per_second * 1000:,.0f} messages/s")
+    if curve:
+        print("\nOFFSET vs keyset, median ms per 50-message page:")
+        for point in curve:
+            print(f"  depth {point['depth']:>8,}: OFFSET {point['offset_ms']:8.2f}   keyset {point['keyset_ms']:6.2f}")
     print("\ntargets:")
-    for name, met in checks.items():
-        print(f"  {'met ' if met else 'MISSED'} {name}: {TARGETS[name]}")
-    if "batch_create_1000" in by_name:
-        print(f"\nbatch create: {by_name['batch_create_1000'].extra['messages_per_second']:,} messages/s")
-    print(f"written: {args.out / 'results.json'}, {args.out / 'chart.png'}")
-    errors = sum(r.service.errors for r in results)
+    for name, target in TARGETS.items():
+        print(f"  {name}: {target}")
+    errors = sum(r.service.errors for r in results if r.service)
     if errors:
         print(f"warning: {errors} non-2xx responses during the service runs")
-    return 0
+    for name, error in failures.items():
+        print(f"FAILED {name}: {error}")
 
 
 if __name__ == "__main__":
