@@ -14,7 +14,6 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import admin, conversations, db, errors, health, idempotency, messages, search, topics, users
@@ -28,6 +27,7 @@ from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
 from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
+from service.openapi import OpenAPIJson
 from service.pages import provide_paging
 from service.pipeline import RequestPipeline
 from service.queries import prepare_all, queries_of
@@ -174,7 +174,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             version=VERSION,
             description="Chat history of the Freya assistant: users, conversations, messages, topics.",
             path=DOCS_PATH,
-            render_plugins=[swagger_ui(), JsonRenderPlugin(path="/openapi.json")],
+            render_plugins=[swagger_ui(), OpenAPIJson(path="/openapi.json")],
         ),
     )
 

@@ -30,6 +30,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.types import ExceptionHandlersMap
 
 from service.fields import EMAIL_PATTERN, NO_NUL
@@ -146,9 +147,79 @@ _RESPONSE_DESCRIPTIONS = {
     403: "The token lacks the scope this request needs",
     404: "Not found",
     409: "Conflict with an existing row",
+    415: "The body is not sent as application/json",
     422: "Well-formed, but a value breaks a rule or references a missing row",
     503: "Database unavailable or busy; retry after Retry-After seconds",
     504: "Database statement timed out",
+}
+
+
+_EXAMPLES: dict[int, dict[str, Any]] = {
+    400: {
+        "type": PROBLEM_BASE + "invalid-request",
+        "title": "Invalid request",
+        "status": 400,
+        "detail": "email: must be an email address (and contain no NUL character)",
+        "instance": "/v1/users",
+        "errors": [{"field": "email", "message": "must be an email address (and contain no NUL character)"}],
+    },
+    401: {
+        "type": PROBLEM_BASE + "unauthorized",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": "a valid service token is required: Authorization: Bearer <token>",
+        "instance": "/v1/users/1",
+    },
+    403: {
+        "type": PROBLEM_BASE + "forbidden",
+        "title": "Forbidden",
+        "status": 403,
+        "detail": "token 'reader' lacks the 'write' scope this request needs",
+        "instance": "/v1/users",
+    },
+    404: {
+        "type": PROBLEM_BASE + "not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "user 42 does not exist",
+        "instance": "/v1/users/42",
+    },
+    409: {
+        "type": PROBLEM_BASE + "conflict",
+        "title": "Conflict",
+        "status": 409,
+        "detail": "a user with this email exists already",
+        "instance": "/v1/users",
+    },
+    415: {
+        "type": PROBLEM_BASE + "unsupported-media-type",
+        "title": "Unsupported media type",
+        "status": 415,
+        "detail": "Content-Type 'text/plain' is not supported: send application/json",
+        "instance": "/v1/users",
+    },
+    422: {
+        "type": PROBLEM_BASE + "missing-reference",
+        "title": "Referenced row does not exist",
+        "status": 422,
+        "detail": "user_id names a row that does not exist",
+        "instance": "/v1/conversations",
+        "errors": [{"field": "user_id", "message": "does not exist"}],
+    },
+    503: {
+        "type": PROBLEM_BASE + "database-unavailable",
+        "title": "Database unavailable",
+        "status": 503,
+        "detail": "the database cannot be reached right now; retry shortly",
+        "instance": "/v1/users/1",
+    },
+    504: {
+        "type": PROBLEM_BASE + "database-timeout",
+        "title": "Database statement timed out",
+        "status": 504,
+        "detail": "the database did not answer within the statement timeout",
+        "instance": "/v1/search/messages",
+    },
 }
 
 
@@ -156,7 +227,11 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the problem responses a route can return (auth and database ones always can)."""
     return {
         status: ResponseSpec(
-            data_container=ProblemDetails, description=_RESPONSE_DESCRIPTIONS[status], media_type=MEDIA_TYPE
+            data_container=ProblemDetails,
+            description=_RESPONSE_DESCRIPTIONS[status],
+            media_type=MEDIA_TYPE,
+            generate_examples=False,
+            examples=[Example(summary=_RESPONSE_DESCRIPTIONS[status], value=_EXAMPLES[status])],
         )
         for status in (*statuses, 401, 403, 503, 504)
     }

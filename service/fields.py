@@ -15,8 +15,10 @@ from litestar.params import PathParameter, QueryParameter
 # Patterns are written for both engines that read them: Python's re (msgspec applies them with
 # re.search) and ECMA-262 (the OpenAPI document's clients). The whole string, with no NUL anywhere:
 NO_NUL = r"^[^\x00]*$"
-# Python's $ also matches before a final newline; (?!\n) refuses it there (a no-op in ECMA-262).
-EMAIL_PATTERN = r"^[^@\s\x00]+@[^@\s\x00]+$(?!\n)"
+# No @, space or control character on either side of the @ (explicit ranges: \s differs between
+# the two engines). Python's $ also matches before a final newline; (?!\n) refuses it there (a
+# no-op in ECMA-262).
+EMAIL_PATTERN = r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+$(?!\n)"
 MAX_ID = 2**63 - 1
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="A 64-bit row id")]

@@ -26,6 +26,7 @@ from typing import cast
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
@@ -71,6 +72,8 @@ class RequestPipeline(ASGIMiddleware):
                 response_headers.append(
                     (b"server-timing", f"db;dur={timing.seconds * 1000:.2f}, app;dur={total_ms:.2f}".encode())
                 )
+                if method == "OPTIONS":
+                    response_headers = _with_every_method(scope, response_headers)
                 message["headers"] = response_headers
             await send(message)
 
@@ -155,6 +158,18 @@ class RequestPipeline(ASGIMiddleware):
                 body.rewind()
                 continue
             return
+
+
+def _with_every_method(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Allow: every method of the path. Litestar's own OPTIONS answer names only the methods of
+    the first handler registered on it (DELETE alone for GET, PATCH and DELETE on one path)."""
+    template = scope.get("path_template")
+    routes = [r for r in scope["litestar_app"].routes if isinstance(r, HTTPRoute) and r.path_format == template]
+    if not routes:
+        return headers
+    methods = set().union(*(route.methods for route in routes))
+    allow = ", ".join(sorted(methods)).encode()
+    return [(name, value) for name, value in headers if name.lower() != b"allow"] + [(b"allow", allow)]
 
 
 def _require_plain_ids(scope: Scope) -> None:

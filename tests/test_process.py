@@ -32,8 +32,9 @@ def stop(process: subprocess.Popen[str]) -> str:
 
 
 def workers_of(process: subprocess.Popen[str]) -> list[int]:
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    return [int(pid) for pid in children]
+    """granian's worker processes (its other child is multiprocessing's resource tracker)."""
+    children = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+    return [pid for pid in children if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def answers_again(base: str, attempts: int = 300) -> bool:
