@@ -35,10 +35,11 @@ _NOTES = {
     "cursor": "Paging: pass the previous page's `next_cursor` as `cursor` to get the next page; a cursor "
     "is opaque, signed, and valid only for the same list with the same filters (anything else is a 400).",
     "fields": "`fields` is a comma-separated list of field names, among those of the item schema; "
-    "an unknown name is a 400.",
+    "only those are returned (and selected); an unknown name is a 400.",
     "q": '`q` is web-search syntax: words, "quoted phrases", `or`, and `-word` to exclude; any text up to '
     "the length limit is accepted.",
 }
+_BULK = "Each message may appear once in `updates` (a 400 otherwise); nothing is written unless all exist."
 _IDEMPOTENT = (
     "Send an `Idempotency-Key` header (1-255 printable ASCII characters) to make a retry safe: the first "
     "answer is stored with the write in one transaction, and a retry with the same key and body gets it "
@@ -75,7 +76,10 @@ def _all_structs() -> list[type[msgspec.Struct]]:
 def correct(document: dict[str, Any]) -> dict[str, Any]:
     """Set the document right, in place (each step may run again on its own output)."""
     components = document.setdefault("components", {})
-    components.setdefault("schemas", {}).update(request_body_schemas())
+    schemas = components.setdefault("schemas", {})
+    schemas.update(request_body_schemas())
+    # With fields= a message has only the fields chosen: none of them is always there.
+    schemas.get("Message", {}).pop("required", None)
     components.setdefault("securitySchemes", {})["bearer"] = _BEARER
     document["security"] = [{"bearer": []}]
     for path, item in document.get("paths", {}).items():
@@ -97,6 +101,8 @@ def _correct_operation(path: str, method: str, operation: dict[str, Any]) -> Non
     notes = [note for name, note in _NOTES.items() if name in names]
     if method == "post" and path.startswith("/v1/") and not path.startswith("/v1/admin/"):
         notes.append(_IDEMPOTENT)
+    if (method, path) == ("patch", "/v1/messages"):
+        notes.append(_BULK)
     operation["description"] = "\n\n".join([operation.get("summary", "") + ".", *notes])
 
 

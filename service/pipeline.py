@@ -21,6 +21,7 @@ import asyncio
 import logging
 import re
 import time
+import urllib.parse
 from typing import cast
 
 from litestar.enums import ScopeType
@@ -40,6 +41,9 @@ access_log = logging.getLogger("freya.access")
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _PLAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
+_TIME_FILTERS = frozenset({"since", "until"})
+# RFC 3339 date-time; without an offset it is taken as UTC (the API's documented leniency).
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
 
 
 class RequestPipeline(ASGIMiddleware):
@@ -81,6 +85,7 @@ class RequestPipeline(ASGIMiddleware):
         try:
             principal = authorize(self.tokens, method, path, headers.get(b"authorization"))
             _require_plain_ids(scope)
+            _require_rfc3339_times(scope)
             if method in _WITH_BODY and path.startswith("/v1/"):
                 _require_json(headers)
             key = self.idempotency.key_of(method, path, headers)
@@ -178,6 +183,17 @@ def _require_plain_ids(scope: Scope) -> None:
     for name, value in scope.get("path_params", {}).items():
         if name.endswith("_id") and not _PLAIN_ID.match(value):
             raise Invalid(f"{name} must be a positive decimal integer", field=name)
+
+
+def _require_rfc3339_times(scope: Scope) -> None:
+    """Time filters (since, until) are RFC 3339 times: a lenient parser would also take 0.5 or
+    1e9 as seconds since the epoch."""
+    query = scope.get("query_string", b"")
+    if b"since=" not in query and b"until=" not in query:
+        return
+    for name, value in urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name in _TIME_FILTERS and not _RFC3339.match(value):
+            raise Invalid(f"{name} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z", field=name)
 
 
 def _require_json(headers: dict[bytes, bytes]) -> None:

@@ -14,7 +14,8 @@ from tests.test_process import stop
 
 TOKEN = "schemathesis-token-0123456789"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-SCHEMATHESIS = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "schemathesis"
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMATHESIS = ROOT / ".venv" / "bin" / "schemathesis"
 
 
 def test_the_document_is_what_the_server_does(fresh_database: Callable[[], str]) -> None:
