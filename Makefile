@@ -57,9 +57,9 @@ purge-idempotency-keys: $(STAMP) ## delete idempotency keys past FREYA_IDEMPOTEN
 seed: $(STAMP) ## generate realistic data: make seed messages=1000000 seed=42 (the defaults)
 	$(FREYA) seed $(if $(messages),--messages $(messages)) $(if $(seed),--seed $(seed))
 
-bench: $(STAMP) ## benchmark hot operations: service (wrk) vs the same SQL (pgbench); see BENCHMARKS.md
+bench: $(STAMP) ## benchmark hot operations: service (wrk) vs the same SQL (pgbench); pgbouncer=1 adds the page via PgBouncer
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration))
+	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration)) $(if $(pgbouncer),--pgbouncer)
 
 loadtest: $(STAMP) ## run the Locust mix against the running service (make run): duration=60s users=20; report under FREYA_DATA_DIR
 	$(BIN)/python -m pip install --quiet -e '.[load]'

@@ -126,5 +126,5 @@ class AdminController(Controller):
         responses=problem_responses(400),
     )
     async def maintenance(self, data: JSONBody[MaintenanceRequest], db: NamedDependency[Database]) -> MaintenanceReport:
-        async with db.connection() as conn:
+        async with db.primary(autocommit=True) as conn:  # VACUUM runs outside any transaction
             return await run_maintenance(conn, data.operation, data.tables)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +18,7 @@ from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import admin, conversations, db, errors, health, idempotency, messages, search, topics, users
+from service import admin, conversations, db, errors, health, idempotency, messages, replicas, search, topics, users
 from service.admin import AdminController
 from service.auth import parse_tokens
 from service.conversations import ConversationsController, UserConversationsController
@@ -47,6 +49,7 @@ SERVED_QUERIES = (
     health.sql,
     idempotency.sql,
     messages.sql,
+    replicas.sql,
     search.sql,
     topics.sql,
     users.sql,
@@ -56,11 +59,6 @@ SERVED_QUERIES = (
 def _provide_database(state: State) -> db.Database:
     database: db.Database = state.database
     return database
-
-
-def _provide_cursors(state: State) -> CursorCodec:
-    cursors: CursorCodec = state.cursors
-    return cursors
 
 
 @route(
@@ -109,28 +107,48 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         url = settings.database_url
         if url is None:
             raise RuntimeError("FREYA_DATABASE_URL is not set (python -m service serve resolves it)")
-        pool = await db.create_pool(
-            url,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            statement_timeout_ms=settings.statement_timeout_ms,
-            connect_timeout=settings.connect_timeout,
+
+        async def open_pool(server_url: str) -> db.PoolDatabase:
+            pool = await db.create_pool(
+                server_url,
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                statement_timeout_ms=settings.statement_timeout_ms,
+                connect_timeout=settings.connect_timeout,
+                pooler=settings.pooler,
+            )
+            per_transaction = settings.statement_timeout_ms if settings.pooler == "pgbouncer-transaction" else None
+            return db.PoolDatabase(pool, settings.pool_acquire_timeout, timeout_per_transaction_ms=per_transaction)
+
+        primary = await open_pool(url)
+        routed = replicas.ReplicatedDatabase(
+            primary, settings.replica_urls, settings.replica_max_lag_ms, open_pool, settings.connect_timeout
         )
+        monitor: asyncio.Task[None] | None = None
         try:
-            async with pool.acquire() as conn:
+            async with primary.pool.acquire() as conn:
                 prepared = await prepare_all(conn, queries_of(SERVED_QUERIES))
             log.info(
-                "database pool open (%d-%d connections), %d queries prepared",
+                "database pool open (%d-%d connections, pooler %s), %d queries prepared",
                 settings.pool_min_size,
                 settings.pool_max_size,
+                settings.pooler,
                 prepared,
             )
-            app.state.database = db.PoolDatabase(pool, settings.pool_acquire_timeout)
-            async with watching_pool(app.state.database):
+            if routed.replicas:
+                # The first poll before the first request: replicas that are up take reads at once.
+                await routed.poll()
+                monitor = asyncio.create_task(routed.watch())
+            app.state.database = routed
+            async with watching_pool(primary):
                 yield
         finally:
+            if monitor is not None:
+                monitor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await monitor
             # Graceful: waits for connections in use to be released, i.e. in-flight requests.
-            await pool.close()
+            await asyncio.gather(primary.pool.close(), routed.close())
             log.info("database pool closed")
 
     return Litestar(
@@ -161,7 +179,6 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         logging_config=None,
         dependencies={
             "db": Provide(_provide_database, sync_to_thread=False),
-            "cursors": Provide(_provide_cursors, sync_to_thread=False),
             "paging": Provide(provide_paging, sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,

@@ -45,10 +45,12 @@ class NameKey(msgspec.Struct, array_like=True, frozen=True):
 
 
 class RankKey(msgspec.Struct, array_like=True, frozen=True):
-    """The position after a row of a list ordered by (rank, id)."""
+    """The position after a row of a list ordered by (rank, id), and which set is ranked: the
+    newest id of the set the first page ranked (None in cursors from before ranking was bounded)."""
 
     rank: float
     id: int
+    newest: int | None = None
 
 
 def _b64(data: bytes) -> str:

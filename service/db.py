@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,6 +19,8 @@ from typing import Any
 
 import asyncpg
 import msgspec
+
+from service.settings import Pooler
 
 if typing.TYPE_CHECKING:
     # A plain connection (tests) or the pool's proxy for one (the service): the same calls.
@@ -68,8 +70,18 @@ class Database(abc.ABC):
     @abc.abstractmethod
     def connection(self) -> typing.AsyncContextManager[Connection]: ...
 
+    def primary(self, *, autocommit: bool = False) -> typing.AsyncContextManager[Connection]:
+        """A connection to the primary even in a GET: for checks of the primary itself (readiness).
+
+        ``autocommit``: outside the transaction a pooler may need around each use (VACUUM cannot
+        run in one); statements then run without the statement timeout in that mode.
+        """
+        return self.connection()
+
     @abc.abstractmethod
-    def request_transaction(self) -> typing.AsyncContextManager[Connection]: ...
+    def request_transaction(self) -> typing.AsyncContextManager[Connection]:
+        """One transaction on the primary for everything the request does: connection() inside
+        it hands out savepoints on it. Commits when the block ends without an exception."""
 
 
 # The connection a request's whole work runs on, when it runs in one transaction (a POST under
@@ -95,17 +107,41 @@ _BROKEN = (
 
 
 class PoolDatabase(Database):
-    def __init__(self, pool: Pool, acquire_timeout: float) -> None:
+    """One server's pool.
+
+    ``timeout_per_transaction_ms``: behind PgBouncer in transaction mode a server connection serves
+    many clients, one transaction at a time, so a session setting would leak to the others and be
+    lost for us: every use then runs in a transaction that sets its own statement timeout.
+    ``after_use``: awaited on the connection after a use that ended without error (its transaction,
+    if any, committed), before the connection goes back to the pool.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        acquire_timeout: float,
+        *,
+        timeout_per_transaction_ms: int | None = None,
+        after_use: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.acquire_timeout = acquire_timeout
+        self.timeout_per_transaction = None if timeout_per_transaction_ms is None else str(timeout_per_transaction_ms)
+        self.after_use = after_use
         # Requests waiting for a connection right now (a metrics gauge).
         self.waiting = 0
 
+    def connection(self) -> typing.AsyncContextManager[Connection]:
+        return self._use(autocommit=False)
+
+    def primary(self, *, autocommit: bool = False) -> typing.AsyncContextManager[Connection]:
+        return self._use(autocommit=autocommit)
+
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
+    async def _use(self, *, autocommit: bool) -> AsyncIterator[Connection]:
         bound = _request_connection.get()
-        if bound is not None:
+        if bound is not None and not autocommit:
             # Inside the request's transaction: a savepoint, so a failed statement undoes only
             # its own part, as it would on a connection of its own.
             async with _transaction(bound):
@@ -114,7 +150,14 @@ class PoolDatabase(Database):
         conn = await self._acquire()
         statements_before = _statements_so_far()
         try:
-            yield conn
+            if self.timeout_per_transaction is None or autocommit:
+                yield conn
+            else:
+                async with _transaction(conn):
+                    await conn.execute(_SET_STATEMENT_TIMEOUT, self.timeout_per_transaction, True)
+                    yield conn
+            if self.after_use is not None:
+                await self.after_use(conn)
         except BaseException as error:
             _discard_if_broken(conn, error, retryable=statements_before == _statements_so_far())
             raise
@@ -123,13 +166,15 @@ class PoolDatabase(Database):
 
     @asynccontextmanager
     async def request_transaction(self) -> AsyncIterator[Connection]:
-        """One transaction for everything the request does: connection() inside it hands out
-        savepoints on it. Commits when the block ends without an exception."""
         conn = await self._acquire()
         bound = _request_connection.set(conn)
         try:
             async with _transaction(conn):
+                if self.timeout_per_transaction is not None:
+                    await conn.execute(_SET_STATEMENT_TIMEOUT, self.timeout_per_transaction, True)
                 yield conn
+            if self.after_use is not None:
+                await self.after_use(conn)
         except BaseException as error:
             # Nothing of the request is committed when it fails here (the COMMIT is the last
             # statement): a statement refused before sending leaves it safe to run again.
@@ -217,24 +262,51 @@ async def _keep_session(conn: Connection) -> None:
     """Skip asyncpg's reset query on release (RESET ALL, UNLISTEN, advisory unlocks).
 
     It costs a round trip per request, and the service keeps no session state (no SET without
-    LOCAL, no LISTEN, no session advisory locks). asyncpg still rolls back an open transaction.
+    LOCAL, no LISTEN, no session advisory locks) but the statement timeout that pgbouncer-session
+    sets per connection, which a RESET ALL would undo. asyncpg still rolls back an open transaction.
     """
 
 
+# The statement timeout when PgBouncer stands in between: it refuses the start-up parameter.
+_SET_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', $1, $2)"
+
+
 async def create_pool(
-    url: str, *, min_size: int, max_size: int, statement_timeout_ms: int, connect_timeout: float
+    url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    statement_timeout_ms: int,
+    connect_timeout: float,
+    pooler: Pooler = "none",
 ) -> Pool:
+    """A pool on ``url`` with the statement timeout enforced the way ``pooler`` allows.
+
+    none: a start-up parameter (no round trip of its own). pgbouncer-session: PgBouncer rejects
+    that parameter, but the server connection stays ours for the session, so it is SET once per
+    connection. pgbouncer-transaction: set in each transaction (``PoolDatabase``), and asyncpg's
+    named prepared statements are off, since the next transaction may run on another server
+    connection (PgBouncer 1.18, Debian 12's, does not track them); asyncpg then sends each
+    statement's Parse, Bind and Execute in one message sequence, which PgBouncer keeps together.
+    """
+    server_settings = {"application_name": "freya-backend"}
+    if pooler == "none":
+        server_settings["statement_timeout"] = str(statement_timeout_ms)
+
+    async def init(conn: Connection) -> None:
+        await configure_connection(conn)
+        if pooler == "pgbouncer-session":
+            await conn.execute(_SET_STATEMENT_TIMEOUT, str(statement_timeout_ms), False)
+
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         timeout=connect_timeout,
-        server_settings={
-            "statement_timeout": str(statement_timeout_ms),
-            "application_name": "freya-backend",
-        },
+        server_settings=server_settings,
         reset=_keep_session,
-        init=configure_connection,
+        init=init,
+        statement_cache_size=0 if pooler == "pgbouncer-transaction" else 100,
     )
     assert pool is not None
     return pool

@@ -89,6 +89,21 @@ class EmbeddedPostgres:
                 self._pg_ctl_start()
         return self.url()
 
+    def start_standby_of(self, primary: EmbeddedPostgres) -> str:
+        """Make this new cluster a streaming standby of ``primary`` (pg_basebackup -R), start it and
+        return its URL. It listens on its own socket; ``start`` and ``stop`` work on it as on any."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            self._prepare_ownership()
+            if not (self.pgdata / "PG_VERSION").exists():
+                source = ["-h", str(primary.socket_dir), "-U", SUPERUSER]
+                self._run(["pg_basebackup", "-D", str(self.pgdata), "-R", "-X", "stream", "-c", "fast", *source])
+                with open(self.pgdata / "postgresql.conf", "a") as conf:
+                    conf.write(f"\n# a standby (service/devdb.py)\nunix_socket_directories = '{self.socket_dir}'\n")
+            if not self.is_running():
+                self._pg_ctl_start()
+        return self.url()
+
     def stop(self) -> bool:
         """Stop the server (fast shutdown); False when it was not running."""
         with self._lock():

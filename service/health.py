@@ -18,6 +18,7 @@ from service.db import Database
 from service.errors import RETRY_AFTER_SECONDS, problem, problem_responses
 from service.migrations import migration_ids
 from service.queries import Query, QueryFile
+from service.replicas import ReplicaHealth, ReplicatedDatabase
 
 
 class HealthQueries(QueryFile, file="health"):
@@ -40,6 +41,8 @@ class Readiness(msgspec.Struct, omit_defaults=True):
     schema_version: str
     # Applied in the database but unknown to this code: newer code migrated it (a rolling deploy).
     unknown_migrations: list[str] = msgspec.field(default_factory=list)
+    # With FREYA_READ_REPLICA_URLS: each replica's state. Readiness is the primary's alone.
+    replicas: list[ReplicaHealth] | msgspec.UnsetType = msgspec.UNSET
 
 
 _reported: set[str] = set()
@@ -75,7 +78,7 @@ class HealthController(Controller):
         self, request: Request[Any, Any, Any], db: NamedDependency[Database]
     ) -> Response[Readiness] | Response[dict[str, object]]:
         expected: tuple[str, ...] = request.app.state.expected_migrations
-        async with db.connection() as conn:
+        async with db.primary() as conn:
             applied = sorted(m.migration_id for m in await sql.applied_migrations.many(conn, AppliedMigration))
             invalid = [i.index_name for i in await sql.invalid_indexes.many(conn, InvalidIndex)]
         reasons = []
@@ -93,4 +96,7 @@ class HealthController(Controller):
         if news := [m for m in unknown if m not in _reported]:  # once per process, not once per probe
             _reported.update(news)
             log.warning("the database has migrations this code does not know: %s", ", ".join(news))
-        return Response(Readiness(status="ready", schema_version=expected[-1], unknown_migrations=unknown))
+        replicas = db.health() if isinstance(db, ReplicatedDatabase) and db.replicas else msgspec.UNSET
+        return Response(
+            Readiness(status="ready", schema_version=expected[-1], unknown_migrations=unknown, replicas=replicas)
+        )

@@ -218,7 +218,7 @@ async def add_messages(
         except asyncpg.DeadlockDetectedError:
             if attempt == _DEADLOCK_ATTEMPTS:
                 raise
-    # A row is (ord, status, the message's columns…).
+    # A row is (ord, status, the message's seven columns, the ids of the topics tagged now).
     if unknown := [row[0] - 1 for row in rows if row[1] == "unknown_user"]:
         raise Invalid(
             "user_id names a user that does not exist; nothing was written",
@@ -231,11 +231,25 @@ async def add_messages(
                 for index in unknown
             ],
         )
-    stored = await with_topics(conn, names, [row[2:] for row in rows])
+    stored = await _stored_messages(conn, names, rows)
     found = {row[0]: BatchItem(row[1], message) for row, message in zip(rows, stored, strict=True)}
     if lost := [number for number in range(1, len(items) + 1) if number not in found]:
         await _fill_lost_races(conn, names, conversation_id, items, lost, found)
     return [found[number] for number in range(1, len(items) + 1)]
+
+
+async def _stored_messages(conn: Connection, names: dict[int, str], rows: Sequence[Any]) -> list[Message]:
+    """The messages of add_messages' rows: a created one with the topics the statement tagged (no
+    lookup), a duplicate with its stored topics (one lookup for all duplicates, when there are any)."""
+    stored = [Message(*row[2:9]) for row in rows]
+    found = await topics.refs_by_message(
+        conn, names, [(row[2], topic_id) for row in rows if row[9] is not None for topic_id in row[9]]
+    )
+    if duplicates := [row[2] for row in rows if row[9] is None]:
+        found.update(await topics.topics_of(conn, names, duplicates))
+    for message in stored:
+        message.topics = found.get(message.id, [])
+    return stored
 
 
 async def _fill_lost_races(

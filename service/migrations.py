@@ -33,6 +33,9 @@ def _backend(database_url: str) -> Iterator[DatabaseBackend]:
     """A yoyo backend on psycopg 3, whose connection is closed when done (yoyo leaves it open)."""
     scheme, rest = database_url.split("://", 1)
     backend = get_backend(f"postgresql+psycopg://{rest}" if scheme in ("postgresql", "postgres") else database_url)
+    # No named prepared statements (psycopg makes them for a query run five times): behind PgBouncer
+    # in transaction mode the next transaction may run on a server connection that lacks them.
+    backend.connection.prepare_threshold = None
     try:
         yield backend
     finally:

@@ -3,7 +3,9 @@
 1. the request id (observability) is set for logs and echoed as ``X-Request-ID``;
 2. the token check (auth) names the caller or answers 401/403, before any database work;
 3. a JSON body must say so: a write under /v1 with a body of another media type is a 415;
-4. a POST with an Idempotency-Key (idempotency) runs in one transaction, or is answered from
+4. the request's freshness (replicas): a GET of the API may run on a replica, no staler than its
+   Freya-Read-After; a successful write answers the primary's position in that header;
+5. a POST with an Idempotency-Key (idempotency) runs in one transaction, or is answered from
    its first run;
 then the route runs. The request body must arrive within FREYA_REQUEST_READ_TIMEOUT seconds
 (a 408 otherwise). A request whose first statement met a broken pooled connection (refused
@@ -31,7 +33,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
-from service import db
+from service import db, replicas
 from service.auth import Token, authorize
 from service.errors import Invalid, ProblemError, RequestTimeout, UnsupportedMediaType
 from service.idempotency import Idempotency
@@ -63,6 +65,7 @@ class RequestPipeline(ASGIMiddleware):
         method = cast("HTTPScope", scope)["method"]
         path = scope["path"]
         status = 500
+        freshness = replicas.Freshness(read=False)
 
         async def timed_send(message: Message) -> None:
             nonlocal status
@@ -76,6 +79,7 @@ class RequestPipeline(ASGIMiddleware):
                 response_headers.append(
                     (b"server-timing", f"db;dur={timing.seconds * 1000:.2f}, app;dur={total_ms:.2f}".encode())
                 )
+                response_headers.extend(freshness.response_headers(status))
                 if method == "OPTIONS":
                     response_headers = _with_every_method(scope, response_headers)
                 message["headers"] = response_headers
@@ -88,9 +92,10 @@ class RequestPipeline(ASGIMiddleware):
             _require_rfc3339_times(scope)
             if method in _WITH_BODY and path.startswith("/v1/"):
                 _require_json(headers)
+            freshness = replicas.begin_request(method, path, headers)
             key = self.idempotency.key_of(method, path, headers)
             body = _Replayable(_bounded(receive, asyncio.get_running_loop().time() + self.read_timeout))
-            await self._run(scope, body, timed_send, next_app, timing, principal, key)
+            await self._run(scope, body, timed_send, next_app, timing, freshness, principal, key)
         except HTTPException as refused:  # 401/403 here: answered by the app's handlers, outside us
             status = refused.status_code
             raise
@@ -129,6 +134,7 @@ class RequestPipeline(ASGIMiddleware):
         send: Send,
         next_app: ASGIApp,
         timing: db.DatabaseTime,
+        freshness: replicas.Freshness,
         principal: str,
         key: str | None,
     ) -> None:
@@ -150,7 +156,7 @@ class RequestPipeline(ASGIMiddleware):
             respond = _Withholding(tracked, timing) if attempt == 1 else tracked
             try:
                 if key is None:
-                    await next_app(scope, body.receive, respond)
+                    await replicas.answer(freshness, scope, body.receive, respond, next_app)
                 else:
                     await self.idempotency.run(scope, body.receive, respond, next_app, principal, key)
             except Exception:

@@ -16,6 +16,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "FREYA_"
 
 
+Pooler = Literal["none", "pgbouncer-session", "pgbouncer-transaction"]
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot run with."""
 
@@ -55,6 +58,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idempotency_ttl_hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 30)] = 24
     # Check the schema and prepare every query at start; tests that share one connection turn it off.
     migrate_on_serve: bool = True
+    # Streaming standbys that answer GETs, comma-separated URLs (service/replicas.py).
+    read_replica_urls: str | None = None
+    # A replica further behind the primary than this (milliseconds) is skipped until it catches up.
+    replica_max_lag_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 5000
+    # What stands between the service and PostgreSQL: nothing, or PgBouncer in session or
+    # transaction pooling mode (service/db.py adapts statements and the statement timeout to it).
+    pooler: Pooler = "none"
 
     def __post_init__(self) -> None:
         if self.pool_min_size > self.pool_max_size:
@@ -66,8 +76,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             from service.auth import parse_tokens
 
             parse_tokens(self.api_tokens)
-        if self.database_url is not None and not self.database_url.startswith(("postgresql://", "postgres://")):
+        if self.database_url is not None and not _is_postgres_url(self.database_url):
             raise ValueError("FREYA_DATABASE_URL must start with postgresql:// or postgres://")
+        if any(not _is_postgres_url(url) for url in self.replica_urls):
+            raise ValueError("FREYA_READ_REPLICA_URLS must be postgresql:// or postgres:// URLs, comma-separated")
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """FREYA_READ_REPLICA_URLS as a list (empty when unset)."""
+        return [url.strip() for url in (self.read_replica_urls or "").split(",") if url.strip()]
+
+
+def _is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
 
 
 def _env_name(field: str) -> str:

@@ -1,10 +1,11 @@
 -- name: add_messages :many
 -- Adds a batch of messages (one or up to 1,000) to a conversation in ONE statement, so the batch
 -- is all-or-nothing and costs one round trip. Items arrive as parallel arrays; item topics as
--- (tag_items, tag_names) pairs, tag_items being the 1-based item number. One row per item:
---   created       inserted now (its topics: topics.tags_of_messages);
+-- (tag_items, tag_names) pairs, tag_items being the 1-based item number. One row per item, its
+-- last column the ids of the topics tagged now (NULL unless created):
+--   created       inserted now, with its topics: no second lookup for them;
 --   duplicate     its client_msg_id is stored already, or repeats an earlier item of the batch:
---                 the stored message, nothing written for it;
+--                 the stored message, nothing written for it (its topics: topics.tags_of_messages);
 --   unknown_user  its user_id does not exist: then nothing at all is written.
 -- An item missing from the result lost a race for its client_msg_id against a concurrent
 -- request (ON CONFLICT DO NOTHING); the caller reads the winner with get_messages_by_client_ids.
@@ -70,21 +71,26 @@ tagged AS (
     SELECT tp.id, tg.message_id
     FROM tag AS tg JOIN topic AS tp ON tp.name = tg.name
     RETURNING topic_id, message_id
+),
+tags_of_created AS (
+    SELECT t.message_id, array_agg(t.topic_id) AS topic_ids FROM tagged AS t GROUP BY t.message_id
 )
 SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conversation_id,
        NULL::bigint AS user_id, NULL::text AS role, NULL::text AS content,
-       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at
+       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::bigint[] AS topic_ids
 FROM unknown_user AS u
 UNION ALL
-SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at
+SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
+       coalesce(tc.topic_ids, '{}')
 FROM fresh AS f
 JOIN inserted AS n ON n.id = f.id
+LEFT JOIN tags_of_created AS tc ON tc.message_id = n.id
 UNION ALL
-SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at
+SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, NULL
 FROM stored AS s
 JOIN messages AS m ON m.id = s.id
 UNION ALL
-SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at
+SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at, NULL
 FROM input AS i
 JOIN first_of_key AS k ON k.client_msg_id = i.client_msg_id AND k.ord <> i.ord
 JOIN fresh AS f ON f.ord = k.ord

@@ -1,9 +1,12 @@
 -- name: plan_for_these_values :val
--- Searches differ too much for one plan: a rare word wants the GIN index, a common word in one
--- conversation wants that conversation's index. Called first in the search's transaction, this
--- makes PostgreSQL plan the next statement for its actual values instead of reusing the generic
--- plan of the prepared statement.
-SELECT set_config('plan_cache_mode', 'force_custom_plan', true);
+-- Searches differ too much for one plan: a rare word wants the GIN index, a word in 5% of all
+-- messages the newest messages first. Called first in the search's transaction, this makes
+-- PostgreSQL plan the next statements for their actual values instead of reusing the generic
+-- plan of the prepared statement. random_page_cost 1.1 (the default 4 models disks that seek)
+-- says the rows a GIN index points to are in memory: otherwise, for a common word in a large
+-- conversation, the planner walks the whole conversation's btree and tests every message rather
+-- than fetching the matches idx_message_search finds (measured: 50,000 rows against 2,500).
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('random_page_cost', '1.1', true);
 
 -- fragment: matching_messages
 -- The messages matching :q (web-search syntax, on the stored messages.search) and the optional
@@ -19,24 +22,87 @@ m.search @@ search_query(:q)
               SELECT 1 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
               WHERE mt.message_id = m.id AND t.name = :topic::text))
 
--- name: search_messages_by_rank :many
--- Matching messages, best first: ts_rank_cd on the stored messages.search (never recomputing
--- to_tsvector), ties by id; keyset after (before_rank, before_id), limit + 1 rows. Every match
--- is ranked (ranking needs them all), but only the page's rows get a ts_headline. A row is the
--- message's columns, its rank and its highlight; topics come from topics.tags_of_messages.
-WITH page AS (
-    SELECT m.id, ts_rank_cd(m.search, search_query(:q)) AS rank
-    FROM messages AS m
-    WHERE /*include matching_messages*/
-      AND (ts_rank_cd(m.search, search_query(:q)), m.id)
+-- fragment: rank_the_set
+-- The page of a ranked search, from its ranked_set (id, search): best first by ts_rank_cd, ties by
+-- id, keyset after (before_rank, before_id). The first row always exists: the set's size and
+-- newest id, then the page's message (NULLs when the page is empty), its rank and its ts_headline
+-- (only the page's rows get one). Topics come from topics.tags_of_messages.
+summary AS (
+    SELECT count(*) AS ranked, max(r.id) AS newest FROM ranked_set AS r
+),
+page AS (
+    SELECT r.id, ts_rank_cd(r.search, search_query(:q)) AS rank
+    FROM ranked_set AS r
+    WHERE (ts_rank_cd(r.search, search_query(:q)), r.id)
           < (coalesce(:before_rank::real, 'Infinity'), coalesce(:before_id::bigint, 9223372036854775807))
-    ORDER BY rank DESC, m.id DESC
+    ORDER BY rank DESC, r.id DESC
     LIMIT :limit::integer + 1 OFFSET :offset
 )
-SELECT /*include messages.message_columns*/, p.rank, search_headline(m.content, search_query(:q)) AS highlight
-FROM page AS p
-JOIN messages AS m ON m.id = p.id
-ORDER BY p.rank DESC, p.id DESC;
+SELECT s.ranked, s.newest, /*include messages.message_columns*/, p.rank,
+       search_headline(m.content, search_query(:q)) AS highlight
+FROM summary AS s
+LEFT JOIN page AS p ON true
+LEFT JOIN messages AS m ON m.id = p.id
+ORDER BY p.rank DESC, p.id DESC
+
+-- name: search_messages_by_rank :many
+-- Matching messages, best first, ranked within a bounded set: the newest :window matches (by id,
+-- the order messages were stored in) with id <= :newest. Ranking must score every message it
+-- ranks, so an unbounded ranking of a word in 5% of a million messages reads 50,000 rows per page;
+-- the set costs what its matches cost. This statement is for searches with fewer matches than
+-- search_messages_by_rank_common's: all of them come from idx_message_search (the word's entries,
+-- ANDed with the user's or the conversation's for a scoped search), newest :window by id.
+-- "id + 0" keeps the planner from walking messages_pkey down an unknown distance instead.
+-- The first page passes :newest NULL and reads the set's newest id from the first row; later pages
+-- pass it back (it travels in the cursor), so every page ranks the same set while new messages
+-- arrive, and the keyset (before_rank, before_id) returns each of its items exactly once.
+WITH ranked_set AS MATERIALIZED (
+    SELECT m.id, m.search
+    FROM messages AS m
+    WHERE /*include matching_messages*/
+      AND m.id <= coalesce(:newest::bigint, 9223372036854775807)
+    ORDER BY m.id + 0 DESC
+    LIMIT :window::integer
+),
+/*include rank_the_set*/;
+
+-- name: search_messages_by_rank_common :many
+-- search_messages_by_rank for a search with many matches (a common word): the same set, looked for
+-- in two steps, so that it costs about :window matches rather than all of them.
+--   recent  the newest :recent_ids messages, walked down messages_pkey from :newest, stopping at
+--           the :window-th match (after 20,000 rows for a word in 5% of messages). Bounded by
+--           :recent_ids even for a word the statistics call common that is not used lately.
+--   older   only when recent did not fill the set (its gate is evaluated once, before the scan):
+--           the rest from the older matches, found in idx_message_search.
+WITH newest_messages AS NOT MATERIALIZED (
+    SELECT w.*
+    FROM messages AS w
+    WHERE w.id <= coalesce(:newest::bigint, 9223372036854775807)
+    ORDER BY w.id DESC
+    LIMIT :recent_ids::integer
+),
+recent AS MATERIALIZED (
+    SELECT m.id, m.search
+    FROM newest_messages AS m
+    WHERE /*include matching_messages*/
+    ORDER BY m.id DESC
+    LIMIT :window::integer
+),
+older AS MATERIALIZED (
+    SELECT m.id, m.search
+    FROM messages AS m
+    WHERE (SELECT count(*) FROM recent) < :window::integer
+      AND /*include matching_messages*/
+      AND m.id + 0 < (SELECT min(n.id) FROM newest_messages AS n)
+    ORDER BY m.id + 0 DESC
+    LIMIT :window::integer - (SELECT count(*) FROM recent)
+),
+ranked_set AS (
+    SELECT r.id, r.search FROM recent AS r
+    UNION ALL
+    SELECT o.id, o.search FROM older AS o
+),
+/*include rank_the_set*/;
 
 -- name: search_messages_by_recent :many
 -- Matching messages, newest first by (timestamp, id), keyset after (before_ts, before_id).

@@ -90,7 +90,7 @@ async def test_lifespan_opens_a_pool_and_serves(database_url: str) -> None:
             assert (await http.get("/health/ready")).status_code == 200
             missing = await http.get("/v1/users/1234567")
             assert missing.status_code == 404
-        pool = app.state.database.pool
+        pool = app.state.database.on_primary.pool
         assert pool.get_max_size() == 2
     assert pool.is_closing()
 

@@ -131,6 +131,9 @@ async def test_a_full_batch_of_1000_in_one_statement(
     writes = [q for q in sent if "INSERT" in q]
     assert len(writes) == 1, "the batch must be one statement"
     assert await counts(conn) == (1000, 1000, 7)
+    # The statement answers with the topics it tagged: no second lookup of them.
+    assert [[t["name"] for t in i["message"]["topics"]] for i in items] == [[f"topic-{n % 7}"] for n in range(1000)]
+    assert not [q for q in sent if q.startswith("-- topics.tags_of_messages")]
 
 
 async def test_batch_over_1000_is_400(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:

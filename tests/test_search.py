@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from service import migrations
 from service.db import Connection
-from service.search import MAX_QUERY
+from service.search import MAX_QUERY, RANK_WINDOW
+from service.search import sql as search_sql
 from service.topics import prefix_range
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
@@ -106,6 +107,64 @@ async def test_ranked_pages_continue_exactly_where_the_last_stopped(
         assert [h["id"] for h in paged] == [h["id"] for h in every]
     assert all("<b>" in hit["highlight"] for hit in every)
     assert every[0]["topics"] is not None
+
+
+async def test_a_search_says_how_many_match_and_how_many_it_ranked(
+    client: httpx.AsyncClient, corpus: dict[str, Any]
+) -> None:
+    page = (await client.get(SEARCH, params={"q": "flight", "limit": 3})).json()
+    assert (page["matches"], page["ranked"], page["matches_estimated"]) == (28, 28, False)
+    none = (await client.get(SEARCH, params={"q": "zeppelin"})).json()
+    assert (none["items"], none["matches"], none["ranked"], none["matches_estimated"]) == ([], 0, 0, False)
+    recent = (await client.get(SEARCH, params={"q": "flight", "sort": "recent"})).json()
+    assert "matches" not in recent
+    assert "ranked" not in recent
+
+
+async def test_ranking_covers_the_newest_matches_and_every_page_ranks_the_same_set(client: httpx.AsyncClient) -> None:
+    user = await create_user(client, "many@example.com")
+    chat = await create_conversation(client, user["id"], "many")
+    # 1,200 matches in three rank levels (one, two or three occurrences), older ones included.
+    stored = []
+    for first in (0, 600):
+        items = await post_batch(
+            client,
+            chat["id"],
+            [
+                {"role": "user", "content": " ".join(["zeppelin"] * (1 + n % 3)) + f" ride {n}"}
+                for n in range(first, first + 600)
+            ],
+        )
+        stored += [item["message"]["id"] for item in items]
+    newest = sorted(stored)[-RANK_WINDOW:]
+
+    first_page = (await client.get(SEARCH, params={"q": "zeppelin", "limit": 200})).json()
+    assert first_page["ranked"] == RANK_WINDOW
+    assert first_page["matches_estimated"] is True
+    assert first_page["matches"] >= RANK_WINDOW
+    exact = (await client.get(SEARCH, params={"q": "zeppelin", "count": "exact", "limit": 1})).json()
+    assert exact["total"] == 1200
+    scoped = (await client.get(SEARCH, params={"q": "zeppelin", "conversation_id": chat["id"], "limit": 1})).json()
+    assert (scoped["ranked"], scoped["matches_estimated"]) == (RANK_WINDOW, True)
+    assert scoped["matches"] >= RANK_WINDOW
+    # Newer, better matches arrive while the client pages: the pages it asked for still rank the
+    # set of its first page, each item exactly once.
+    later = await post_batch(client, chat["id"], [{"role": "user", "content": "zeppelin " * 8}] * 3)
+    hits = list(first_page["items"])
+    cursor = first_page["next_cursor"]
+    while cursor:
+        page = (await client.get(SEARCH, params={"q": "zeppelin", "limit": 200, "cursor": cursor})).json()
+        assert page["ranked"] == RANK_WINDOW
+        hits += page["items"]
+        cursor = page["next_cursor"]
+    ids = [hit["id"] for hit in hits]
+    assert sorted(ids) == newest
+    keys = [(hit["rank"], hit["id"]) for hit in hits]
+    assert keys == sorted(keys, reverse=True)
+    assert len({rank for rank, _ in keys}) == 3
+    # A new search ranks the newest set, which now holds the later messages, first.
+    fresh = (await client.get(SEARCH, params={"q": "zeppelin", "limit": 3})).json()
+    assert [hit["id"] for hit in fresh["items"]] == sorted((item["message"]["id"] for item in later), reverse=True)
 
 
 async def test_search_pages_take_the_paging_parameters_of_every_list(
@@ -250,3 +309,35 @@ async def test_each_search_is_planned_for_its_own_values(
     await client.get(SEARCH, params={"q": "lisbon", "conversation_id": corpus["trip"]["id"]})
     labels = [q.split("\n", 1)[0] for q in sent if q.startswith("-- search.")]
     assert labels == ["-- search.plan_for_these_values", "-- search.search_messages_by_rank"]
+
+
+async def test_both_ranking_statements_rank_the_same_newest_matches(conn: Connection) -> None:
+    # The statement for common words (which walks the newest messages first) and the one for the
+    # rest must find the same set: the newest :window matches with id <= :newest, however the
+    # matches are spread (here: dense among the oldest messages, sparse among the newest).
+    await conn.execute("INSERT INTO users (email, name) VALUES ('r@example.com', 'R')")
+    await conn.execute("INSERT INTO conversations (user_id) SELECT id FROM users")
+    await conn.execute(
+        "INSERT INTO messages (conversation_id, user_id, role, content) "
+        "SELECT c.id, c.user_id, 'user', CASE WHEN g <= 600 OR g % 40 = 0 THEN repeat('zeppelin ', 1 + g % 3) "
+        "ELSE 'nothing here' END || ' ' || g FROM conversations AS c, generate_series(1, 2000) AS g"
+    )
+    ids = [r["id"] for r in await conn.fetch("SELECT id FROM messages WHERE search @@ search_query('zeppelin')")]
+    base: dict[str, Any] = {
+        "q": "zeppelin",
+        **dict.fromkeys(("conversation_id", "user_id", "topic", "role", "since", "until", "before_rank", "before_id")),
+        "limit": 200,
+        "offset": 0,
+    }
+    for window, newest, recent_ids in ((100, None, 50), (100, None, 1500), (300, None, 200), (60, max(ids) - 500, 30)):
+        params = {**base, "window": window, "newest": newest}
+        expected = sorted(i for i in ids if newest is None or i <= newest)[-window:]
+        plain = await search_sql.search_messages_by_rank.records(conn, **params)
+        common = await search_sql.search_messages_by_rank_common.records(conn, **params, recent_ids=recent_ids)
+        for rows in (plain, common):
+            assert rows[0]["ranked"] == window
+            assert rows[0]["newest"] == expected[-1]
+        # A row is (ranked, newest, the message's columns…, rank, highlight).
+        assert [tuple(r) for r in common] == [tuple(r) for r in plain]
+        everything = await search_sql.search_messages_by_rank.records(conn, **params | {"limit": window})
+        assert sorted(r["id"] for r in everything) == expected

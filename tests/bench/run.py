@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
 import secrets
 import shutil
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 import psycopg
@@ -41,6 +43,7 @@ from service import seed as seeding
 from service import topics as topic_queries
 from service.admin import run_maintenance
 from service.cursors import CursorCodec, TimeKey
+from service.pages import estimate_rows
 from service.queries import Query
 from service.settings import PROJECT_ROOT, load_settings
 from service.timestamps import to_micros
@@ -52,8 +55,10 @@ TARGETS = {
     "page_50": "service >= 0.25x pgbench on the bare page query, >= 1.0x the minimal Litestar handler",
     "message_by_id": "service >= 0.6x the raw ASGI app",
     "deep_keyset_page": "p50 within 1.5x of the newest page's",
-    "batch_create_1000": ">= 50,000 messages/s",
+    "batch_create_1000": ">= 50,000 messages/s and >= 0.6x COPY of the same batches (service/reference)",
     "search_common": "p99 < 50 ms",
+    "search_user_heavy": "p99 < 20 ms, within 2x of search_user_light",
+    "search_conversation": "p99 < 20 ms",
     "statement_cost": "each read statement <= 1.3x the bare statement's per-call cost (pgbench)",
 }
 
@@ -360,7 +365,7 @@ def chart(results: list[Result], curve: list[dict[str, float]], settings: dict[s
     figure.savefig(path, dpi=110)
 
 
-def scalar(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:
+def scalar(conn: psycopg.Connection[Any], query: str | pgsql.Composed, *args: Any) -> Any:
     row = conn.execute(query, args).fetchone()
     assert row is not None, query
     return row[0] if len(row) == 1 else row
@@ -376,12 +381,103 @@ class Operation:
     script: Path | None = None  # wrk Lua script
     env: dict[str, str] = field(default_factory=dict)
     connections: int = 16
-    reference: str = ""  # "page" or "message": which reference app serves the same path
+    # "page" or "message": which reference app serves the same path; "copy": COPY of the same batches
+    reference: str = ""
 
 
 def bare_script(sql: str, variables: dict[str, str] | None = None) -> str:
     sets = "".join(f"\\set {name} {expression}\n" for name, expression in (variables or {}).items())
     return sets + sql.rstrip().rstrip(";") + ";\n"
+
+
+# Candidates for a scoped search's word: the seed's least frequent vocabulary words, then its rare
+# words, which have fewer matches at any size. Single words: with an "or" of several, the GIN scan
+# reads the scope's whole posting list (see BENCHMARKS.md).
+_SCOPED_WORDS = (
+    *("lisbon", "porto", "paris", "berlin", "rome", "madrid", "london", "tokyo"),
+    *("kyoto", "seoul", "boston", "chicago", "denver", "seattle", "toronto", "sydney"),
+    *("quokka", "zeppelin", "marzipan", "fjord", "theremin", "axolotl", "sextant", "origami"),
+)
+
+
+def word_in_at_most(conn: psycopg.Connection[Any], column: str, value: int, most: int = 1000) -> tuple[str, int]:
+    """The candidate query with the most matches, but at most ``most``, among the messages whose
+    ``column`` ("user_id" or "conversation_id") is ``value``; and its number of matches."""
+    scoped = pgsql.SQL("SELECT count(*) FROM messages WHERE {} = %s AND search @@ search_query(%s)").format(
+        pgsql.Identifier(column)
+    )
+    counts = {q: scalar(conn, scoped, value, q) for q in _SCOPED_WORDS}
+    fitting = {q: n for q, n in counts.items() if 0 < n <= most} or {min(counts, key=counts.__getitem__): 0}
+    best = max(fitting, key=fitting.__getitem__)
+    return best, counts[best]
+
+
+def estimated_matches(url: str, filters: dict[str, Any]) -> int:
+    """PostgreSQL's estimate of a search's matches, as the service makes it to choose its statement."""
+
+    async def estimate() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await search.sql.plan_for_these_values.val(conn)
+                return await estimate_rows(conn, search.sql.count_matching_messages, **filters)
+        finally:
+            await conn.close()
+
+    return asyncio.run(estimate())
+
+
+BATCH_CONTENTS = [f"batch message {n} with some ordinary words in it" for n in range(1000)]
+BATCH_ROLES = ["user", "assistant"] * 500
+
+
+def copy_batches(url: str, connections: int, duration: int, conversations: int = 1000) -> Measure:
+    """What the schema physically allows for batch_create_1000: the same 1,000-message batches
+    COPYed into messages (asyncpg's binary copy_records_to_table), one transaction per batch, into
+    a random one of the first ``conversations`` conversations, on ``connections`` connections for
+    ``duration`` seconds. The same indexes, constraints and triggers apply (the row trigger computes
+    search, as COPY cannot). A request's rate is a batch's: req/s x 1,000 is messages/s."""
+
+    async def run() -> Measure:
+        pool = await asyncpg.create_pool(url, min_size=connections, max_size=connections)
+        try:
+            rows = await pool.fetch("SELECT id, user_id FROM conversations ORDER BY id LIMIT $1", conversations)
+            owners: dict[int, int] = {row["id"]: row["user_id"] for row in rows}
+            ids = list(owners)
+            latencies: list[float] = []
+            deadline = time.perf_counter() + duration
+
+            async def client(rng: random.Random) -> None:
+                async with pool.acquire() as conn:
+                    while time.perf_counter() < deadline:
+                        conversation = rng.choice(ids)
+                        owner = owners[conversation]
+                        batch_rows = [
+                            (conversation, owner, role, content)
+                            for role, content in zip(BATCH_ROLES, BATCH_CONTENTS, strict=True)
+                        ]
+                        started = time.perf_counter()
+                        async with conn.transaction():
+                            await conn.copy_records_to_table(
+                                "messages",
+                                records=batch_rows,
+                                columns=["conversation_id", "user_id", "role", "content"],
+                            )
+                        latencies.append((time.perf_counter() - started) * 1000)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client(random.Random(n)) for n in range(connections)))
+            elapsed = time.perf_counter() - started
+        finally:
+            await pool.close()
+        latencies.sort()
+        return Measure(
+            len(latencies) / elapsed,
+            latencies[len(latencies) // 2],
+            latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        )
+
+    return asyncio.run(run())
 
 
 def depths_for(size: int) -> list[int]:
@@ -401,7 +497,10 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
             operation.script,
             operation.env,
         )
-    if operation.reference:
+    if operation.reference == "copy":
+        result.reference_name = "COPY"
+        result.reference = copy_batches(url, operation.connections, duration)
+    elif operation.reference:
         result.reference_name = operation.reference
         result.reference = run_wrk(
             wrk,
@@ -429,6 +528,47 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
     return result
 
 
+def page_through_pgbouncer(
+    wrk: str, url: str, path: str, workers: int, connections: int, duration: int, secret: str
+) -> dict[str, Any]:
+    """The page request through PgBouncer in transaction mode beside the direct connection, in one go.
+
+    Two services on the same database, one after the other: one connected directly, one through a
+    PgBouncer of its own (FREYA_POOLER=pgbouncer-transaction, two server connections per core). The
+    ratio is what the bouncer costs: an extra hop, a transaction around each use that sets the
+    statement timeout, and statements parsed each time instead of prepared once.
+    """
+    from tests.pgbouncer import PgBouncer, binary
+
+    if binary() is None:
+        return {"skipped": "pgbouncer is not installed (apt-get install pgbouncer)"}
+    pool_size = 2 * (os.cpu_count() or 2)
+    measures: dict[str, Measure] = {}
+    bouncer = PgBouncer(url, "transaction", pool_size=pool_size).start()
+    try:
+        for name, target, pooler in (
+            ("direct", url, "none"),
+            ("pgbouncer_transaction", bouncer.url(BENCH_DATABASE), "pgbouncer-transaction"),
+        ):
+            env = {"FREYA_WORKERS": str(workers), "FREYA_CURSOR_SECRET": secret, "FREYA_POOLER": pooler}
+            server = Server([sys.executable, "-m", "service", "serve"], {"FREYA_DATABASE_URL": target, **env})
+            try:
+                print(f"page through {name} …", end=" ", flush=True)
+                measures[name] = run_wrk(wrk, server.base + path, connections, duration, None, {})
+                print(f"{measures[name].requests_per_second:,.0f} req/s", flush=True)
+            finally:
+                server.stop()
+    finally:
+        bouncer.stop()
+    direct, pooled = measures["direct"], measures["pgbouncer_transaction"]
+    return {
+        "pgbouncer_server_connections": pool_size,
+        "direct": asdict(direct),
+        "pgbouncer_transaction": asdict(pooled),
+        "ratio": round(pooled.requests_per_second / direct.requests_per_second, 3) if direct.requests_per_second else 0,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=seeding.DEFAULT_MESSAGES)
@@ -437,6 +577,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="granian worker processes")
     parser.add_argument("--out", type=Path, default=Path(load_settings().data_dir) / "bench")
     parser.add_argument("--only", help="comma-separated operation names, e.g. page_50,batch_create_1000")
+    parser.add_argument(
+        "--pgbouncer", action="store_true", help="also measure the page through PgBouncer in transaction mode"
+    )
     args = parser.parse_args()
     if args.messages < 10_000:
         sys.exit("make bench needs at least 10,000 messages (messages=10000)")
@@ -485,12 +628,15 @@ def main() -> int:
         "until": None,
         "before_rank": None,
         "before_id": None,
+        "newest": None,
+        "window": search.RANK_WINDOW,
+        "recent_ids": search.RECENT_IDS,
         "limit": 20,
         "offset": 0,
     }
     batch = {
-        "roles": ["user", "assistant"] * 500,
-        "contents": [f"batch message {n} with some ordinary words in it" for n in range(1000)],
+        "roles": BATCH_ROLES,
+        "contents": BATCH_CONTENTS,
         "user_ids": [None] * 1000,
         "client_msg_ids": [None] * 1000,
         "tag_items": list(range(1, 1001)),
@@ -511,22 +657,53 @@ def main() -> int:
     newest_page = {**page_params, "before_ts": None, "before_id": None}
     topics_lookup = topic_queries.sql.tags_of_messages
 
-    def search_scripts(q: str) -> tuple[str, str]:
+    def search_scripts(q: str, column: str = "", value: int = 0) -> tuple[str, str]:
+        """pgbench on what the service runs for a ranked search (optionally scoped: column = value):
+        its planner estimate, then the ranking statement that estimate chooses; and on the bare SQL
+        ranking every match (the unbounded ranking of before issue 15)."""
+        params = {**search_params, "q": q, **({column: value} if column else {})}
+        filters = {name: params[name] for name in search.sql.count_matching_messages.params}
+        # Scoped searches (with fewer than 1,000 matches) skip the estimate, as the service does.
+        common_word = not column and estimated_matches(url, filters) >= search.COMMON
+        estimate = (
+            "" if column else "EXPLAIN (FORMAT JSON) " + pgbench_script(search.sql.count_matching_messages, filters)
+        )
         ours = (
             "BEGIN;\n"
             + pgbench_script(search.sql.plan_for_these_values, {})
-            + pgbench_script(search.sql.search_messages_by_rank, {**search_params, "q": q})
+            + estimate
+            + (
+                pgbench_script(search.sql.search_messages_by_rank_common, {**params, "recent_ids": search.RECENT_IDS})
+                if common_word
+                else pgbench_script(search.sql.search_messages_by_rank, params)
+            )
             + "COMMIT;\n"
         )
+        scope = f"{column} = {value} AND " if column else ""
         bare = bare_script(
             f"SELECT {columns}, edited_at, ts_rank_cd(search, websearch_to_tsquery('english', {literal(q)})) AS rank "
-            f"FROM messages WHERE search @@ websearch_to_tsquery('english', {literal(q)}) "
+            f"FROM messages WHERE {scope}search @@ websearch_to_tsquery('english', {literal(q)}) "
             "ORDER BY rank DESC, id DESC LIMIT 20"
         )
         return ours, bare
 
     common_ours, common_bare = search_scripts(common)
     rare_ours, rare_bare = search_scripts(rare)
+    # Scoped searches (issue 15): the user with the most messages and a user with about a hundred,
+    # searching the same word, in up to 1,000 of the first's messages; the largest conversation.
+    with psycopg.connect(url) as conn:
+        heavy_user, heavy_size = scalar(
+            conn, "SELECT user_id, count(*) FROM messages GROUP BY user_id ORDER BY count(*) DESC LIMIT 1"
+        )
+        light_user, light_size = scalar(
+            conn,
+            "SELECT user_id, count(*) FROM messages GROUP BY user_id ORDER BY abs(count(*) - 100), user_id LIMIT 1",
+        )
+        user_word, user_hits = word_in_at_most(conn, "user_id", heavy_user)
+        conversation_word, conversation_hits = word_in_at_most(conn, "conversation_id", whale)
+    heavy_ours, heavy_bare = search_scripts(user_word, "user_id", heavy_user)
+    light_ours, light_bare = search_scripts(user_word, "user_id", light_user)
+    conversation_ours, conversation_bare = search_scripts(conversation_word, "conversation_id", whale)
     operations = [
         Operation(
             "page_50",
@@ -619,6 +796,7 @@ def main() -> int:
             script=LOAD / "batch_messages.lua",
             env={"FREYA_CONVERSATIONS": str(conversations), "FREYA_BATCH_SIZE": "1000"},
             connections=4,
+            reference="copy",
         ),
         Operation(
             "search_common",
@@ -637,6 +815,37 @@ def main() -> int:
             connections=search_clients,
         ),
     ]
+    operations += [
+        Operation(
+            "search_user_heavy",
+            f"ranked search of the user with the most messages ({heavy_size:,}) for {user_word!r} "
+            f"({user_hits:,} of their messages), 20 hits",
+            f"/v1/search/messages?{urlencode({'q': user_word, 'user_id': heavy_user, 'limit': 20})}",
+            heavy_ours,
+            heavy_bare,
+            connections=search_clients,
+        ),
+        Operation(
+            "search_user_light",
+            f"the same search by a user with {light_size:,} messages",
+            f"/v1/search/messages?{urlencode({'q': user_word, 'user_id': light_user, 'limit': 20})}",
+            light_ours,
+            light_bare,
+            connections=search_clients,
+        ),
+        Operation(
+            "search_conversation",
+            f"ranked search of the largest conversation ({whale_size:,} messages) for {conversation_word!r} "
+            f"({conversation_hits:,} of its messages), 20 hits",
+            f"/v1/search/messages?{urlencode({'q': conversation_word, 'conversation_id': whale, 'limit': 20})}",
+            conversation_ours,
+            conversation_bare,
+            connections=search_clients,
+        ),
+    ]
+    # Writes go last: the messages they add become the newest ones, which the reads (searches
+    # above all) would otherwise meet instead of the seeded data.
+    operations.sort(key=lambda operation: operation.name in {"create_message", "batch_create_1000"})
     if args.only:
         wanted = set(args.only.split(","))
         operations = [operation for operation in operations if operation.name in wanted]
@@ -652,6 +861,7 @@ def main() -> int:
     results: list[Result] = []
     failures: dict[str, str] = {}
     curve: list[dict[str, float]] = []
+    pgbouncer: dict[str, Any] = {}
 
     def report() -> None:
         """Written after every operation: a failure later loses nothing measured before it."""
@@ -661,6 +871,7 @@ def main() -> int:
             "results": [asdict(r) for r in results],
             "failures": failures,
             "offset_vs_keyset": curve,
+            **({"page_through_pgbouncer": pgbouncer} if pgbouncer else {}),
         }
         (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
 
@@ -688,10 +899,20 @@ def main() -> int:
         curve.extend(offset_vs_keyset(url, whale, depths_for(whale_size)))
     except asyncpg.PostgresError as error:
         failures["offset_vs_keyset"] = str(error)
+    if args.pgbouncer:
+        page = f"/v1/conversations/{whale}/messages?limit=50"
+        pgbouncer.update(page_through_pgbouncer(wrk, url, page, args.workers, args.connections, args.duration, secret))
     report()
     if results:
         chart(results, curve, settings, args.out / "chart.png")
     print_summary(results, curve, failures)
+    if "ratio" in pgbouncer:
+        pooled, direct = pgbouncer["pgbouncer_transaction"], pgbouncer["direct"]
+        print(
+            f"\npage_50 through PgBouncer (transaction mode): {pooled['requests_per_second']:,.0f} req/s, "
+            f"p50 {pooled['p50_ms']:.2f} ms vs direct {direct['requests_per_second']:,.0f} req/s, "
+            f"p50 {direct['p50_ms']:.2f} ms: ratio {pgbouncer['ratio']:.2f}"
+        )
     print(f"written: {args.out / 'results.json'}, {args.out / 'chart.png'}")
     return 1 if failures else 0
 
@@ -718,6 +939,8 @@ def print_summary(results: list[Result], curve: list[dict[str, float]], failures
         batch = by_name["batch_create_1000"]
         assert batch.service is not None
         print(f"\nbatch create: {batch.service.requests_per_second * 1000:,.0f} messages/s")
+        if batch.reference:
+            print(f"COPY of the same batches: {batch.reference.requests_per_second * 1000:,.0f} messages/s")
     if curve:
         print("\nOFFSET vs keyset, median ms per 50-message page:")
         for point in curve:

@@ -1,0 +1,3 @@
+-- transactional: false
+
+CREATE INDEX CONCURRENTLY idx_message_search ON messages USING gin (search);
