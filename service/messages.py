@@ -216,7 +216,9 @@ async def add_messages(
             rows = await sql.add_messages.records(conn, **arguments)
             break
         except asyncpg.DeadlockDetectedError:
-            if attempt == _DEADLOCK_ATTEMPTS:
+            # Inside a transaction (PgBouncer transaction mode wraps each use in one) the abort took
+            # the whole transaction with it: answered as a conflict to retry (503), not rerun here.
+            if attempt == _DEADLOCK_ATTEMPTS or conn.is_in_transaction():
                 raise
     # A row is (ord, status, the message's seven columns, the ids of the topics tagged now).
     if unknown := [row[0] - 1 for row in rows if row[1] == "unknown_user"]:

@@ -68,6 +68,20 @@ POOL_IDLE = Gauge("freya_db_pool_idle", "Pool connections not in use", multiproc
 POOL_MAX = Gauge("freya_db_pool_max", "Most connections the pools may open", multiprocess_mode="livesum")
 POOL_WAITING = Gauge("freya_db_pool_waiting", "Requests waiting for a pool connection", multiprocess_mode="livesum")
 POOL_SAMPLE_SECONDS = 1.0
+# Read replicas (service/replicas.py): every worker polls them, so each worker's latest view counts.
+READS = Counter("freya_db_reads", "Read requests' database work, by the server that answered it", ["server"])
+REPLICA_LAG = Gauge(
+    "freya_replica_lag_seconds",
+    "How far each replica's replay trails the primary",
+    ["replica"],
+    multiprocess_mode="livemax",
+)
+REPLICA_UP = Gauge(
+    "freya_replica_up",
+    "1 when the replica takes reads: reachable, in recovery, within FREYA_REPLICA_MAX_LAG_MS",
+    ["replica"],
+    multiprocess_mode="livemin",
+)
 
 
 def record_request(method: str, path_template: str, status: int, seconds: float) -> None:

@@ -42,10 +42,10 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
-from prometheus_client import Counter, Gauge
 
 from service.db import Connection, Database, PoolDatabase
 from service.errors import Invalid
+from service.observability import READS, REPLICA_LAG, REPLICA_UP
 from service.queries import Query, QueryFile
 
 log = logging.getLogger("freya.replicas")
@@ -69,20 +69,6 @@ UNREACHABLE = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.SerializationError,
-)
-
-READS = Counter("freya_db_reads", "Read requests' database work, by the server that answered it", ["server"])
-REPLICA_LAG = Gauge(
-    "freya_replica_lag_seconds",
-    "How far each replica's replay trails the primary",
-    ["replica"],
-    multiprocess_mode="max",
-)
-REPLICA_UP = Gauge(
-    "freya_replica_up",
-    "1 when the replica takes reads: reachable, in recovery, within FREYA_REPLICA_MAX_LAG_MS",
-    ["replica"],
-    multiprocess_mode="min",
 )
 
 
