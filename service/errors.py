@@ -4,11 +4,15 @@
     ─────────────────────────────────────────────────  ──────  ────────────────────────────
     litestar ValidationException (body/query/path)     400     Invalid request
     Invalid (our own value checks)                     400/422 as raised, with ``errors``
+    a body not UTF-8 / nested too deeply (JsonBodyRequest) 400 Invalid request (field ``body``)
+    RequestTimeout (body not in within the read timeout) 408   Request timeout, Connection: close
+    UnsupportedMediaType (a body not sent as JSON)     415     Unsupported media type
     NotFound                                           404     Not found
     litestar NotFound / MethodNotAllowed / 413 …       as is   Litestar's title
     Conflict, asyncpg UniqueViolationError             409     Conflict
-    asyncpg ForeignKeyViolationError                   422     Referenced row does not exist
-    asyncpg CheckViolation / NotNull / DataError       422     Value breaks a rule
+    asyncpg ForeignKeyViolationError                   422     Referenced row does not exist (the field)
+      … of a parent deleted under the request          404     Not found (the parent)
+    asyncpg CheckViolation / NotNull / DataError       422     Value breaks a rule (the field)
     asyncpg QueryCanceledError (statement_timeout)     504     Database statement timed out
     asyncpg TransactionRollbackError (deadlock …)      503     Database conflict + Retry-After
     pool acquire TimeoutError                          503     Database busy   + Retry-After
@@ -16,7 +20,8 @@
     asyncpg InterfaceError / InternalClientError       503     Database unavailable + Retry-After
     anything else                                      500     Internal server error (logged)
 
-Problem ``type`` values are URIs under ``PROBLEM_BASE`` so clients can switch on them.
+Problem ``type`` values are URIs under ``PROBLEM_BASE`` so clients can switch on them. No
+PostgreSQL message text reaches a client: constraint failures are explained by constraint name.
 """
 
 from __future__ import annotations
