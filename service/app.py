@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import admin, conversations, db, errors, health, idempotency, messages, replicas, search, topics, users
 from service.admin import AdminController
 from service.auth import parse_tokens
+from service.context import ContextController
 from service.conversations import ConversationsController, UserConversationsController
 from service.cursors import CursorCodec
 from service.devdb import database_url
@@ -158,6 +159,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             ConversationsController,
             UserConversationsController,
             ConversationMessagesController,
+            ContextController,
             MessagesController,
             TopicMessagesController,
             TopicsController,

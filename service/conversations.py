@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from litestar import Controller, delete, get, patch, post
@@ -11,8 +12,8 @@ from litestar.params import JSONBody
 
 from service.cursors import TimeKey
 from service.db import Database
-from service.errors import NotFound, problem_responses
-from service.fields import Id, PathId, Title
+from service.errors import Invalid, NotFound, problem_responses
+from service.fields import Id, Metadata, PathId, Title, metadata_problem
 from service.pages import Page, Paging, rows_under_parent
 from service.queries import Query, QueryFile
 from service.timestamps import from_micros, to_micros
@@ -21,7 +22,7 @@ from service.timestamps import from_micros, to_micros
 class ConversationQueries(QueryFile, file="conversations"):
     create_conversation: Query
     get_conversation: Query
-    update_conversation_title: Query
+    update_conversation: Query
     delete_conversation: Query
     list_user_conversations: Query
     count_user_conversations: Query
@@ -38,16 +39,28 @@ class Conversation(msgspec.Struct):
     # Moves when a message is added (kept by a trigger in the message's own transaction).
     updated_at: datetime
     message_count: int
+    metadata: dict[str, Any]
 
 
 class ConversationCreate(msgspec.Struct, forbid_unknown_fields=True):
     user_id: Id
     title: Title | None = None
+    metadata: Metadata = msgspec.field(default_factory=dict)
 
 
 class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    # Required, and may be null to clear the title.
-    title: Title | None
+    # Absent keeps the title; null clears it.
+    title: Title | msgspec.UnsetType | None = msgspec.UNSET
+    # Absent keeps the metadata; an object replaces it whole ({} empties it).
+    metadata: Metadata | msgspec.UnsetType = msgspec.UNSET
+
+
+_PATCH_ANSWERS = problem_responses(400, 404)
+
+
+def _check_metadata(metadata: dict[str, Any] | msgspec.UnsetType) -> None:
+    if isinstance(metadata, dict) and (problem := metadata_problem(metadata)) is not None:
+        raise Invalid(f"metadata: {problem}", field="metadata")
 
 
 class ConversationsController(Controller):
@@ -58,8 +71,11 @@ class ConversationsController(Controller):
     async def create_conversation(
         self, data: JSONBody[ConversationCreate], db: NamedDependency[Database]
     ) -> Conversation:
+        _check_metadata(data.metadata)
         async with db.connection() as conn:
-            created = await sql.create_conversation.one(conn, Conversation, user_id=data.user_id, title=data.title)
+            created = await sql.create_conversation.one(
+                conn, Conversation, user_id=data.user_id, title=data.title, metadata=data.metadata
+            )
         assert created is not None
         return created
 
@@ -71,13 +87,21 @@ class ConversationsController(Controller):
             raise NotFound(f"conversation {conversation_id} does not exist")
         return found
 
-    @patch("/{conversation_id:str}", summary="Change a conversation's title", responses=problem_responses(400, 404))
+    @patch("/{conversation_id:str}", summary="Change a conversation's title or metadata", responses=_PATCH_ANSWERS)
     async def update_conversation(
         self, conversation_id: PathId, data: JSONBody[ConversationUpdate], db: NamedDependency[Database]
     ) -> Conversation:
+        if data.title is msgspec.UNSET and data.metadata is msgspec.UNSET:
+            raise Invalid("give title, metadata or both", field="title")
+        _check_metadata(data.metadata)
         async with db.connection() as conn:
-            updated = await sql.update_conversation_title.one(
-                conn, Conversation, conversation_id=conversation_id, title=data.title
+            updated = await sql.update_conversation.one(
+                conn,
+                Conversation,
+                conversation_id=conversation_id,
+                set_title=data.title is not msgspec.UNSET,
+                title=None if data.title is msgspec.UNSET else data.title,
+                metadata=None if data.metadata is msgspec.UNSET else data.metadata,
             )
         if updated is None:
             raise NotFound(f"conversation {conversation_id} does not exist")

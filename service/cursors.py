@@ -25,11 +25,14 @@ _SIGNATURE_BYTES = 16
 P = TypeVar("P", bound=msgspec.Struct)
 
 
-class TimeKey(msgspec.Struct, array_like=True, frozen=True):
+class TimeKey(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
     """The position after a row of a list ordered by (time, id): time in microseconds (exact)."""
 
     micros: int
     id: int
+    # True in a prev_cursor: the page is the one just before this row (lists that page both ways);
+    # left out of the token when false, so forward cursors stay [micros, id].
+    before: bool = False
 
 
 class IdKey(msgspec.Struct, array_like=True, frozen=True):

@@ -3,6 +3,7 @@
     exception                                          status  title
     ─────────────────────────────────────────────────  ──────  ────────────────────────────
     litestar ValidationException (body/query/path)     400     Invalid request
+    RecursionError decoding a deeply nested JSON body  400     Invalid request
     Invalid (our own value checks)                     400/422 as raised, with ``errors``
     a body not UTF-8 / nested too deeply (JsonBodyRequest) 400 Invalid request (field ``body``)
     RequestTimeout (body not in within the read timeout) 408   Request timeout, Connection: close
@@ -384,6 +385,17 @@ def busy(request: Request[Any, Any, Any], exc: TimeoutError) -> Response[dict[st
     )
 
 
+def on_deep_nesting(request: Request[Any, Any, Any], exc: RecursionError) -> Response[dict[str, Any]]:
+    """msgspec gives up on JSON nested deeper than Python's recursion limit (metadata is free-form
+    JSON): the request's fault, a 400. Any other RecursionError is ours, a 500."""
+    if "deserializing" not in str(exc):
+        return on_unexpected(request, exc)
+    detail = "the JSON body is nested too deeply"
+    return problem(
+        400, "Invalid request", "invalid-request", detail, errors=[{"field": None, "message": detail}], request=request
+    )
+
+
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(
@@ -447,5 +459,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ConnectionError: unavailable,
     OSError: unavailable,
     TimeoutError: busy,
+    RecursionError: on_deep_nesting,
     Exception: on_unexpected,
 }

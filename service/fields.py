@@ -7,7 +7,7 @@ a 400 before any SQL runs (asyncpg would raise CharacterNotInRepertoireError, a 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar.params import PathParameter, QueryParameter
@@ -61,6 +61,47 @@ ClientMsgId = Annotated[
         description="The caller's idempotency key for this message, unique within the conversation",
     ),
 ]
+MAX_METADATA_BYTES = 16 * 1024
+MAX_TOKEN_COUNT = 2**31 - 1
+
+Metadata = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description=(
+            f"Any JSON object, at most {MAX_METADATA_BYTES:,} bytes encoded, without NUL characters; "
+            "stored as jsonb and returned as the same JSON value (jsonb does not keep key order or repeated keys)"
+        ),
+        examples=[{"model": "freya-large", "latency_ms": 812, "tools": ["search"]}],
+    ),
+]
+TokenCount = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=MAX_TOKEN_COUNT,
+        description="Tokens the message costs in a prompt; when absent the service stores ceil(UTF-8 bytes / 4)",
+        examples=[42],
+    ),
+]
+
+
+def metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """Why a metadata object cannot be stored, or None. jsonb refuses NUL in strings (a 500 otherwise)."""
+    if len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
+        return f"is larger than {MAX_METADATA_BYTES:,} bytes encoded as JSON"
+    pending: list[Any] = [metadata]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str) and "\x00" in value:
+            return "must not contain a NUL character"
+    return None
+
+
 RoleQuery = Annotated[Role | None, QueryParameter(description="Only messages with this role")]
 TimeQuery = Annotated[
     datetime | None, QueryParameter(description="RFC 3339 time; without an offset it is taken as UTC")

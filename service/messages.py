@@ -9,7 +9,7 @@ Struct positionally, and the page's topics come from one lookup for all its ids
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -19,6 +19,7 @@ import msgspec
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import JSONBody, QueryParameter
 
 from service import topics
@@ -27,14 +28,18 @@ from service.db import Connection, Database
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import (
     MAX_BATCH,
+    MAX_ID,
     ClientMsgId,
     Content,
     Id,
+    Metadata,
     PathId,
     Role,
     RoleQuery,
     TimeQuery,
+    TokenCount,
     TopicNames,
+    metadata_problem,
 )
 from service.pages import Page, Paging, rows_under_parent
 from service.queries import Query, QueryFile
@@ -48,6 +53,7 @@ class MessageQueries(QueryFile, file="messages"):
     get_message: Query
     list_messages_newest_first: Query
     list_messages_oldest_first: Query
+    list_messages_around: Query
     count_messages: Query
     list_topic_messages: Query
     count_topic_messages: Query
@@ -73,6 +79,10 @@ class Message(msgspec.Struct):
     content: str
     timestamp: datetime
     edited_at: datetime | None
+    metadata: dict[str, Any]
+    token_count: int
+    # True when the writer sent no token_count and the service stored ceil(UTF-8 bytes / 4).
+    token_count_estimated: bool
     topics: list[TopicRef] = msgspec.field(default_factory=list)
 
 
@@ -154,6 +164,9 @@ class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
     # Topic names; missing topics are created.
     topics: TopicNames = msgspec.field(default_factory=list)
     client_msg_id: ClientMsgId | None = None
+    metadata: Metadata = msgspec.field(default_factory=dict)
+    # Absent: the service stores the estimate ceil(UTF-8 bytes / 4) and says so.
+    token_count: TokenCount | None = None
 
 
 class MessageBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -172,12 +185,14 @@ class BatchResult(msgspec.Struct):
 class MessageUpdate(msgspec.Struct, forbid_unknown_fields=True):
     content: Content | None = None
     role: Role | None = None
+    # Replaces the whole object ({} empties it).
+    metadata: Metadata | None = None
+    # New content without a token_count gets the estimate of the new content.
+    token_count: TokenCount | None = None
 
 
-class MessageUpdateItem(msgspec.Struct, forbid_unknown_fields=True):
+class MessageUpdateItem(MessageUpdate, kw_only=True, forbid_unknown_fields=True):
     id: Id
-    content: Content | None = None
-    role: Role | None = None
 
 
 class BulkUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -193,6 +208,33 @@ class _BulkOutcome(msgspec.Struct):
     missing: list[int]
 
 
+def estimate_tokens(content: str) -> int:
+    """The stored estimate when a writer sends no count: ceil(UTF-8 bytes / 4), the formula of the
+    database's token_estimate() (migration message_metadata_columns), which old rows got."""
+    return -(-len(content.encode()) // 4)
+
+
+def token_count_of(content: str | None, given: int | None) -> tuple[int | None, bool | None]:
+    """The count to store and whether it is an estimate: the writer's, else the estimate of new
+    content, else (None, None): keep what is stored."""
+    if given is not None:
+        return given, False
+    if content is not None:
+        return estimate_tokens(content), True
+    return None, None
+
+
+def check_metadata(values: Sequence[dict[str, Any] | None], field: Callable[[int], str]) -> None:
+    """A 400 naming every metadata object that cannot be stored (too large, or holding a NUL)."""
+    errors = [
+        {"field": field(index), "message": problem}
+        for index, value in enumerate(values)
+        if value is not None and (problem := metadata_problem(value)) is not None
+    ]
+    if errors:
+        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+
+
 async def add_messages(
     conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
@@ -201,13 +243,18 @@ async def add_messages(
     Raises NotFound for an unknown conversation and Invalid (422) naming items whose user_id does
     not exist; in both cases nothing is written.
     """
+    check_metadata([item.metadata for item in items], lambda i: f"messages[{i}].metadata" if in_batch else "metadata")
     tags = [(number, name) for number, item in enumerate(items, start=1) for name in dict.fromkeys(item.topics)]
+    counts = [token_count_of(item.content, item.token_count) for item in items]
     arguments: dict[str, Any] = {
         "conversation_id": conversation_id,
         "roles": [item.role for item in items],
         "contents": [item.content for item in items],
         "user_ids": [item.user_id for item in items],
         "client_msg_ids": [item.client_msg_id for item in items],
+        "metadata": [item.metadata for item in items],
+        "token_counts": [tokens for tokens, _ in counts],
+        "token_counts_estimated": [estimated for _, estimated in counts],
         "tag_items": [number for number, _ in tags],
         "tag_names": [name for _, name in tags],
     }
@@ -243,11 +290,14 @@ async def add_messages(
 async def _stored_messages(conn: Connection, names: dict[int, str], rows: Sequence[Any]) -> list[Message]:
     """The messages of add_messages' rows: a created one with the topics the statement tagged (no
     lookup), a duplicate with its stored topics (one lookup for all duplicates, when there are any)."""
-    stored = [Message(*row[2:9]) for row in rows]
+    # A row is (ord, status, the message's columns…, topic_ids).
+    stored = [Message(*row[2 : 2 + len(COLUMNS)]) for row in rows]
     found = await topics.refs_by_message(
-        conn, names, [(row[2], topic_id) for row in rows if row[9] is not None for topic_id in row[9]]
+        conn,
+        names,
+        [(row[2], topic_id) for row in rows if row["topic_ids"] is not None for topic_id in row["topic_ids"]],
     )
-    if duplicates := [row[2] for row in rows if row[9] is None]:
+    if duplicates := [row[2] for row in rows if row["topic_ids"] is None]:
         found.update(await topics.topics_of(conn, names, duplicates))
     for message in stored:
         message.topics = found.get(message.id, [])
@@ -307,6 +357,98 @@ async def read_page(
     return paging.page(items, scope, key)
 
 
+class MessagePage(Page[Message]):
+    # The page just before this one in the list's order, to pass as cursor= (a conversation's
+    # pages reached by a cursor, and around= pages); null at the start of the list.
+    prev_cursor: str | None = None
+
+
+def _time_key(row: asyncpg.Record, *, before: bool = False) -> TimeKey:
+    return TimeKey(to_micros(row["sort_ts"]), row["sort_id"], before)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationList:
+    """One request's view of a conversation's messages: its order, filters, fields and paging.
+
+    Its pages page both ways: each carries next_cursor and prev_cursor, and a prev_cursor (a
+    TimeKey with ``before``) is read walking the other way and turned round.
+    """
+
+    db: Database
+    paging: Paging
+    scope: str
+    shape: Shape
+    order: Literal["desc", "asc"]
+    filters: dict[str, Any]
+
+    async def page(self, conn: Connection) -> MessagePage | None:
+        """The first page, or the one the cursor points to; None: no such conversation."""
+        paging = self.paging
+        after = paging.after(self.scope, TimeKey)
+        backward = after is not None and after.before
+        walk = ("asc" if self.order == "desc" else "desc") if backward else self.order
+        query, position = _conversation_page_query(walk, after)
+        found = rows_under_parent(
+            await self.shape.query(query).records(
+                conn, **self.filters, **position, limit=paging.limit, offset=paging.offset
+            ),
+            "sort_id",
+        )
+        if found is None:
+            return None
+        more = len(found) > paging.limit
+        rows = found[: paging.limit][:: -1 if backward else 1]
+        # Going forward from a cursor, the rows before this page exist (at least the previous page).
+        return await self._envelope(
+            conn, rows, more_before=more if backward else after is not None, more_after=backward or more
+        )
+
+    async def around(self, conn: Connection, message_id: int) -> MessagePage | None:
+        """Up to ``limit`` messages centred on ``message_id`` in the list's order: half before it,
+        half after, the other side filling in where one runs short. None: no such conversation."""
+        limit = self.paging.limit
+        rows = await self.shape.query(sql.list_messages_around).records(
+            conn, **self.filters, around=message_id, limit=limit
+        )
+        if not rows:
+            return None
+        if rows[0]["sort_id"] is None:
+            raise NotFound(f"message {message_id} is not in conversation {self.filters['conversation_id']}")
+        [anchor] = [row for row in rows if row["side"] == 0]
+        if not anchor["listed"]:
+            raise Invalid(
+                f"message {message_id} is in the conversation but outside this list's role, since or until",
+                field="around",
+                status=422,
+            )
+        # Each side ordered by its distance from the anchor, nearest first (rows come oldest first).
+        newer = [row for row in rows if row["side"] == 1]
+        older = [row for row in rows if row["side"] == -1][::-1]
+        leading, trailing = (newer, older) if self.order == "desc" else (older, newer)
+        wanted_before = (limit - 1) // 2
+        wanted_after = limit - 1 - wanted_before
+        take_before = min(len(leading), wanted_before + max(0, wanted_after - len(trailing)))
+        take_after = min(len(trailing), wanted_after + max(0, wanted_before - len(leading)))
+        page_rows = [*leading[:take_before][::-1], anchor, *trailing[:take_after]]
+        return await self._envelope(
+            conn, page_rows, more_before=len(leading) > take_before, more_after=len(trailing) > take_after
+        )
+
+    async def _envelope(
+        self, conn: Connection, rows: Sequence[asyncpg.Record], *, more_before: bool, more_after: bool
+    ) -> MessagePage:
+        items = await self.shape.build(conn, self.db.topic_names, rows, [row["sort_id"] for row in rows])
+        if not rows:
+            return MessagePage(items=items)
+        first, last = _time_key(rows[0], before=True), _time_key(rows[-1])
+        return MessagePage(
+            items=items,
+            next_cursor=self.paging.cursor_to(self.scope, last) if more_after else None,
+            prev_cursor=self.paging.cursor_to(self.scope, first) if more_before else None,
+        )
+
+
 _FIELD_NAME = f"(?:{'|'.join(FIELDS)})"
 FieldsQuery = Annotated[
     str | None,
@@ -318,6 +460,16 @@ FieldsQuery = Annotated[
     ),
 ]
 Order = Annotated[Literal["desc", "asc"], QueryParameter(description="desc: newest first (default); asc: oldest first")]
+Around = Annotated[
+    int | None,
+    QueryParameter(
+        ge=1,
+        le=MAX_ID,
+        description="A message id: the page is centred on it (half before, half after), with prev_cursor and "
+        "next_cursor to page outward; not with cursor or offset",
+        examples=[Example(summary="The page around message 958", value=958)],
+    ),
+]
 
 _DUPLICATE = {200: ResponseSpec(data_container=Message, description="client_msg_id seen before: the stored message")}
 
@@ -357,13 +509,16 @@ class ConversationMessagesController(Controller):
         since: TimeQuery = None,
         until: TimeQuery = None,
         fields: FieldsQuery = None,
-    ) -> Page[Message]:
+        around: Around = None,
+    ) -> MessagePage:
         since, until = as_utc(since), as_utc(until)
         filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}
         scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
-        query, position = _conversation_page_query(order, paging.after(scope, TimeKey))
+        if around is not None and (paging.cursor is not None or not paging.keyset):
+            raise Invalid("around starts a page of its own: not with cursor or offset", field="around")
         async with db.connection() as conn:
-            page = await read_page(db, conn, paging, scope, parse_fields(fields), query, **filters, **position)
+            listing = ConversationList(db, paging, scope, parse_fields(fields), order, filters)
+            page = await (listing.page(conn) if around is None else listing.around(conn, around))
             if page is None:
                 raise NotFound(f"conversation {conversation_id} does not exist")
             page.total = await paging.total(conn, sql.count_messages, **filters)
@@ -421,14 +576,28 @@ class MessagesController(Controller):
                 message.topics = (await topics.refs_by_message(conn, db.topic_names, tags)).get(message_id, [])
         return message  # type: ignore[no-any-return]
 
-    @patch("/{message_id:str}", summary="Edit a message's content or role", responses=problem_responses(400, 404))
+    @patch(
+        "/{message_id:str}",
+        summary="Edit a message's content, role, metadata or token count",
+        responses=problem_responses(400, 404),
+    )
     async def update_message(
         self, message_id: PathId, data: JSONBody[MessageUpdate], db: NamedDependency[Database]
     ) -> Message:
-        if data.content is None and data.role is None:
-            raise Invalid("give content, role or both", field="content")
+        if _nothing_to_change(data):
+            raise Invalid(_GIVE_SOMETHING, field="content")
+        check_metadata([data.metadata], lambda _: "metadata")
+        tokens, estimated = token_count_of(data.content, data.token_count)
         async with db.connection() as conn:
-            row = await sql.update_message.records(conn, message_id=message_id, content=data.content, role=data.role)
+            row = await sql.update_message.records(
+                conn,
+                message_id=message_id,
+                content=data.content,
+                role=data.role,
+                metadata=data.metadata,
+                token_count=tokens,
+                token_count_estimated=estimated,
+            )
             if not row:
                 raise NotFound(f"message {message_id} does not exist")
             [message] = await with_topics(conn, db.topic_names, row)
@@ -437,6 +606,7 @@ class MessagesController(Controller):
     @patch(summary="Edit many messages in one statement", responses=problem_responses(400, 404))
     async def update_messages(self, data: JSONBody[BulkUpdate], db: NamedDependency[Database]) -> BulkUpdated:
         _check_bulk_updates(data.updates)
+        counts = [token_count_of(u.content, u.token_count) for u in data.updates]
         async with db.connection() as conn:
             outcome = await sql.update_messages.one(
                 conn,
@@ -444,6 +614,9 @@ class MessagesController(Controller):
                 ids=[u.id for u in data.updates],
                 contents=[u.content for u in data.updates],
                 roles=[u.role for u in data.updates],
+                metadata=[u.metadata for u in data.updates],
+                token_counts=[tokens for tokens, _ in counts],
+                token_counts_estimated=[estimated for _, estimated in counts],
             )
         assert outcome is not None
         if outcome.missing:
@@ -461,12 +634,20 @@ class MessagesController(Controller):
             raise NotFound(f"message {message_id} does not exist")
 
 
+_GIVE_SOMETHING = "give at least one of content, role, metadata, token_count"
+
+
+def _nothing_to_change(update: MessageUpdate) -> bool:
+    return update.content is None and update.role is None and update.metadata is None and update.token_count is None
+
+
 def _check_bulk_updates(updates: Sequence[MessageUpdateItem]) -> None:
+    check_metadata([u.metadata for u in updates], lambda i: f"updates[{i}].metadata")
     errors: list[dict[str, Any]] = []
     seen: set[int] = set()
     for index, update in enumerate(updates):
-        if update.content is None and update.role is None:
-            errors.append({"field": f"updates[{index}]", "message": "give content, role or both"})
+        if _nothing_to_change(update):
+            errors.append({"field": f"updates[{index}]", "message": _GIVE_SOMETHING})
         if update.id in seen:
             errors.append({"field": f"updates[{index}].id", "message": f"message {update.id} appears twice"})
         seen.add(update.id)

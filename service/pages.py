@@ -96,6 +96,10 @@ class Paging:
         next_cursor = self._codec.encode(scope, key(len(items) - 1)) if more and self.keyset else None
         return Page(items=items, next_cursor=next_cursor, **extra)
 
+    def cursor_to(self, scope: str, position: msgspec.Struct) -> str | None:
+        """A cursor to ``position`` in this list; None on offset pages (their position is the offset)."""
+        return self._codec.encode(scope, position) if self.keyset else None
+
     async def total(self, conn: Connection, query: Query, /, **params: Any) -> int | msgspec.UnsetType:
         """``total`` for count=exact (the count query) or estimated (the planner's estimate of it)."""
         if self.count == "exact":

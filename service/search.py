@@ -11,8 +11,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import QueryParameter
 
+from service import messages
 from service.cursors import RankKey, TimeKey
 from service.db import Connection, Database
 from service.errors import Invalid, problem_responses
@@ -29,6 +32,7 @@ class SearchQueries(QueryFile, file="search"):
     search_messages_by_rank_common: Query
     search_messages_by_recent: Query
     count_matching_messages: Query
+    search_facets: Query
     search_topics: Query
 
 
@@ -75,11 +79,27 @@ class MessageHit(msgspec.Struct):
     content: str
     timestamp: datetime
     edited_at: datetime | None
+    metadata: dict[str, Any]
+    token_count: int
+    token_count_estimated: bool
     topics: list[TopicRef]
     # ts_rank_cd of the message for this query (also given when sorted by recency).
     rank: float
     # The best fragments of the content with matches in <b>…</b> (plain text, not HTML-escaped).
     highlight: str
+
+
+class FacetCount(msgspec.Struct):
+    value: str
+    count: int
+
+
+class Facets(msgspec.Struct):
+    """Counts over every match of the search (not only the page); only the facets asked for."""
+
+    # The 20 most frequent topics among the matches, then by name.
+    topic: list[FacetCount] | msgspec.UnsetType = msgspec.UNSET
+    role: list[FacetCount] | msgspec.UnsetType = msgspec.UNSET
 
 
 class MessageSearchPage(msgspec.Struct):
@@ -119,6 +139,66 @@ class MessageSearchPage(msgspec.Struct):
         ]
         | msgspec.UnsetType
     ) = msgspec.UNSET
+    # Present only with facets=: counts over every match, the same on every page of one search.
+    facets: Facets | msgspec.UnsetType = msgspec.UNSET
+
+
+class _FacetRow(msgspec.Struct):
+    facet: Literal["topic", "role"]
+    value: str
+    count: int
+
+
+FACETS = ("topic", "role")
+FacetsQuery = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1,
+        max_length=20,
+        description="Comma-separated facets to count over all matches of q and the filters: topic, role",
+        examples=[Example(summary="Both facets", value="topic,role")],
+    ),
+]
+
+
+def parse_facets(facets: str | None) -> frozenset[str]:
+    if facets is None:
+        return frozenset()
+    names = [name.strip() for name in facets.split(",")]
+    if unknown := [name for name in names if name not in FACETS]:
+        raise Invalid(f"unknown facet(s) {', '.join(map(repr, unknown))}; choose from topic, role", field="facets")
+    return frozenset(names)
+
+
+# Web-search syntax as websearch_to_tsquery reads it: a "quoted phrase" (an unclosed quote runs to
+# the end), possibly negated by a leading -, or any other run of text (a word, `or`, -word).
+_SYNTAX = re.compile(r'(?P<negated>-?)"(?P<phrase>[^"]*)"?|(?P<other>[^\s"]+)')
+_WORD = re.compile(r"\w+")
+
+
+def phrase_patterns(q: str) -> list[str]:
+    """Case-insensitive PostgreSQL regular expressions, one per quoted phrase that every match must contain.
+
+    websearch_to_tsquery drops stop words, so "over the harbor" alone would find any message with
+    "harbor". The GIN index still narrows the candidates with that query; these patterns (passed
+    as parameter values, never spliced into SQL) then demand the phrase's words in order, whole,
+    with only non-word characters between them: \\mover\\M\\W+\\mthe\\M\\W+\\mharbor\\M. A phrase
+    next to `or`, or negated, keeps websearch_to_tsquery's meaning: a pattern that every match
+    must pass cannot express an alternative or an exclusion.
+    """
+    tokens = [
+        (match.group("phrase"), bool(match.group("negated")), (match.group("other") or "").lower())
+        for match in _SYNTAX.finditer(q)
+    ]
+    patterns = []
+    for index, (phrase, negated, _) in enumerate(tokens):
+        if phrase is None or negated:
+            continue
+        beside = {tokens[i][2] for i in (index - 1, index + 1) if 0 <= i < len(tokens)}
+        words = _WORD.findall(phrase)
+        if words and "or" not in beside:
+            patterns.append("\\W+".join(f"\\m{word}\\M" for word in words))
+    return patterns
 
 
 class TopicHit(msgspec.Struct):
@@ -189,9 +269,11 @@ async def search_messages_txn(
     filters: dict[str, Any],
     after: RankKey | TimeKey | None,
     paging: Paging,
+    facets: frozenset[str],
 ) -> tuple[MessageSearchPage, int | None]:
-    """One page of a search (limit + 1 hits, no cursor yet) with its counts, planned for its own
-    values, in a read-only transaction of its own; and for sort=rank the newest id of the ranked set."""
+    """One page of a search (limit + 1 hits, no cursor yet) with its counts and the facets asked for
+    (a statement of their own), planned for its own values, in a read-only transaction of its own;
+    and for sort=rank the newest id of the ranked set."""
     counts = MessageSearchPage(items=[])
     rows: Sequence[Any]
     newest = None
@@ -213,9 +295,58 @@ async def search_messages_txn(
             )
         found = await topics_of(conn, names, [row[0] for row in rows])
         counts.total = await paging.total(conn, sql.count_matching_messages, **filters)
-    # A row is the message's seven columns, its rank and its highlight.
-    counts.items = [MessageHit(*row[:7], found.get(row[0], []), *row[7:]) for row in rows]  # type: ignore[call-arg]
+        if facets:
+            counts.facets = await _facets(conn, filters, facets)
+    # A row is the message's columns, its rank and its highlight.
+    width = len(messages.COLUMNS)
+    counts.items = [
+        MessageHit(*row[:width], found.get(row[0], []), *row[width:])  # type: ignore[call-arg]
+        for row in rows
+    ]
     return counts, newest
+
+
+async def _facets(conn: Connection, filters: dict[str, Any], facets: frozenset[str]) -> Facets:
+    counts: dict[str, list[FacetCount]] = {name: [] for name in facets}
+    for row in await sql.search_facets.many(
+        conn, _FacetRow, **filters, with_roles="role" in facets, with_topics="topic" in facets
+    ):
+        counts[row.facet].append(FacetCount(row.value, row.count))
+    return Facets(**counts)
+
+
+_FACETED: dict[str, Any] = {
+    "items": [
+        {
+            "id": 812,
+            "conversation_id": 7,
+            "user_id": 3,
+            "role": "user",
+            "content": "We flew over the harbor at dawn",
+            "timestamp": "2026-03-04T18:21:07.118Z",
+            "edited_at": None,
+            "metadata": {},
+            "token_count": 8,
+            "token_count_estimated": True,
+            "topics": [{"id": 4, "name": "travel"}],
+            "rank": 0.1,
+            "highlight": "We flew <b>over</b> <b>the</b> <b>harbor</b> at dawn",
+        },
+    ],
+    "next_cursor": None,
+    "facets": {
+        "topic": [{"value": "travel", "count": 41}, {"value": "flights", "count": 17}],
+        "role": [{"value": "user", "count": 38}, {"value": "assistant", "count": 20}],
+    },
+}
+_SEARCH_ANSWERS = {
+    200: ResponseSpec(
+        data_container=MessageSearchPage,
+        description="A page of hits; facets only with facets=",
+        examples=[Example(summary='q="over the harbor"&facets=topic,role', value=_FACETED)],
+    ),
+    **problem_responses(400),
+}
 
 
 _RANKING = (
@@ -238,7 +369,7 @@ class SearchController(Controller):
         "/messages",
         summary="Full-text search over messages",
         description=_RANKING,
-        responses=problem_responses(400),
+        responses=_SEARCH_ANSWERS,
     )
     async def search_messages(
         self,
@@ -252,6 +383,7 @@ class SearchController(Controller):
         role: RoleQuery = None,
         since: TimeQuery = None,
         until: TimeQuery = None,
+        facets: FacetsQuery = None,
     ) -> MessageSearchPage:
         since, until = as_utc(since), as_utc(until)
         filters: dict[str, Any] = {
@@ -262,7 +394,9 @@ class SearchController(Controller):
             "role": role,
             "since": since,
             "until": until,
+            "phrases": phrase_patterns(q),
         }
+        wanted = parse_facets(facets)
         scope = _scope(
             sort, q, conversation_id, user_id, topic, role, since and to_micros(since), until and to_micros(until)
         )
@@ -270,7 +404,7 @@ class SearchController(Controller):
             paging.after(scope, RankKey) if sort == "rank" else paging.after(scope, TimeKey)
         )
         async with db.connection() as conn:
-            result, newest = await search_messages_txn(conn, db.topic_names, sort, filters, after, paging)
+            result, newest = await search_messages_txn(conn, db.topic_names, sort, filters, after, paging, wanted)
         hits = result.items
 
         def key(index: int) -> msgspec.Struct:

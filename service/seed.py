@@ -27,6 +27,7 @@ import msgspec
 
 from service.admin import run_maintenance
 from service.db import Connection
+from service.messages import estimate_tokens
 from service.queries import Query, QueryFile
 
 _WORDS = """
@@ -210,7 +211,8 @@ async def _write(conn: Connection, messages: int, seed_number: int, quiet: bool)
         await conn.copy_records_to_table(
             "messages",
             records=rows,
-            columns=["id", "conversation_id", "user_id", "role", "content", "timestamp"],
+            # token_count given, so the row trigger of migration message_metadata_columns stays idle.
+            columns=["id", "conversation_id", "user_id", "role", "content", "timestamp", "token_count"],
         )
         tag_rows = []
         for message_id in message_ids:
@@ -228,9 +230,9 @@ def _message_batches(
     lengths: Sequence[int],
     rng: random.Random,
     word_weights: list[float],
-) -> Iterator[list[tuple[int, int, str, str, datetime]]]:
+) -> Iterator[list[tuple[int, int, str, str, datetime, int]]]:
     """Messages (without their ids) conversation by conversation, in timestamp order, in COPY-sized batches."""
-    batch: list[tuple[int, int, str, str, datetime]] = []
+    batch: list[tuple[int, int, str, str, datetime, int]] = []
     assistant_id = conversations[0][1]
     for (conversation_id, owner, _title, created, _updated, _count), length in zip(conversations, lengths, strict=True):
         moment = created
@@ -243,7 +245,7 @@ def _message_batches(
                 words.append(rng.choice(_RARE_WORDS))
             content = " ".join(words).capitalize() + rng.choice((".", "?", "!", "."))
             author = owner if role == "user" else assistant_id
-            batch.append((conversation_id, author, role, content, moment))
+            batch.append((conversation_id, author, role, content, moment, estimate_tokens(content)))
             moment += step * (0.5 + rng.random())
             if len(batch) >= _BATCH:
                 yield batch

@@ -1,19 +1,21 @@
 -- name: create_conversation :one
 -- A new conversation; a user_id with no user fails its foreign key (a 422).
-INSERT INTO conversations (user_id, title)
-VALUES (:user_id, :title)
-RETURNING id, user_id, title, created_at, updated_at, message_count;
+INSERT INTO conversations (user_id, title, metadata)
+VALUES (:user_id, :title, :metadata::jsonb)
+RETURNING id, user_id, title, created_at, updated_at, message_count, metadata;
 
 -- name: get_conversation :one
-SELECT id, user_id, title, created_at, updated_at, message_count
+SELECT id, user_id, title, created_at, updated_at, message_count, metadata
 FROM conversations
 WHERE id = :conversation_id;
 
--- name: update_conversation_title :one
+-- name: update_conversation :one
+-- Sets the title when set_title (null clears it), and replaces metadata unless it is NULL.
 UPDATE conversations
-SET title = :title
+SET title = CASE WHEN :set_title::boolean THEN :title::text ELSE title END,
+    metadata = coalesce(:metadata::jsonb, metadata)
 WHERE id = :conversation_id
-RETURNING id, user_id, title, created_at, updated_at, message_count;
+RETURNING id, user_id, title, created_at, updated_at, message_count, metadata;
 
 -- name: delete_conversation :val
 -- Cascades to its messages and their tags.
@@ -27,10 +29,10 @@ RETURNING id;
 -- skipping :offset rows for offset pages; limit + 1 rows, the extra one says more follow. Served
 -- in order by idx_conversation_user_updated. The user is the outer side of the join: no row at
 -- all means no such user, one row of NULLs an empty page.
-SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, c.message_count
+SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, c.message_count, c.metadata
 FROM users AS u
 LEFT JOIN LATERAL (
-    SELECT id, user_id, title, created_at, updated_at, message_count
+    SELECT id, user_id, title, created_at, updated_at, message_count, metadata
     FROM conversations
     WHERE user_id = :user_id
       AND updated_at <= coalesce(:before_updated_at::timestamptz, 'infinity')

@@ -16,9 +16,11 @@ WITH conversation AS (
     SELECT c.id, c.user_id FROM conversations AS c WHERE c.id = :conversation_id
 ),
 input AS (
-    SELECT i.ord::integer AS ord, i.role, i.content, i.user_id, i.client_msg_id
-    FROM unnest(:roles::text[], :contents::text[], :user_ids::bigint[], :client_msg_ids::text[])
-        WITH ORDINALITY AS i (role, content, user_id, client_msg_id, ord)
+    SELECT i.ord::integer AS ord, i.role, i.content, i.user_id, i.client_msg_id, i.metadata, i.token_count,
+           i.token_count_estimated
+    FROM unnest(:roles::text[], :contents::text[], :user_ids::bigint[], :client_msg_ids::text[],
+                :metadata::jsonb[], :token_counts::integer[], :token_counts_estimated::boolean[])
+        WITH ORDINALITY AS i (role, content, user_id, client_msg_id, metadata, token_count, token_count_estimated, ord)
 ),
 unknown_user AS (
     SELECT i.ord FROM input AS i
@@ -38,7 +40,7 @@ first_of_key AS (
 ),
 fresh AS (
     -- nextval is volatile, so PostgreSQL evaluates it after the ORDER BY: ids follow item order.
-    SELECT i.ord, i.role, i.content, i.user_id, i.client_msg_id,
+    SELECT i.ord, i.role, i.content, i.user_id, i.client_msg_id, i.metadata, i.token_count, i.token_count_estimated,
            nextval(pg_get_serial_sequence('messages', 'id')) AS id
     FROM input AS i
     WHERE EXISTS (SELECT 1 FROM conversation)
@@ -49,13 +51,17 @@ fresh AS (
 ),
 inserted AS (
     -- search filled here, so the row trigger of migration 0014 is skipped for these rows.
-    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search)
+    -- token_count is always given, so the row trigger of migration message_metadata_columns is skipped too.
+    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search, metadata, token_count,
+                          token_count_estimated)
     OVERRIDING SYSTEM VALUE
-    SELECT f.id, c.id, coalesce(f.user_id, c.user_id), f.role, f.content, f.client_msg_id, search_vector(f.content)
+    SELECT f.id, c.id, coalesce(f.user_id, c.user_id), f.role, f.content, f.client_msg_id, search_vector(f.content),
+           f.metadata, f.token_count, f.token_count_estimated
     FROM fresh AS f CROSS JOIN conversation AS c
     ORDER BY f.ord
     ON CONFLICT (conversation_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
-    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at
+    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at, metadata, token_count,
+              token_count_estimated
 ),
 tag AS (
     SELECT DISTINCT f.id AS message_id, t.name
@@ -77,20 +83,23 @@ tags_of_created AS (
 )
 SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conversation_id,
        NULL::bigint AS user_id, NULL::text AS role, NULL::text AS content,
-       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::bigint[] AS topic_ids
+       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::jsonb AS metadata,
+       NULL::integer AS token_count, NULL::boolean AS token_count_estimated, NULL::bigint[] AS topic_ids
 FROM unknown_user AS u
 UNION ALL
 SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
-       coalesce(tc.topic_ids, '{}')
+       n.metadata, n.token_count, n.token_count_estimated, coalesce(tc.topic_ids, '{}')
 FROM fresh AS f
 JOIN inserted AS n ON n.id = f.id
 LEFT JOIN tags_of_created AS tc ON tc.message_id = n.id
 UNION ALL
-SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, NULL
+SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
+       m.metadata, m.token_count, m.token_count_estimated, NULL
 FROM stored AS s
 JOIN messages AS m ON m.id = s.id
 UNION ALL
-SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at, NULL
+SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
+       n.metadata, n.token_count, n.token_count_estimated, NULL
 FROM input AS i
 JOIN first_of_key AS k ON k.client_msg_id = i.client_msg_id AND k.ord <> i.ord
 JOIN fresh AS f ON f.ord = k.ord
@@ -102,7 +111,8 @@ ORDER BY ord;
 -- The message object as the API shows it, in the order of the Message Struct; its topics come
 -- from topics.tags_of_messages. fields= projects this list.
 /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
-       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at/*end columns*/
+       m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at, m.metadata AS metadata,
+       m.token_count AS token_count, m.token_count_estimated AS token_count_estimated/*end columns*/
 
 -- fragment: page_filters
 -- A conversation's messages in [since, until) with an optional role; NULLs mean "no bound".
@@ -138,7 +148,8 @@ WHERE m.id = :message_id;
 SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id
 FROM conversations AS c
 LEFT JOIN LATERAL (
-    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at
+    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+           m.token_count, m.token_count_estimated
     FROM messages AS m
     WHERE /*include page_filters*/
       AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
@@ -155,13 +166,55 @@ ORDER BY m."timestamp" DESC, m.id DESC;
 SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id
 FROM conversations AS c
 LEFT JOIN LATERAL (
-    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at
+    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+           m.token_count, m.token_count_estimated
     FROM messages AS m
     WHERE /*include page_filters*/
       AND m."timestamp" >= coalesce(:after_ts::timestamptz, '-infinity')
       AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, '-infinity'), coalesce(:after_id::bigint, 0))
     ORDER BY m."timestamp", m.id
     LIMIT :limit::integer + 1 OFFSET :offset
+) AS m ON true
+WHERE c.id = :conversation_id
+ORDER BY m."timestamp", m.id;
+
+-- name: list_messages_around :many
+-- The messages around :around (an anchored page): the anchor (side 0), up to :limit messages just
+-- older (side -1, newest first) and up to :limit just newer (side 1, oldest first), in the page's
+-- filters; the caller keeps about half of each side and knows from the rest whether more follow.
+-- Each side is a keyset range of idx_message_timestamp starting at the anchor, like a list page.
+-- Rows: the message's columns, the sort key, the side, and listed (the anchor passes the filters).
+-- No row at all: no such conversation; one row with a NULL sort_id: the message is not in it.
+SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id, m.side, a.listed
+FROM conversations AS c
+LEFT JOIN LATERAL (
+    SELECT m."timestamp", m.id, (/*include page_filters*/) AS listed
+    FROM messages AS m
+    WHERE m.id = :around AND m.conversation_id = c.id
+) AS a ON true
+LEFT JOIN LATERAL (
+    SELECT 0 AS side, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+           m.token_count, m.token_count_estimated
+    FROM messages AS m
+    WHERE m.id = a.id
+    UNION ALL
+    (SELECT -1, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+            m.token_count, m.token_count_estimated
+     FROM messages AS m
+     WHERE /*include page_filters*/
+       AND m."timestamp" <= a."timestamp"
+       AND (m."timestamp", m.id) < (a."timestamp", a.id)
+     ORDER BY m."timestamp" DESC, m.id DESC
+     LIMIT :limit)
+    UNION ALL
+    (SELECT 1, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+            m.token_count, m.token_count_estimated
+     FROM messages AS m
+     WHERE /*include page_filters*/
+       AND m."timestamp" >= a."timestamp"
+       AND (m."timestamp", m.id) > (a."timestamp", a.id)
+     ORDER BY m."timestamp", m.id
+     LIMIT :limit)
 ) AS m ON true
 WHERE c.id = :conversation_id
 ORDER BY m."timestamp", m.id;
@@ -197,20 +250,26 @@ FROM messages AS m
 WHERE /*include page_filters*/;
 
 -- name: update_message :many
--- Changes content and/or role (NULL keeps the stored value) and stamps edited_at.
+-- Changes content, role, metadata and the token count (NULL keeps the stored value) and stamps
+-- edited_at. The caller sends the count with its flag: the writer's, or the estimate of new content.
 UPDATE messages AS m
 SET content = coalesce(:content::text, m.content),
     role = coalesce(:role::text, m.role),
+    metadata = coalesce(:metadata::jsonb, m.metadata),
+    token_count = coalesce(:token_count::integer, m.token_count),
+    token_count_estimated = coalesce(:token_count_estimated::boolean, m.token_count_estimated),
     edited_at = now()
 WHERE m.id = :message_id
 RETURNING /*include message_columns*/;
 
 -- name: update_messages :one
--- Bulk edit in one statement: each id gets its content and/or role (NULL keeps the value). If any
--- id does not exist nothing is written and missing lists them.
+-- Bulk edit in one statement: each id gets its content, role, metadata and token count (NULL
+-- keeps the value). If any id does not exist nothing is written and missing lists them.
 WITH input AS (
-    SELECT u.id, u.content, u.role
-    FROM unnest(:ids::bigint[], :contents::text[], :roles::text[]) AS u (id, content, role)
+    SELECT u.id, u.content, u.role, u.metadata, u.token_count, u.token_count_estimated
+    FROM unnest(:ids::bigint[], :contents::text[], :roles::text[], :metadata::jsonb[], :token_counts::integer[],
+                :token_counts_estimated::boolean[])
+        AS u (id, content, role, metadata, token_count, token_count_estimated)
 ),
 missing AS (
     SELECT i.id FROM input AS i
@@ -220,6 +279,9 @@ updated AS (
     UPDATE messages AS m
     SET content = coalesce(i.content, m.content),
         role = coalesce(i.role, m.role),
+        metadata = coalesce(i.metadata, m.metadata),
+        token_count = coalesce(i.token_count, m.token_count),
+        token_count_estimated = coalesce(i.token_count_estimated, m.token_count_estimated),
         edited_at = now()
     FROM input AS i
     WHERE m.id = i.id

@@ -21,6 +21,9 @@ m.search @@ search_query(:q)
       AND (:topic::text IS NULL OR EXISTS (
               SELECT 1 FROM message_topics AS mt JOIN topics AS t ON t.id = mt.topic_id
               WHERE mt.message_id = m.id AND t.name = :topic::text))
+      -- Quoted phrases (service/search.py's phrase_patterns), checked on the candidates the GIN
+      -- index found: websearch_to_tsquery drops their stop words.
+      AND m.content ~* ALL (:phrases::text[])
 
 -- fragment: rank_the_set
 -- The page of a ranked search, from its ranked_set (id, search): best first by ts_rank_cd, ties by
@@ -125,6 +128,31 @@ ORDER BY p."timestamp" DESC, p.id DESC;
 SELECT count(*)
 FROM messages AS m
 WHERE /*include matching_messages*/;
+
+-- name: search_facets :many
+-- Facet counts over ALL the matching messages (not only a page), so every page of one search
+-- gets the same ones: (facet, value, count) rows; the roles, and the 20 most frequent topics
+-- (ties by name). Each facet runs only when asked for (with_roles, with_topics: a false one is
+-- pruned at planning, which searches do for their own values).
+WITH hit AS (
+    SELECT m.id, m.role
+    FROM messages AS m
+    WHERE /*include matching_messages*/
+)
+(SELECT 'role' AS facet, h.role AS value, count(*) AS count
+ FROM hit AS h
+ WHERE :with_roles::boolean
+ GROUP BY h.role
+ ORDER BY count(*) DESC, h.role)
+UNION ALL
+(SELECT 'topic', t.name, count(*)
+ FROM hit AS h
+ JOIN message_topics AS mt ON mt.message_id = h.id
+ JOIN topics AS t ON t.id = mt.topic_id
+ WHERE :with_topics::boolean
+ GROUP BY t.name
+ ORDER BY count(*) DESC, t.name
+ LIMIT 20);
 
 -- name: search_topics :many
 -- Topic names matching :q by full text (GIN on topics.search) or by prefix (the byte range

@@ -13,6 +13,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -84,6 +85,31 @@ def database_url(server_url: str, template_name: str) -> Iterator[str]:
         yield url
     finally:
         drop_database(server_url, name)
+
+
+@contextmanager
+def seeded_database(server_url: str, template_name: str, name: str, statements: list[str]) -> Iterator[str]:
+    """A clone of the template filled by ``statements`` (committed), for a module of read-only tests."""
+    url = create_database(server_url, name, template=template_name)
+    try:
+        with psycopg.connect(url, autocommit=True) as seed:
+            for statement in statements:
+                seed.execute(statement)
+        yield url
+    finally:
+        drop_database(server_url, name)
+
+
+@asynccontextmanager
+async def connection_in_transaction(url: str) -> AsyncIterator[Connection]:
+    """An asyncpg connection with the service's codecs, inside a transaction (so SET LOCAL works)."""
+    connection: Connection = await asyncpg.connect(url)
+    await configure_connection(connection)
+    try:
+        async with connection.transaction():
+            yield connection
+    finally:
+        await connection.close()
 
 
 @pytest.fixture

@@ -472,6 +472,9 @@ def test_fields_whitelist_comes_from_the_query() -> None:
         "content",
         "timestamp",
         "edited_at",
+        "metadata",
+        "token_count",
+        "token_count_estimated",
         "topics",
     )
     with pytest.raises(KeyError, match="secret"):

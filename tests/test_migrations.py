@@ -150,3 +150,54 @@ def test_new_migration_pair_is_numbered_and_depends_on_the_last(tmp_path: Path) 
     assert "-- depends: 0002_second" in forward.read_text()
     with pytest.raises(ValueError, match="snake_case"):
         migrations.create("Add Flags", tmp_path)
+
+
+def test_metadata_and_token_count_migrations_on_a_populated_table(empty_database: str) -> None:
+    ids = migrations.migration_ids()
+    first = next(n for n, i in enumerate(ids) if i.endswith("_message_metadata_columns"))
+    migrations.apply(empty_database, up_to=ids[first - 1])
+    with psycopg.connect(empty_database) as conn:
+        conn.execute("INSERT INTO users (email, name) VALUES ('old@example.com', 'Old')")
+        conn.execute("INSERT INTO conversations (user_id) SELECT id FROM users")
+        # 12,000 rows cross the backfill's batches; 'é' is two UTF-8 bytes, '🙂' four.
+        conn.execute(
+            "INSERT INTO messages (conversation_id, user_id, role, content) "
+            "SELECT c.id, c.user_id, 'user', repeat('é', g % 7) || repeat('🙂', g % 3) || 'x' "
+            "FROM conversations AS c, generate_series(1, 12000) AS g"
+        )
+    applied = migrations.apply(empty_database, up_to=ids[first + 2])
+    assert [i[5:] for i in applied] == [
+        "message_metadata_columns",
+        "message_metadata_backfill",
+        "message_metadata_not_null",
+    ]
+    with psycopg.connect(empty_database) as conn:
+        rows = conn.execute("SELECT content, token_count, token_count_estimated, metadata FROM messages").fetchall()
+        assert len(rows) == 12000
+        for content, tokens, estimated, metadata in rows:
+            assert tokens == -(-len(content.encode()) // 4)
+            assert estimated is True
+            assert metadata == {}
+        assert conn.execute("SELECT metadata FROM conversations").fetchall() == [({},)]
+        nullable = conn.execute(
+            "SELECT table_name, column_name, is_nullable FROM information_schema.columns "
+            "WHERE column_name IN ('metadata', 'token_count', 'token_count_estimated') ORDER BY 1, 2"
+        ).fetchall()
+        assert nullable == [
+            ("conversations", "metadata", "NO"),
+            ("messages", "metadata", "NO"),
+            ("messages", "token_count", "NO"),
+            ("messages", "token_count_estimated", "NO"),
+        ]
+        # A writer that sends no count (an older release, COPY) still gets the estimate.
+        conn.execute(
+            "INSERT INTO messages (conversation_id, user_id, role, content) "
+            "SELECT id, user_id, 'user', 'abcdefghi' FROM conversations"
+        )
+        assert conn.execute(
+            "SELECT token_count, token_count_estimated, metadata FROM messages WHERE content = 'abcdefghi'"
+        ).fetchone() == (3, True, {})
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE messages SET token_count = -1 WHERE id = (SELECT min(id) FROM messages)")
+    with psycopg.connect(empty_database) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("UPDATE messages SET metadata = '[1]' WHERE id = (SELECT min(id) FROM messages)")

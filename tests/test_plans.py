@@ -11,15 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-import psycopg
 import pytest
 
 from service import conversations, messages, search, topics
-from service.db import Connection, configure_connection
+from service.db import Connection
 from service.pages import estimate_rows
 from service.queries import Query
-from tests.conftest import RUN_ID, create_database, drop_database
+from tests.conftest import RUN_ID, connection_in_transaction, seeded_database
 
 BIG_CONVERSATION_MESSAGES = 50_000
 SMALL_CONVERSATIONS = 2_000
@@ -104,24 +102,14 @@ SEED = [
 @pytest.fixture(scope="module")
 def seeded_url(server_url: str, template_name: str) -> Iterator[str]:
     """A database of its own, seeded and analysed once for this module's tests (which only read)."""
-    name = f"freya_plans_{RUN_ID}"
-    url = create_database(server_url, name, template=template_name)
-    with psycopg.connect(url, autocommit=True) as seed:
-        for statement in SEED:
-            seed.execute(statement)
-    yield url
-    drop_database(server_url, name)
+    with seeded_database(server_url, template_name, f"freya_plans_{RUN_ID}", SEED) as url:
+        yield url
 
 
 @pytest.fixture
 async def seeded_conn(seeded_url: str) -> AsyncIterator[Connection]:
-    connection: Connection = await asyncpg.connect(seeded_url)
-    await configure_connection(connection)
-    try:
-        async with connection.transaction():
-            yield connection
-    finally:
-        await connection.close()
+    async with connection_in_transaction(seeded_url) as connection:
+        yield connection
 
 
 @pytest.fixture
@@ -236,6 +224,7 @@ def search_params(q: str, **scope: Any) -> dict[str, Any]:
         "until": None,
         "limit": 20,
         "offset": 0,
+        "phrases": search.phrase_patterns(q),
         **scope,
     }
 
@@ -322,3 +311,39 @@ async def test_a_common_word_in_a_small_scope_reads_only_the_scope(
             by_scope = [index for index, condition in scans.items() if column in condition]
             assert by_scope, (scope, name, scans)
             assert no_seq_scan_of(nodes, "messages"), (scope, name, nodes)
+
+
+async def test_a_phrase_search_and_its_facets_narrow_with_the_gin_index(
+    seeded_conn: Connection, seeded: dict[str, Any]
+) -> None:
+    params = search_params('"message 12345"')
+    assert params["phrases"]
+    await search.sql.plan_for_these_values.val(seeded_conn)
+    for nodes in await plans(seeded_conn, search.sql.search_messages_by_rank, generic=False, **params, **RANK_POSITION):
+        assert "idx_message_search" in index_scans(nodes), nodes
+        assert no_seq_scan_of(nodes, "messages")
+    facet_params = {k: v for k, v in params.items() if k not in ("limit", "offset")}
+    for nodes in await plans(
+        seeded_conn, search.sql.search_facets, generic=False, **facet_params, with_roles=True, with_topics=True
+    ):
+        assert "idx_message_search" in index_scans(nodes), nodes
+        assert no_seq_scan_of(nodes, "messages")
+
+
+async def test_an_anchored_page_reads_both_ways_from_the_anchor(
+    seeded_conn: Connection, seeded: dict[str, Any]
+) -> None:
+    filters = {k: v for k, v in page_filters(seeded["big"]).items() if k != "offset"}
+    analysed = await seeded_conn.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + messages.sql.list_messages_around.sql,
+        *messages.sql.list_messages_around.args({**filters, "around": seeded["deep"]["id"]}),
+    )
+    nodes = list(walk(analysed[0]["Plan"]))
+    # Each side starts at the anchor and stops after a page: about 2 x 50 rows of 50,000.
+    read = sum(n["Actual Rows"] for n in nodes if n.get("Index Name") == "idx_message_timestamp")
+    assert 2 * 50 <= read <= 2 * 50 + 2, nodes
+    for nodes in await plans(seeded_conn, messages.sql.list_messages_around, **filters, around=seeded["deep"]["id"]):
+        scans = index_scans(nodes)
+        assert "timestamp" in scans["idx_message_timestamp"], scans
+        assert "messages_pkey" in scans
+        assert no_seq_scan_of(nodes, "messages"), nodes

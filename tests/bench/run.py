@@ -36,8 +36,8 @@ import asyncpg
 import psycopg
 from psycopg import sql as pgsql
 
+from service import context, devdb, migrations, search
 from service import conversations as conversation_queries
-from service import devdb, migrations, search
 from service import messages as message_queries
 from service import seed as seeding
 from service import topics as topic_queries
@@ -215,6 +215,8 @@ def literal(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "ARRAY[" + ", ".join(literal(v) for v in value) + "]" if value else "'{}'"
+    if isinstance(value, dict):
+        return "'" + json.dumps(value).replace("'", "''") + "'"
     return "'" + str(value).replace("'", "''") + "'"
 
 
@@ -619,7 +621,7 @@ def main() -> int:
     secret = secrets.token_urlsafe(24)
     cursor = CursorCodec(secret).encode(f"messages:{whale}:desc:None:None:None", TimeKey(to_micros(deep[0]), deep[1]))
     page_params = {"conversation_id": whale, "since": None, "until": None, "role": None, "limit": 50, "offset": 0}
-    search_params = {
+    search_params: dict[str, Any] = {
         "conversation_id": None,
         "user_id": None,
         "topic": None,
@@ -633,12 +635,16 @@ def main() -> int:
         "recent_ids": search.RECENT_IDS,
         "limit": 20,
         "offset": 0,
+        "phrases": [],
     }
     batch = {
         "roles": BATCH_ROLES,
         "contents": BATCH_CONTENTS,
         "user_ids": [None] * 1000,
         "client_msg_ids": [None] * 1000,
+        "metadata": [{}] * 1000,
+        "token_counts": [12] * 1000,
+        "token_counts_estimated": [True] * 1000,
         "tag_items": list(range(1, 1001)),
         "tag_names": ["batch"] * 1000,
     }
@@ -647,6 +653,9 @@ def main() -> int:
         "contents": ["load test message about flights to lisbon"],
         "user_ids": [None],
         "client_msg_ids": [None],
+        "metadata": [{}],
+        "token_counts": [11],
+        "token_counts_estimated": [True],
         "tag_items": [1],
         "tag_names": ["loadtest"],
     }
@@ -704,6 +713,35 @@ def main() -> int:
     heavy_ours, heavy_bare = search_scripts(user_word, "user_id", heavy_user)
     light_ours, light_bare = search_scripts(user_word, "user_id", light_user)
     conversation_ours, conversation_bare = search_scripts(conversation_word, "conversation_id", whale)
+    matches = f"search @@ websearch_to_tsquery('english', {literal(common)})"
+    facets_ours = common_ours.replace(
+        "COMMIT;\n",
+        pgbench_script(
+            search.sql.search_facets, {**search_params, "q": common, "with_roles": True, "with_topics": True}
+        )
+        + "COMMIT;\n",
+    )
+    facets_bare = (
+        common_bare
+        + bare_script(f"SELECT role, count(*) FROM messages WHERE {matches} GROUP BY role")
+        + bare_script(
+            "SELECT t.name, count(*) FROM messages AS m JOIN message_topics AS mt ON mt.message_id = m.id "
+            f"JOIN topics AS t ON t.id = mt.topic_id WHERE m.{matches} GROUP BY t.name ORDER BY count(*) DESC LIMIT 20"
+        )
+    )
+    # The context window: how many messages 4,000 tokens hold, so the bare SQL can return the same rows.
+    window = {"conversation_id": whale, "max_tokens": 4000, "include_system": False, "role": None}
+    with psycopg.connect(url) as conn:
+        window_size = len(conn.execute(pgbench_script(context.sql.context_window, window)).fetchall())
+
+    def around_side(before: bool) -> str:
+        compare, direction = ("<", "DESC") if before else (">=", "ASC")
+        return (
+            f"SELECT {columns} FROM messages WHERE conversation_id = {whale} "
+            f'AND ("timestamp", id) {compare} ({literal(deep[0])}, {deep[1]}) '
+            f'ORDER BY "timestamp" {direction}, id {direction} LIMIT 25'
+        )
+
     operations = [
         Operation(
             "page_50",
@@ -812,6 +850,33 @@ def main() -> int:
             f"/v1/search/messages?q={rare}&limit=20",
             rare_ours,
             rare_bare,
+            connections=search_clients,
+        ),
+        Operation(
+            # The seed makes about 5% system messages: in the largest conversation they alone pass
+            # any prompt-sized budget (a 422), so the window is measured without them.
+            "context_window",
+            f"newest messages of the largest conversation within 4,000 tokens ({window_size}), oldest first",
+            f"/v1/conversations/{whale}/context?max_tokens=4000&include_system=false",
+            pgbench_script(context.sql.context_window, window),
+            bare_script(
+                f"SELECT {columns}, token_count FROM messages WHERE conversation_id = {whale} AND role <> 'system' "
+                f'ORDER BY "timestamp" DESC, id DESC LIMIT {window_size}'
+            ),
+        ),
+        Operation(
+            "around_page",
+            f"50 messages centred on one {depth:,} deep in the largest conversation",
+            f"/v1/conversations/{whale}/messages?limit=50&around={deep[1]}",
+            pgbench_script(message_queries.sql.list_messages_around, {**page_params, "around": deep[1]}),
+            bare_script(f"({around_side(True)}) UNION ALL ({around_side(False)})"),
+        ),
+        Operation(
+            "search_facets",
+            f"ranked search for {common!r}, 20 hits, with topic and role facets over all its matches",
+            f"/v1/search/messages?q={common}&limit=20&facets=topic,role",
+            facets_ours,
+            facets_bare,
             connections=search_clients,
         ),
     ]

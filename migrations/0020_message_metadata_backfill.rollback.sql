@@ -1,0 +1,2 @@
+-- Nothing to undo here: message_metadata_columns' rollback drops the columns this fills.
+DO $$ BEGIN NULL; END $$;
