@@ -22,7 +22,7 @@ import msgspec
 from litestar import Request
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
-from service.fields import MAX_ID
+from service.fields import MAX_ID, NO_NUL
 
 _BEARER = {
     "type": "http",
@@ -47,8 +47,23 @@ _IDEMPOTENT = (
 )
 
 
-# Rules of a body that its Struct cannot state: an edit needs content, role or both.
+# Rules of a body that its Struct cannot state: an edit needs content, role or both (not null),
+# a conversation's edit title, metadata or both (present; a null title clears it).
 _AT_LEAST_ONE_OF = {"MessageUpdate": ("content", "role"), "MessageUpdateItem": ("content", "role")}
+_AT_LEAST_ONE_PRESENT = {"ConversationUpdate": ("title", "metadata")}
+# metadata is any JSON without a NUL character in any string (jsonb cannot hold one): recursively.
+_JSON_WITHOUT_NUL = {
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"},
+        },
+    ]
+}
 
 
 def request_body_schemas() -> dict[str, Any]:
@@ -59,6 +74,14 @@ def request_body_schemas() -> dict[str, Any]:
         components[name]["anyOf"] = [
             {"required": [field], "properties": {field: {"not": {"type": "null"}}}} for field in fields
         ]
+    for name, fields in _AT_LEAST_ONE_PRESENT.items():
+        components[name]["anyOf"] = [{"required": [field]} for field in fields]
+    components["JsonWithoutNul"] = _JSON_WITHOUT_NUL
+    for schema in components.values():
+        metadata = schema.get("properties", {}).get("metadata")
+        if metadata is not None:
+            metadata["propertyNames"] = {"pattern": NO_NUL}
+            metadata["additionalProperties"] = {"$ref": "#/components/schemas/JsonWithoutNul"}
     return components
 
 
