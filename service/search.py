@@ -176,29 +176,56 @@ _SYNTAX = re.compile(r'(?P<negated>-?)"(?P<phrase>[^"]*)"?|(?P<other>[^\s"]+)')
 _WORD = re.compile(r"\w+")
 
 
+def _phrases(q: str) -> tuple[list[tuple[re.Match[str], bool, list[str]]], bool]:
+    """The quoted phrases of q that a check can decide: (match, negated, words) for each phrase with
+    words that is not next to `or`; and whether q asks for anything positive besides the negated ones."""
+    tokens = list(_SYNTAX.finditer(q))
+    words = [token.group("other").lower() if token.group("other") else "" for token in tokens]
+    found, positive = [], False
+    for index, token in enumerate(tokens):
+        if token.group("phrase") is None:
+            positive = positive or (words[index] not in ("or", "") and not words[index].startswith("-"))
+            continue
+        negated, phrase_words = bool(token.group("negated")), _WORD.findall(token.group("phrase"))
+        positive = positive or (not negated and bool(phrase_words))
+        beside = {words[i] for i in (index - 1, index + 1) if 0 <= i < len(tokens)}
+        if phrase_words and "or" not in beside:
+            found.append((token, negated, phrase_words))
+    return found, positive
+
+
 def phrase_patterns(q: str) -> list[str]:
-    """Case-insensitive PostgreSQL regular expressions, one per quoted phrase that every match must contain.
+    """Case-insensitive PostgreSQL regular expressions that every match must pass, one per quoted phrase.
 
     websearch_to_tsquery drops stop words, so "over the harbor" alone would find any message with
     "harbor". The GIN index still narrows the candidates with that query; these patterns (passed
     as parameter values, never spliced into SQL) then demand the phrase's words in order, whole,
-    with only non-word characters between them: \\mover\\M\\W+\\mthe\\M\\W+\\mharbor\\M. A phrase
-    next to `or`, or negated, keeps websearch_to_tsquery's meaning: a pattern that every match
-    must pass cannot express an alternative or an exclusion.
+    with only non-word characters between them: \\mover\\M\\W+\\mthe\\M\\W+\\mharbor\\M. A negated
+    phrase, -"over the harbor", becomes a lookahead that holds where the phrase does not occur
+    (and index_query leaves it out of the tsquery, which would otherwise drop every message with
+    "harbor"). A phrase next to `or` keeps websearch_to_tsquery's meaning: a pattern that every
+    match must pass cannot express an alternative.
     """
-    tokens = [
-        (match.group("phrase"), bool(match.group("negated")), (match.group("other") or "").lower())
-        for match in _SYNTAX.finditer(q)
-    ]
+    found, _ = _phrases(q)
     patterns = []
-    for index, (phrase, negated, _) in enumerate(tokens):
-        if phrase is None or negated:
-            continue
-        beside = {tokens[i][2] for i in (index - 1, index + 1) if 0 <= i < len(tokens)}
-        words = _WORD.findall(phrase)
-        if words and "or" not in beside:
-            patterns.append("\\W+".join(f"\\m{word}\\M" for word in words))
+    for _token, negated, words in found:
+        phrase = "\\W+".join(f"\\m{word}\\M" for word in words)
+        patterns.append(f"^(?!.*{phrase})" if negated else phrase)
     return patterns
+
+
+def index_query(q: str) -> str:
+    """q as websearch_to_tsquery should read it: without the negated phrases phrase_patterns checks,
+    unless nothing positive would remain (a query of exclusions only is left as it is)."""
+    found, positive = _phrases(q)
+    negated = [token for token, is_negated, _ in found if is_negated]
+    if not negated or not positive:
+        return q
+    kept, at = [], 0
+    for token in negated:
+        kept.append(q[at : token.start()])
+        at = token.end()
+    return " ".join("".join([*kept, q[at:]]).split())
 
 
 class TopicHit(msgspec.Struct):
@@ -387,7 +414,7 @@ class SearchController(Controller):
     ) -> MessageSearchPage:
         since, until = as_utc(since), as_utc(until)
         filters: dict[str, Any] = {
-            "q": _search_text(q),
+            "q": index_query(_search_text(q)),
             "conversation_id": conversation_id,
             "user_id": user_id,
             "topic": topic,

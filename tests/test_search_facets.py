@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.search import phrase_patterns
+from service.search import index_query, phrase_patterns
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
 SEARCH = "/v1/search/messages"
@@ -41,14 +41,22 @@ async def test_a_phrase_keeps_its_stop_words_and_order(client: httpx.AsyncClient
     assert await ids(client, 'zeppelin "over the harbor"') == {harbor["flew"]}
     assert await ids(client, '"harbor meadow" "we went"') == {harbor["scrambled"]}
     assert await ids(client, '"the harbor" "we went"') == set()
-    # Beside `or`, or negated, a phrase keeps websearch_to_tsquery's meaning.
+    # Negated, a phrase excludes only the messages holding it (the tsquery alone would drop every
+    # message with "harbor"); a query of exclusions only is PostgreSQL's (no "harbor" at all).
+    assert await ids(client, 'harbor -"over the harbor"') == {harbor["scrambled"], harbor["split"], harbor["reversed"]}
+    assert await ids(client, '-"over the harbor"') == {harbor["prefix"]}
+    # Beside `or`, a phrase keeps websearch_to_tsquery's meaning.
     assert await ids(client, '"over the harbor" or meadow') == set(harbor.values()) - {harbor["prefix"]}
 
 
 def test_phrase_patterns_are_built_from_words_only() -> None:
     assert phrase_patterns('"over the harbor"') == [r"\mover\M\W+\mthe\M\W+\mharbor\M"]
-    assert phrase_patterns('x "a.*b" -"c d" "e f" or g "unclosed h') == [r"\ma\M\W+\mb\M", r"\munclosed\M\W+\mh\M"]
+    mixed = 'x "a.*b" -"c d" "e f" or g "unclosed h'
+    assert phrase_patterns(mixed) == [r"\ma\M\W+\mb\M", r"^(?!.*\mc\M\W+\md\M)", r"\munclosed\M\W+\mh\M"]
+    assert index_query(mixed) == 'x "a.*b" "e f" or g "unclosed h'
     assert phrase_patterns('"" "(*)" plain words') == []
+    assert index_query('-"c d"') == '-"c d"'
+    assert (phrase_patterns('a or -"b c"'), index_query('a or -"b c"')) == ([], 'a or -"b c"')
 
 
 async def test_facets_count_every_match_the_same_on_every_page(client: httpx.AsyncClient) -> None:
