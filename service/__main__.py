@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import socket
 import sys
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -25,13 +26,35 @@ from service.devdb import database_url
 from service.settings import Settings, SettingsError, load_settings
 
 
+class PortInUseError(OSError):
+    """Another process listens on the address the service was told to serve on."""
+
+
+def claim_port(host: str, port: int) -> None:
+    """Fail unless host:port is free. granian binds with SO_REUSEPORT, so a second instance
+    would otherwise share the port with the first and split its traffic; this probe binds
+    without it, which any existing listener refuses."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Connections of a recent instance in TIME_WAIT do not count; a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise PortInUseError(
+                f"cannot serve on {host}:{port}: {error.strerror} (is another instance running?)"
+            ) from None
+
+
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     from service.observability import configure_logging, logging_config
 
+    claim_port(settings.host, settings.port)
     configure_logging(settings.log_level, settings.log_format)
     url = database_url(settings)
     for migration_id in migrations.apply(url):
@@ -54,6 +77,11 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
             address=settings.host,
             port=settings.port,
             workers=settings.workers,
+            # A worker that dies (killed, out of memory) is replaced instead of taking the service
+            # down; granian still exits when a respawned worker dies again within seconds.
+            respawn_failed_workers=True,
+            # The slowest client's headers; its body is bounded by the request pipeline (a 408).
+            http1_settings=HTTP1Settings(header_read_timeout=int(settings.request_read_timeout * 1000)),
             # granian's own lines (start, workers, shutdown) in the service's format, on its handler.
             log_level=LogLevels(settings.log_level.lower()),
             log_dictconfig=logging_config(settings.log_level, settings.log_format),
@@ -278,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(settings, args)
+    except PortInUseError as error:
+        print(f"freya: {error}", file=sys.stderr)
+        return 1
     except (devdb.EmbeddedPostgresError, psycopg.OperationalError, OSError) as error:
         print(f"freya: database unavailable: {error}", file=sys.stderr)
         return 1

@@ -16,7 +16,6 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import (
@@ -46,6 +45,7 @@ from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
 from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
+from service.openapi import OpenAPIJson
 from service.pages import provide_paging
 from service.pipeline import RequestPipeline
 from service.queries import prepare_all, queries_of
@@ -200,7 +200,9 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         ],
         middleware=[
             RequestPipeline(
-                tokens, Idempotency(timedelta(hours=settings.idempotency_ttl_hours), settings.max_body_bytes)
+                tokens,
+                Idempotency(timedelta(hours=settings.idempotency_ttl_hours), settings.max_body_bytes),
+                settings.request_read_timeout,
             )
         ],
         # Logging is ours (observability.configure_logging): one handler, request ids, text or JSON.
@@ -210,6 +212,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             "paging": Provide(provide_paging, sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
+        request_class=errors.JsonBodyRequest,
         lifespan=[pool_lifespan, feed_watch_lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,
@@ -218,7 +221,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             version=VERSION,
             description="Chat history of the Freya assistant: users, conversations, messages, topics.",
             path=DOCS_PATH,
-            render_plugins=[swagger_ui(), JsonRenderPlugin(path="/openapi.json")],
+            render_plugins=[swagger_ui(), OpenAPIJson(path="/openapi.json")],
         ),
     )
 

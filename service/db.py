@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,9 +32,14 @@ else:  # asyncpg's classes are generic only in its stubs
 
 @dataclass(slots=True)
 class DatabaseTime:
-    """Seconds one request spent waiting on its queries (reported in Server-Timing)."""
+    """Seconds one request spent waiting on its queries (reported in Server-Timing), how many
+    statements it completed, and whether its failure may be retried on a fresh connection."""
 
     seconds: float = 0.0
+    statements: int = 0
+    # Set by PoolDatabase when a broken connection refused a statement before sending it, and
+    # nothing the request did before can have been committed: the request may run once more.
+    retryable: bool = False
 
 
 _request_time: ContextVar[DatabaseTime | None] = ContextVar("database_time", default=None)
@@ -50,6 +56,7 @@ def count_time(started: float) -> None:
     timing = _request_time.get()
     if timing is not None:
         timing.seconds += time.perf_counter() - started
+        timing.statements += 1
 
 
 class Database(abc.ABC):
@@ -70,6 +77,33 @@ class Database(abc.ABC):
         run in one); statements then run without the statement timeout in that mode.
         """
         return self.connection()
+
+    @abc.abstractmethod
+    def request_transaction(self) -> typing.AsyncContextManager[Connection]:
+        """One transaction on the primary for everything the request does: connection() inside
+        it hands out savepoints on it. Commits when the block ends without an exception."""
+
+
+# The connection a request's whole work runs on, when it runs in one transaction (a POST under
+# an Idempotency-Key: the key's claim, the handler's write and the stored answer commit together).
+_request_connection: ContextVar[Connection | None] = ContextVar("request_connection", default=None)
+
+
+def _never_sent(error: BaseException) -> bool:
+    """asyncpg refused the statement before writing it to the socket: the connection is broken
+    (typically an idle one that received PostgreSQL's FATAL and has not noticed the close yet)."""
+    return type(error) in (asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+# Errors after which a connection cannot be trusted for another request (besides _never_sent).
+_BROKEN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ProtocolError,
+    ConnectionError,
+)
 
 
 class PoolDatabase(Database):
@@ -106,25 +140,92 @@ class PoolDatabase(Database):
 
     @asynccontextmanager
     async def _use(self, *, autocommit: bool) -> AsyncIterator[Connection]:
+        bound = _request_connection.get()
+        if bound is not None and not autocommit:
+            # Inside the request's transaction: a savepoint, so a failed statement undoes only
+            # its own part, as it would on a connection of its own.
+            async with _transaction(bound):
+                yield bound
+            return
+        conn = await self._acquire()
+        statements_before = _statements_so_far()
+        try:
+            if self.timeout_per_transaction is None or autocommit:
+                yield conn
+            else:
+                async with _transaction(conn):
+                    await conn.execute(_SET_STATEMENT_TIMEOUT, self.timeout_per_transaction, True)
+                    yield conn
+            if self.after_use is not None:
+                await self.after_use(conn)
+        except BaseException as error:
+            _discard_if_broken(conn, error, retryable=statements_before == _statements_so_far())
+            raise
+        finally:
+            await self.pool.release(conn)
+
+    @asynccontextmanager
+    async def request_transaction(self) -> AsyncIterator[Connection]:
+        conn = await self._acquire()
+        bound = _request_connection.set(conn)
+        try:
+            async with _transaction(conn):
+                if self.timeout_per_transaction is not None:
+                    await conn.execute(_SET_STATEMENT_TIMEOUT, self.timeout_per_transaction, True)
+                yield conn
+            if self.after_use is not None:
+                await self.after_use(conn)
+        except BaseException as error:
+            # Nothing of the request is committed when it fails here (the COMMIT is the last
+            # statement): a statement refused before sending leaves it safe to run again.
+            _discard_if_broken(conn, error, retryable=True)
+            raise
+        finally:
+            _request_connection.reset(bound)
+            await self.pool.release(conn)
+
+    async def _acquire(self) -> asyncpg.pool.PoolConnectionProxy[asyncpg.Record]:
         self.waiting += 1
         try:
             # Without a timeout asyncpg waits for a free connection forever. asyncio.timeout rather
             # than acquire(timeout=): that one wraps every acquire in a task of its own.
             async with asyncio.timeout(self.acquire_timeout):
-                conn = await self.pool.acquire()
+                return await self.pool.acquire()
         finally:
             self.waiting -= 1
-        try:
-            if self.timeout_per_transaction is None or autocommit:
-                yield conn
-            else:
-                async with conn.transaction():
-                    await conn.execute(_SET_STATEMENT_TIMEOUT, self.timeout_per_transaction, True)
-                    yield conn
-            if self.after_use is not None:
-                await self.after_use(conn)
-        finally:
-            await self.pool.release(conn)
+
+
+@asynccontextmanager
+async def _transaction(conn: Connection) -> AsyncIterator[None]:
+    """conn.transaction(), except that a connection that died inside it keeps its own error:
+    asyncpg's would replace it with "cannot call Transaction.__aexit__(): connection is closed"."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(asyncpg.InterfaceError):  # the connection is gone: so is the transaction
+            await transaction.rollback()
+        raise
+    await transaction.commit()
+
+
+def _statements_so_far() -> int:
+    timing = _request_time.get()
+    return -1 if timing is None else timing.statements
+
+
+def _discard_if_broken(conn: Connection, error: BaseException, *, retryable: bool) -> None:
+    """Terminate a connection that failed in a way that leaves it unusable, so the pool opens a
+    new one instead of handing the broken one to the next request; mark the request retryable
+    when its statement never left and nothing before it can have been committed."""
+    if not (_never_sent(error) or isinstance(error, _BROKEN)):
+        return
+    with contextlib.suppress(asyncpg.InterfaceError):  # lost already: asyncpg gave it back to the pool
+        conn.terminate()
+    timing = _request_time.get()
+    if timing is not None and retryable and _never_sent(error):
+        timing.retryable = True
 
 
 class SharedConnectionDatabase(Database):
@@ -142,6 +243,9 @@ class SharedConnectionDatabase(Database):
     async def connection(self) -> AsyncIterator[Connection]:
         async with self.conn.transaction():
             yield self.conn
+
+    def request_transaction(self) -> typing.AsyncContextManager[Connection]:
+        return self.connection()
 
 
 async def configure_connection(conn: Connection) -> None:

@@ -24,6 +24,7 @@ from litestar.response import File
 from swagger_ui_bundle import swagger_ui_path
 
 from service.errors import NotFound
+from service.openapi import CorrectedSwagger
 
 DOCS_PATH: Final = "/schema"
 ASSETS_PATH: Final = f"{DOCS_PATH}/assets"
@@ -50,7 +51,7 @@ def is_asset(path: str) -> bool:
 
 def swagger_ui() -> SwaggerRenderPlugin:
     """Litestar's Swagger UI page, pointed at the service's own copy of the assets."""
-    return SwaggerRenderPlugin(
+    return CorrectedSwagger(
         path="/",
         js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
         css_url=f"{ASSETS_PATH}/swagger-ui.css",

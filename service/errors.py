@@ -5,32 +5,39 @@
     litestar ValidationException (body/query/path)     400     Invalid request
     RecursionError decoding a deeply nested JSON body  400     Invalid request
     Invalid (our own value checks)                     400/422 as raised, with ``errors``
+    a body not UTF-8 / nested too deeply (JsonBodyRequest) 400 Invalid request (field ``body``)
+    RequestTimeout (body not in within the read timeout) 408   Request timeout, Connection: close
+    UnsupportedMediaType (a body not sent as JSON)     415     Unsupported media type
     NotFound                                           404     Not found
     Gone (a feed cursor before what is kept)           410     Gone
     litestar NotFound / MethodNotAllowed / 413 …       as is   Litestar's title
     Conflict, asyncpg UniqueViolationError             409     Conflict
-    asyncpg ForeignKeyViolationError                   422     Referenced row does not exist
-    asyncpg CheckViolation / NotNull / DataError       422     Value breaks a rule
+    asyncpg ForeignKeyViolationError                   422     Referenced row does not exist (the field)
+      … of a parent deleted under the request          404     Not found (the parent)
+    asyncpg CheckViolation / NotNull / DataError       422     Value breaks a rule (the field)
     asyncpg QueryCanceledError (statement_timeout)     504     Database statement timed out
     asyncpg TransactionRollbackError (deadlock …)      503     Database conflict + Retry-After
     pool acquire TimeoutError                          503     Database busy   + Retry-After
     connection refused / lost / server shutting down   503     Database unavailable + Retry-After
+    asyncpg InterfaceError / InternalClientError       503     Database unavailable + Retry-After
     anything else                                      500     Internal server error (logged)
 
-Problem ``type`` values are URIs under ``PROBLEM_BASE`` so clients can switch on them.
+Problem ``type`` values are URIs under ``PROBLEM_BASE`` so clients can switch on them. No
+PostgreSQL message text reaches a client: constraint failures are explained by constraint name.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.types import ExceptionHandlersMap
 
 from service.fields import EMAIL_PATTERN, NO_NUL
@@ -49,6 +56,7 @@ class ProblemError(Exception):
     status = 500
     title = "Internal server error"
     kind = "internal"
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
@@ -82,6 +90,16 @@ class Gone(ProblemError):
     status, title, kind = 410, "Gone", "gone"
 
 
+class RequestTimeout(ProblemError):
+    status, title, kind = 408, "Request timeout", "request-timeout"
+    # The rest of the body may still be on its way: the connection cannot be reused.
+    headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
+
+
+class UnsupportedMediaType(ProblemError):
+    status, title, kind = 415, "Unsupported media type", "unsupported-media-type"
+
+
 def problem(
     status: int,
     title: str,
@@ -102,6 +120,19 @@ def problem(
     if errors:
         body["errors"] = errors
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+class JsonBodyRequest(Request[Any, Any, Any]):
+    """Litestar's request, with the body-decoding failures msgspec does not report as such
+    (bytes that are not UTF-8, nesting past its recursion limit) answered as the 400 they are."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except UnicodeDecodeError:
+            raise Invalid("the body is not valid UTF-8", field="body") from None
+        except RecursionError:
+            raise Invalid("the body's JSON is nested too deeply", field="body") from None
 
 
 class FieldError(msgspec.Struct):
@@ -128,9 +159,79 @@ _RESPONSE_DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict with an existing row",
     410: "What the request points at was pruned and is gone for good",
+    415: "The body is not sent as application/json",
     422: "Well-formed, but a value breaks a rule or references a missing row",
     503: "Database unavailable or busy; retry after Retry-After seconds",
     504: "Database statement timed out",
+}
+
+
+_EXAMPLES: dict[int, dict[str, Any]] = {
+    400: {
+        "type": PROBLEM_BASE + "invalid-request",
+        "title": "Invalid request",
+        "status": 400,
+        "detail": "email: must be an email address (and contain no NUL character)",
+        "instance": "/v1/users",
+        "errors": [{"field": "email", "message": "must be an email address (and contain no NUL character)"}],
+    },
+    401: {
+        "type": PROBLEM_BASE + "unauthorized",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": "a valid service token is required: Authorization: Bearer <token>",
+        "instance": "/v1/users/1",
+    },
+    403: {
+        "type": PROBLEM_BASE + "forbidden",
+        "title": "Forbidden",
+        "status": 403,
+        "detail": "token 'reader' lacks the 'write' scope this request needs",
+        "instance": "/v1/users",
+    },
+    404: {
+        "type": PROBLEM_BASE + "not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "user 42 does not exist",
+        "instance": "/v1/users/42",
+    },
+    409: {
+        "type": PROBLEM_BASE + "conflict",
+        "title": "Conflict",
+        "status": 409,
+        "detail": "a user with this email exists already",
+        "instance": "/v1/users",
+    },
+    415: {
+        "type": PROBLEM_BASE + "unsupported-media-type",
+        "title": "Unsupported media type",
+        "status": 415,
+        "detail": "Content-Type 'text/plain' is not supported: send application/json",
+        "instance": "/v1/users",
+    },
+    422: {
+        "type": PROBLEM_BASE + "missing-reference",
+        "title": "Referenced row does not exist",
+        "status": 422,
+        "detail": "user_id names a row that does not exist",
+        "instance": "/v1/conversations",
+        "errors": [{"field": "user_id", "message": "does not exist"}],
+    },
+    503: {
+        "type": PROBLEM_BASE + "database-unavailable",
+        "title": "Database unavailable",
+        "status": 503,
+        "detail": "the database cannot be reached right now; retry shortly",
+        "instance": "/v1/users/1",
+    },
+    504: {
+        "type": PROBLEM_BASE + "database-timeout",
+        "title": "Database statement timed out",
+        "status": 504,
+        "detail": "the database did not answer within the statement timeout",
+        "instance": "/v1/search/messages",
+    },
 }
 
 
@@ -138,7 +239,11 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the problem responses a route can return (auth and database ones always can)."""
     return {
         status: ResponseSpec(
-            data_container=ProblemDetails, description=_RESPONSE_DESCRIPTIONS[status], media_type=MEDIA_TYPE
+            data_container=ProblemDetails,
+            description=_RESPONSE_DESCRIPTIONS[status],
+            media_type=MEDIA_TYPE,
+            generate_examples=False,
+            examples=[Example(summary=_RESPONSE_DESCRIPTIONS[status], value=_EXAMPLES[status])],
         )
         for status in (*statuses, 401, 403, 503, 504)
     }
@@ -194,12 +299,28 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
 
 
 def on_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:
-    return problem(exc.status, exc.title, exc.kind, exc.detail, errors=exc.errors, request=request)
+    return problem(exc.status, exc.title, exc.kind, exc.detail, errors=exc.errors, headers=exc.headers, request=request)
 
 
-def _constraint_detail(exc: asyncpg.PostgresError) -> str:
-    detail = getattr(exc, "detail", None) or ""
-    return f"{exc.args[0] if exc.args else exc}" + (f" ({detail})" if detail else "")
+# What a broken constraint means to the client, by constraint name: PostgreSQL's own message
+# (table and constraint names, key values) never reaches a client.
+_MISSING_PARENT = {  # a row that vanished under the request (a concurrent DELETE): 404
+    "messages_conversation_id_fkey": "the conversation does not exist",
+    "message_topics_message_id_fkey": "the message does not exist",
+    "message_topics_topic_id_fkey": "a topic was deleted while it was being assigned",
+}
+_MISSING_REFERENCE = {  # a field naming a row that does not exist: 422 naming the field
+    "conversations_user_id_fkey": "user_id",
+    "messages_user_id_fkey": "user_id",
+}
+_RULE_FIELDS = {
+    "users_email_check": "email",
+    "users_name_check": "name",
+    "conversations_title_check": "title",
+    "topics_name_check": "name",
+    "messages_role_check": "role",
+    "messages_client_msg_id_length": "client_msg_id",
+}
 
 
 def on_unique_violation(request: Request[Any, Any, Any], exc: asyncpg.UniqueViolationError) -> Response[dict[str, Any]]:
@@ -209,11 +330,20 @@ def on_unique_violation(request: Request[Any, Any, Any], exc: asyncpg.UniqueViol
 def on_missing_reference(
     request: Request[Any, Any, Any], exc: asyncpg.ForeignKeyViolationError
 ) -> Response[dict[str, Any]]:
-    return problem(422, "Referenced row does not exist", "missing-reference", _constraint_detail(exc), request=request)
+    constraint = getattr(exc, "constraint_name", None) or ""
+    if constraint in _MISSING_PARENT:
+        return problem(404, "Not found", "not-found", _MISSING_PARENT[constraint], request=request)
+    field = _MISSING_REFERENCE.get(constraint)
+    detail = f"{field} names a row that does not exist" if field else "a referenced row does not exist"
+    errors = [{"field": field, "message": "does not exist"}] if field else None
+    return problem(422, "Referenced row does not exist", "missing-reference", detail, errors=errors, request=request)
 
 
 def on_rule_broken(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[dict[str, Any]]:
-    return problem(422, "Value breaks a rule", "constraint-violation", _constraint_detail(exc), request=request)
+    field = _RULE_FIELDS.get(getattr(exc, "constraint_name", None) or "")
+    detail = f"{field} breaks a rule of the stored data" if field else "a value is out of the range the data allows"
+    errors = [{"field": field, "message": "breaks a rule of the stored data"}] if field else None
+    return problem(422, "Value breaks a rule", "constraint-violation", detail, errors=errors, request=request)
 
 
 def on_rolled_back(request: Request[Any, Any, Any], exc: asyncpg.TransactionRollbackError) -> Response[dict[str, Any]]:
@@ -326,6 +456,12 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     asyncpg.AdminShutdownError: unavailable,
     asyncpg.PostgresConnectionError: unavailable,
     asyncpg.ConnectionDoesNotExistError: unavailable,
+    # A pooled connection PostgreSQL closed (terminated, crashed) that asyncpg had not noticed:
+    # discarded by db.PoolDatabase, and retried once when nothing had been sent.
+    asyncpg.InterfaceError: unavailable,
+    # …but an argument asyncpg cannot encode is the value's fault, not the connection's.
+    asyncpg.exceptions._base.DataError: on_rule_broken,
+    asyncpg.InternalClientError: unavailable,
     ConnectionError: unavailable,
     OSError: unavailable,
     TimeoutError: busy,

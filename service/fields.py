@@ -12,10 +12,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar.params import PathParameter, QueryParameter
 
-# \A…\Z: the whole string, with no NUL anywhere (msgspec applies patterns with re.search).
-NO_NUL = r"\A[^\x00]*\Z"
-
-EMAIL_PATTERN = r"\A[^@\s\x00]+@[^@\s\x00]+\Z"
+# Patterns are written for both engines that read them: Python's re (msgspec applies them with
+# re.search) and ECMA-262 (the OpenAPI document's clients). The whole string, with no NUL anywhere:
+NO_NUL = r"^[^\x00]*$"
+# No @, space or control character on either side of the @ (explicit ranges: \s differs between
+# the two engines). Python's $ also matches before a final newline; (?!\n) refuses it there (a
+# no-op in ECMA-262).
+EMAIL_PATTERN = r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+$(?!\n)"
 MAX_ID = 2**63 - 1
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="A 64-bit row id")]

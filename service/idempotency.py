@@ -1,11 +1,14 @@
 """Idempotency keys: a retried POST gets the first answer again instead of creating twice.
 
-A POST under /v1 with an ``Idempotency-Key`` header is claimed in PostgreSQL for the caller (its
-token name) before it runs; its response (status and body) is stored when it finishes, and any
-later request with the same key and the same method, path, query and body gets that stored
-response with ``Idempotent-Replayed: true``. The same key with a different request is a 422,
-a retry while the first is still running a 409, a malformed key a 400. A 5xx is not kept, so the
-client may retry it. Keys are remembered for FREYA_IDEMPOTENCY_TTL_HOURS.
+A POST under /v1 (but /v1/admin) with an ``Idempotency-Key`` header runs in one transaction on
+one connection: the key is claimed for the caller (its token name), the handler runs (its
+statements are savepoints of that transaction), its response (status and body) is stored, and
+only after COMMIT is the response sent. So a failure anywhere before the COMMIT leaves nothing
+(no key, no row), and a failure after it (a proxy dropping the reply) leaves the stored answer,
+which the retry gets with ``Idempotent-Replayed: true``. A concurrent request with the same key
+waits for the first one's transaction and then replays its answer. The same key with a different
+method, path, query or body is a 422, a malformed key a 400. A 5xx is rolled back with
+everything else, so the client may retry it. Keys are remembered for FREYA_IDEMPOTENCY_TTL_HOURS.
 """
 
 from __future__ import annotations
@@ -27,15 +30,12 @@ log = logging.getLogger("freya.idempotency")
 
 HEADER = b"idempotency-key"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces: UUIDs, ULIDs, hashes
-# A first request with no answer after this long is taken to have died with its process.
-ABANDON_AFTER = timedelta(minutes=5)
 
 
 class IdempotencyQueries(QueryFile, file="idempotency"):
     claim_key: Query
     get_key: Query
     store_response: Query
-    release_key: Query
     purge_expired_keys: Query
 
 
@@ -49,6 +49,33 @@ class _Stored(msgspec.Struct):
     body: bytes | None
 
 
+class _Failed(Exception):
+    """The handler answered 5xx: raised inside the transaction to roll everything back."""
+
+
+class _Held:
+    """The app's response, kept until the transaction that produced it has committed."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.status = 500
+        self.content_type = ""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.content_type = dict(message.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+        self.messages.append(message)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
+
+    async def deliver(self, send: Send) -> None:
+        for message in self.messages:
+            await send(message)
+
+
 class Idempotency:
     """Runs POSTs that carry an Idempotency-Key once per (caller, key); see the module docstring."""
 
@@ -58,9 +85,12 @@ class Idempotency:
 
     @staticmethod
     def key_of(method: str, path: str, headers: dict[bytes, bytes]) -> str | None:
-        """The key when this request is one to deduplicate (a POST under /v1 that carries one)."""
+        """The key when this request is one to deduplicate (a POST under /v1 that carries one).
+
+        Admin operations are not deduplicated: VACUUM cannot run inside a transaction.
+        """
         raw = headers.get(HEADER)
-        if raw is None or method != "POST" or not path.startswith("/v1/"):
+        if raw is None or method != "POST" or not path.startswith("/v1/") or path.startswith("/v1/admin/"):
             return None
         key = raw.decode("latin-1")
         if not _KEY.match(key):
@@ -81,43 +111,35 @@ class Idempotency:
             b"\0".join([method.encode(), scope["path"].encode(), scope.get("query_string", b""), body])
         ).digest()
         database: Database = scope["app"].state.database
-        async with database.connection() as conn:
-            claimed = await sql.claim_key.val(
-                conn, principal=principal, key=key, fingerprint=fingerprint, ttl=self.ttl, abandon_after=ABANDON_AFTER
-            )
-            stored = None if claimed else await sql.get_key.one(conn, _Stored, principal=principal, key=key)
-        if stored is not None:
-            await _replay(stored, fingerprint, send)
-            return
-        await _run_and_store(scope, replay_receive, send, next_app, database, principal, key)
-
-
-async def _run_and_store(
-    scope: Scope, receive: Receive, send: Send, next_app: ASGIApp, database: Database, principal: str, key: str
-) -> None:
-    status = 500
-    content_type = ""
-    chunks: list[bytes] = []
-
-    async def capture(message: Message) -> None:
-        nonlocal status, content_type
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            content_type = dict(message.get("headers", [])).get(b"content-type", b"").decode("latin-1")
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-        await send(message)
-
-    try:
-        await next_app(scope, receive, capture)
-    finally:
-        async with database.connection() as conn:
-            if status < 500:
-                await sql.store_response.exec(
-                    conn, principal=principal, key=key, status=status, content_type=content_type, body=b"".join(chunks)
+        held = _Held()
+        stored, claimed = None, False
+        try:
+            async with database.request_transaction() as conn:
+                claimed = await sql.claim_key.val(
+                    conn, principal=principal, key=key, fingerprint=fingerprint, ttl=self.ttl
                 )
-            else:
-                await sql.release_key.exec(conn, principal=principal, key=key)
+                if not claimed:
+                    stored = await sql.get_key.one(conn, _Stored, principal=principal, key=key)
+                else:
+                    await next_app(scope, replay_receive, held.send)
+                    if held.status >= 500:
+                        raise _Failed
+                    await sql.store_response.exec(
+                        conn,
+                        principal=principal,
+                        key=key,
+                        status=held.status,
+                        content_type=held.content_type,
+                        body=held.body,
+                    )
+        except _Failed:
+            pass  # rolled back: the key is free again, nothing the handler did is kept
+        if claimed:
+            await held.deliver(send)
+            return
+        if stored is None:  # purged between the claim and the read: rare, and safe to retry
+            raise Conflict("this Idempotency-Key expired while it was checked; retry")
+        await _replay(stored, fingerprint, send)
 
 
 async def _replay(stored: _Stored, fingerprint: bytes, send: Send) -> None:

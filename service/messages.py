@@ -475,11 +475,13 @@ class ConversationList:
         )
 
 
+_FIELD_NAME = f"(?:{'|'.join(FIELDS)})"
 FieldsQuery = Annotated[
     str | None,
     QueryParameter(
         min_length=1,
         max_length=200,
+        pattern=f"^{_FIELD_NAME}(?:,{_FIELD_NAME})*$",
         description=f"Comma-separated fields to return (the SQL selects only those): {', '.join(FIELDS)}",
     ),
 ]

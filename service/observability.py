@@ -113,6 +113,20 @@ def stamp_request_ids() -> None:
     logging.setLogRecordFactory(_record_with_request_id)
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: whatever a log reader
+# may take for the end of a line. A request path like /v1/users/1%0Aforged must not forge one.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    r"""``text`` with each control character written as an escape (``\n``, ``\x1b``, ``\u2028``)."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; an access line's ``fields`` (method, path, …) become its keys."""
 
@@ -126,24 +140,31 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "request_id": getattr(record, "request_id", "-"),
-            "message": record.getMessage(),
+            "message": escape_controls(record.getMessage()),
         }
         fields: dict[str, Any] | None = getattr(record, "fields", None)
         if fields:
-            entry.update(fields)
+            entry.update({k: escape_controls(v) if isinstance(v, str) else v for k, v in fields.items()})
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = escape_controls(self.formatException(record.exc_info))
         return msgspec.json.encode(entry).decode()
 
 
 class TextFormatter(logging.Formatter):
-    """A readable line in UTC, with the request id (``-`` outside a request, e.g. granian's own lines)."""
+    """A readable line in UTC, with the request id (``-`` outside a request, e.g. granian's own lines).
+
+    One line per record, always: control characters in any field (the message, a path, a
+    traceback) are escaped.
+    """
 
     def __init__(self) -> None:
         super().__init__(
             "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", defaults={"request_id": "-"}
         )
         self.converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
 
 
 def logging_config(level: str, log_format: str) -> dict[str, Any]:

@@ -2,11 +2,16 @@
 
 1. the request id (observability) is set for logs and echoed as ``X-Request-ID``;
 2. the token check (auth) names the caller or answers 401/403, before any database work;
-3. a POST with an Idempotency-Key (idempotency) is claimed, or answered from its first run;
+3. a JSON body must say so: a write under /v1 with a body of another media type is a 415;
 4. the request's freshness (replicas): a GET of the API may run on a replica, no staler than its
    Freya-Read-After; a successful write answers the primary's position in that header;
-then the route runs. On the way out it adds ``Server-Timing`` (database and total time), counts
-the request for /metrics and writes one access log line.
+5. a POST with an Idempotency-Key (idempotency) runs in one transaction, or is answered from
+   its first run;
+then the route runs. The request body must arrive within FREYA_REQUEST_READ_TIMEOUT seconds
+(a 408 otherwise). A request whose first statement met a broken pooled connection (refused
+before it was sent, so nothing can have been written) runs once more on a fresh connection.
+On the way out it adds ``Server-Timing`` (database and total time), counts the request for
+/metrics and writes one access log line.
 
 One layer rather than a stack of middlewares: each ASGI layer costs every request a few
 microseconds, and this service counts them (see BENCHMARKS.md).
@@ -14,30 +19,42 @@ microseconds, and this service counts them (see BENCHMARKS.md).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
+import urllib.parse
 from typing import cast
 
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.routes import HTTPRoute
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
+from litestar.utils.scope.state import ScopeState
 
 from service import db, replicas
 from service.auth import Token, authorize
-from service.errors import ProblemError
+from service.errors import Invalid, ProblemError, RequestTimeout, UnsupportedMediaType
 from service.idempotency import Idempotency
 from service.observability import IN_PROGRESS, REQUEST_ID_HEADER, record_request, request_id, request_id_of
 
 access_log = logging.getLogger("freya.access")
 
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_PLAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
+_TIME_FILTERS = frozenset({"since", "until"})
+# RFC 3339 date-time; without an offset it is taken as UTC (the API's documented leniency).
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
+
 
 class RequestPipeline(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, tokens: tuple[Token, ...], idempotency: Idempotency) -> None:
+    def __init__(self, tokens: tuple[Token, ...], idempotency: Idempotency, read_timeout: float) -> None:
         self.tokens = tokens
         self.idempotency = idempotency
+        self.read_timeout = read_timeout
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = time.perf_counter()
@@ -63,18 +80,22 @@ class RequestPipeline(ASGIMiddleware):
                     (b"server-timing", f"db;dur={timing.seconds * 1000:.2f}, app;dur={total_ms:.2f}".encode())
                 )
                 response_headers.extend(freshness.response_headers(status))
+                if method == "OPTIONS":
+                    response_headers = _with_every_method(scope, response_headers)
                 message["headers"] = response_headers
             await send(message)
 
         IN_PROGRESS.inc()
         try:
             principal = authorize(self.tokens, method, path, headers.get(b"authorization"))
+            _require_plain_ids(scope)
+            _require_rfc3339_times(scope)
+            if method in _WITH_BODY and path.startswith("/v1/"):
+                _require_json(headers)
             freshness = replicas.begin_request(method, path, headers)
             key = self.idempotency.key_of(method, path, headers)
-            if key is None:
-                await replicas.answer(freshness, scope, receive, timed_send, next_app)
-            else:
-                await self.idempotency.run(scope, receive, timed_send, next_app, principal, key)
+            body = _Replayable(_bounded(receive, asyncio.get_running_loop().time() + self.read_timeout))
+            await self._run(scope, body, timed_send, next_app, timing, freshness, principal, key)
         except HTTPException as refused:  # 401/403 here: answered by the app's handlers, outside us
             status = refused.status_code
             raise
@@ -105,3 +126,151 @@ class RequestPipeline(ASGIMiddleware):
                 },
             )
             request_id.reset(context)
+
+    async def _run(
+        self,
+        scope: Scope,
+        body: _Replayable,
+        send: Send,
+        next_app: ASGIApp,
+        timing: db.DatabaseTime,
+        freshness: replicas.Freshness,
+        principal: str,
+        key: str | None,
+    ) -> None:
+        """The route (under its Idempotency-Key when given), once more when a broken connection
+        refused its first statement before sending it."""
+        state = ScopeState.from_scope(scope)
+        sent = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal sent
+            sent = sent or message["type"] == "http.response.start"
+            await send(message)
+
+        for attempt in (1, 2):
+            timing.retryable = False
+            # A response held back (idempotency) or withheld (a retry) never reached the client:
+            # Litestar must not take it for one, or an error after it becomes a bare 500.
+            state.response_started = False
+            respond = _Withholding(tracked, timing) if attempt == 1 else tracked
+            try:
+                if key is None:
+                    await replicas.answer(freshness, scope, body.receive, respond, next_app)
+                else:
+                    await self.idempotency.run(scope, body.receive, respond, next_app, principal, key)
+            except Exception:
+                if attempt == 1 and timing.retryable:
+                    body.rewind()
+                    continue
+                state.response_started = sent
+                raise
+            if isinstance(respond, _Withholding) and respond.withheld:
+                body.rewind()
+                continue
+            return
+
+
+def _with_every_method(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Allow: every method of the path. Litestar's own OPTIONS answer names only the methods of
+    the first handler registered on it (DELETE alone for GET, PATCH and DELETE on one path)."""
+    template = scope.get("path_template")
+    routes = [r for r in scope["litestar_app"].routes if isinstance(r, HTTPRoute) and r.path_format == template]
+    if not routes:
+        return headers
+    methods = set().union(*(route.methods for route in routes))
+    allow = ", ".join(sorted(methods)).encode()
+    return [(name, value) for name, value in headers if name.lower() != b"allow"] + [(b"allow", allow)]
+
+
+def _require_plain_ids(scope: Scope) -> None:
+    """Path ids are plain decimal integers: 1.0, 1e3, +1 or 0x1 name no row (a 400), whatever a
+    lenient number parser would make of them."""
+    for name, value in scope.get("path_params", {}).items():
+        if name.endswith("_id") and not _PLAIN_ID.match(value):
+            raise Invalid(f"{name} must be a positive decimal integer", field=name)
+
+
+def _require_rfc3339_times(scope: Scope) -> None:
+    """Time filters (since, until) are RFC 3339 times: a lenient parser would also take 0.5 or
+    1e9 as seconds since the epoch."""
+    query = scope.get("query_string", b"")
+    if b"since=" not in query and b"until=" not in query:
+        return
+    for name, value in urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name in _TIME_FILTERS and not _RFC3339.match(value):
+            raise Invalid(f"{name} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z", field=name)
+
+
+def _require_json(headers: dict[bytes, bytes]) -> None:
+    """A body must be JSON and say so (application/json or a +json type); no body needs no type."""
+    content_type = headers.get(b"content-type")
+    if content_type is None:
+        if headers.get(b"content-length", b"0").strip() in (b"0", b"") and b"transfer-encoding" not in headers:
+            return
+        raise UnsupportedMediaType("a request body must be JSON, sent with Content-Type: application/json")
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    if media_type != b"application/json" and not media_type.endswith(b"+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type.decode('latin-1')!r} is not supported: send application/json"
+        )
+
+
+def _bounded(receive: Receive, deadline: float) -> Receive:
+    """``receive`` that raises RequestTimeout when the body is not complete by ``deadline``
+    (loop time): a client that sends less than its Content-Length, or trickles, is cut off.
+    A body that ends in a disconnect is a 400."""
+    complete = False
+
+    async def bounded() -> ReceiveMessage:
+        nonlocal complete
+        if complete:  # the body is in: what follows is the wait for a disconnect
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout("the request body did not arrive in time") from None
+        if message["type"] == "http.disconnect":
+            # Before the body was whole: the server gave up on it (a malformed chunked encoding)
+            # or the client left. Either way a 400, not the 500 of "disconnected prematurely".
+            raise Invalid("the request body is malformed or incomplete", field="body")
+        complete = not message.get("more_body", False)
+        return message
+
+    return bounded
+
+
+class _Replayable:
+    """The request's receive, recorded so that a retried attempt reads the same body again."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._seen: list[ReceiveMessage] = []
+        self._pending: list[ReceiveMessage] = []
+
+    async def receive(self) -> ReceiveMessage:
+        if self._pending:
+            return self._pending.pop(0)
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._seen.append(message)
+        return message
+
+    def rewind(self) -> None:
+        self._pending = list(self._seen)
+
+
+class _Withholding:
+    """Passes a first attempt's response on, unless it is the 5xx of a retryable failure."""
+
+    def __init__(self, send: Send, timing: db.DatabaseTime) -> None:
+        self._send = send
+        self._timing = timing
+        self.withheld = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 500 and self._timing.retryable:
+            self.withheld = True
+        if not self.withheld:
+            await self._send(message)

@@ -256,6 +256,9 @@ class ReplicatedDatabase(Database):
     def primary(self, *, autocommit: bool = False) -> AbstractAsyncContextManager[Connection]:
         return self.on_primary.primary(autocommit=autocommit)
 
+    def request_transaction(self) -> AbstractAsyncContextManager[Connection]:
+        return self.on_primary.request_transaction()
+
     def connection(self) -> AbstractAsyncContextManager[Connection]:
         request = _request.get()
         if request is None or not request.read or not self.replicas:

@@ -243,10 +243,19 @@ def _scope(*parts: Any) -> str:
     return "search:" + hashlib.sha256(msgspec.json.encode(parts)).hexdigest()[:24]
 
 
-def _require_words(q: str) -> str:
+# A run of '-' (NOT) with only non-words between them: websearch_to_tsquery stacks one NOT per
+# dash, and 32 of them overflow its operator stack ("tsquery stack too small", a 500).
+_NOT_RUN = re.compile(r'-(?:[^\w"]*-)+')
+
+
+def _search_text(q: str) -> str:
+    """q as given to websearch_to_tsquery: never empty, and safe at any length up to MAX_QUERY.
+
+    A run of NOTs is folded to what it means (an even count cancels out, an odd one is one NOT).
+    """
     if not q.strip():
         raise Invalid("the search query is empty", field="q")
-    return q
+    return _NOT_RUN.sub(lambda run: " -" if run.group().count("-") % 2 else " ", q)
 
 
 async def _ranked_rows(
@@ -405,7 +414,7 @@ class SearchController(Controller):
     ) -> MessageSearchPage:
         since, until = as_utc(since), as_utc(until)
         filters: dict[str, Any] = {
-            "q": index_query(_require_words(q)),
+            "q": index_query(_search_text(q)),
             "conversation_id": conversation_id,
             "user_id": user_id,
             "topic": topic,
@@ -437,9 +446,10 @@ class SearchController(Controller):
     async def search_topics(
         self, q: SearchText, db: NamedDependency[Database], limit: TopicLimit = 10
     ) -> Page[TopicHit]:
-        prefix_from, prefix_to = prefix_range(_require_words(q).strip())
+        text = _search_text(q)
+        prefix_from, prefix_to = prefix_range(q.strip())
         async with db.connection() as conn:
             rows = await sql.search_topics.many(
-                conn, TopicHit, q=q, prefix_from=prefix_from, prefix_to=prefix_to, limit=limit
+                conn, TopicHit, q=text, prefix_from=prefix_from, prefix_to=prefix_to, limit=limit
             )
         return Page(items=rows)

@@ -40,6 +40,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     statement_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 10_000
     # Seconds to establish a new database connection.
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    # Seconds a client has to send a request (headers and body). Slower (a body shorter than its
+    # Content-Length, a chunked body without its last chunk, a trickle) gets a 408 and the
+    # connection closed, instead of holding a worker's connection open.
+    request_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
     # Signs keyset cursors. Unset: `serve` draws one per start and shares it with its workers, so
     # cursors stop working across restarts; set it (16+ characters) for cursors that outlive them.

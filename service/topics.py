@@ -14,7 +14,7 @@ from litestar.params import JSONBody, QueryParameter
 from service.cursors import NameKey
 from service.db import Connection, Database
 from service.errors import Invalid, NotFound, problem_responses
-from service.fields import MAX_BATCH, Id, PathId, TopicName, TopicNames
+from service.fields import MAX_BATCH, NO_NUL, Id, PathId, TopicName, TopicNames
 from service.pages import Page, Paging
 from service.queries import Query, QueryFile
 
@@ -104,7 +104,7 @@ class _AssignOutcome(msgspec.Struct):
 
 Prefix = Annotated[
     str | None,
-    QueryParameter(min_length=1, max_length=100, pattern=r"\A[^\x00]*\Z", description="Only names starting with this"),
+    QueryParameter(min_length=1, max_length=100, pattern=NO_NUL, description="Only names starting with this"),
 ]
 
 

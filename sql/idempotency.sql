@@ -1,12 +1,13 @@
 -- name: claim_key :val
--- Claims (principal, key) for a new request: true when it is ours to run. An expired row, or one
--- whose first request died without an answer (no status after :abandon_after), is taken over.
+-- Claims (principal, key) for a new request: true when it is ours to run, no row when an answer
+-- is stored already. Runs first in the request's own transaction: a concurrent request with the
+-- same key waits here on the uncommitted row until the first commits (then finds its answer) or
+-- rolls back (then claims it). A row past its lifetime is taken over.
 INSERT INTO idempotency_keys AS k (principal, key, fingerprint)
 VALUES (:principal, :key, :fingerprint)
 ON CONFLICT (principal, key) DO UPDATE
 SET fingerprint = EXCLUDED.fingerprint, status = NULL, content_type = NULL, body = NULL, created_at = now()
 WHERE k.created_at < now() - :ttl::interval
-   OR (k.status IS NULL AND k.created_at < now() - :abandon_after::interval)
 RETURNING true;
 
 -- name: get_key :one
@@ -18,11 +19,6 @@ WHERE principal = :principal AND key = :key;
 UPDATE idempotency_keys
 SET status = :status, content_type = :content_type, body = :body
 WHERE principal = :principal AND key = :key;
-
--- name: release_key :exec
--- The first request failed without a definite answer (a 5xx): let a retry run it again.
-DELETE FROM idempotency_keys
-WHERE principal = :principal AND key = :key AND status IS NULL;
 
 -- name: purge_expired_keys :val
 WITH purged AS (

@@ -6,10 +6,13 @@ import asyncio
 from collections.abc import Callable
 
 import asyncpg
+import httpx
+import pytest
 
 from service.app import create_app
+from service.db import Connection
 from service.settings import Settings
-from tests.api import assert_problem, create_user
+from tests.api import assert_problem, create_conversation, create_user, serving
 from tests.conftest import client_for
 
 
@@ -63,3 +66,89 @@ async def test_an_exhausted_pool_is_503_with_retry_after(fresh_database: Callabl
     body = assert_problem(busy, 503)
     assert busy.headers["retry-after"] == "1"
     assert "connection" in body["detail"]
+
+
+async def test_an_unknown_user_id_names_the_field_not_the_database(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/conversations", json={"user_id": 424242, "title": "x"})
+    body = assert_problem(response, 422, "user_id")
+    assert "violates" not in response.text
+    assert "conversations" not in body["detail"]
+
+
+async def test_a_batch_racing_the_delete_of_its_conversation_is_404(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    async with serving(url) as http:
+        user = await create_user(http)
+        conversation = await create_conversation(http, user["id"])
+        deleter = await asyncpg.connect(url)
+        try:
+            async with deleter.transaction():
+                await deleter.execute("DELETE FROM conversations WHERE id = $1", conversation["id"])
+                # The batch sees the conversation (the DELETE is not committed) and waits on its row lock.
+                batch = asyncio.create_task(
+                    http.post(
+                        f"/v1/conversations/{conversation['id']}/messages/batch",
+                        json={"messages": [{"role": "user", "content": "late"}]},
+                    )
+                )
+                for _ in range(200):
+                    waiting = await deleter.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND application_name = 'freya-backend'"
+                    )
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.05)
+                assert waiting, "the batch never waited on the deleted conversation"
+        finally:
+            await deleter.close()
+        response = await batch
+    body = assert_problem(response, 404)
+    assert "conversation" in body["detail"]
+    assert "violates" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"role":"user","content":"\xff\xfe"}', "not valid UTF-8"),
+        (b'{"role":"user","content":"\xed\xa0\x80"}', "not valid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+)
+async def test_undecodable_bodies_are_400(client: httpx.AsyncClient, body: bytes, detail: str) -> None:
+    for path in ("/v1/users", "/v1/conversations/1/messages"):
+        response = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert detail in assert_problem(response, 400, "body")["detail"]
+
+
+@pytest.mark.parametrize("media_type", ["text/plain", "application/xml", "application/x-www-form-urlencoded"])
+async def test_a_json_body_of_another_media_type_is_415(
+    client: httpx.AsyncClient, conn: Connection, media_type: str
+) -> None:
+    body = b'{"email": "typed@example.com", "name": "Typed"}'
+    response = await client.post("/v1/users", content=body, headers={"Content-Type": media_type})
+    assert_problem(response, 415)
+    assert await conn.fetchval("SELECT count(*) FROM users") == 0
+    for accepted in ("application/json; charset=utf-8", "application/problem+json"):
+        again = await client.post("/v1/users", content=body, headers={"Content-Type": accepted})
+        assert again.status_code in (201, 409), again.text
+
+
+@pytest.mark.parametrize("user_id", ["1.0", "1e3", "+1", "01", "0x1", "1_0", "%201"])
+async def test_path_ids_are_plain_decimal_integers(client: httpx.AsyncClient, user_id: str) -> None:
+    await create_user(client)
+    assert_problem(await client.get(f"/v1/users/{user_id}"), 400, "user_id")
+
+
+@pytest.mark.parametrize("until", ["0.5", "1e9", "1700000000", "soon"])
+async def test_time_filters_are_rfc3339(client: httpx.AsyncClient, until: str) -> None:
+    user = await create_user(client)
+    conversation = await create_conversation(client, user["id"])
+    response = await client.get(f"/v1/conversations/{conversation['id']}/messages", params={"until": until})
+    assert_problem(response, 400, "until")
+
+
+async def test_options_lists_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    response = await client.options("/v1/users/2")
+    assert response.headers["allow"] == "DELETE, GET, OPTIONS, PATCH"

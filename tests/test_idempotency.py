@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import asyncpg
 import httpx
 import psycopg
 import pytest
+from litestar import Litestar
+from litestar.exceptions import LitestarException
 
+from service.app import create_app
 from service.db import Connection
-from tests.api import assert_problem, create_user, serving
+from service.settings import Settings
+from tests.api import assert_problem, create_conversation, create_user, serving
 
 BODY = {"email": "once@example.com", "name": "Once"}
 
@@ -74,27 +80,85 @@ async def test_twenty_concurrent_identical_requests_make_one_row(fresh_database:
         responses = await asyncio.gather(
             *(http.post("/v1/users", json=BODY, headers={"Idempotency-Key": "burst"}) for _ in range(20))
         )
-    statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {201, 409}, statuses
-    assert statuses.count(201) >= 1
-    created = {r.json()["id"] for r in responses if r.status_code == 201}
-    assert len(created) == 1
-    for response in responses:
-        if response.status_code == 409:
-            assert "still being processed" in response.json()["detail"]
+    # The duplicates wait for the first one's transaction, then replay its answer.
+    assert [r.status_code for r in responses] == [201] * 20
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert [r.headers.get("idempotent-replayed") for r in responses].count(None) == 1
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM idempotency_keys").fetchone() == (1,)
 
 
-async def test_a_failed_first_attempt_can_be_retried(client: httpx.AsyncClient, conn: Connection) -> None:
-    # A 5xx leaves no stored answer: simulate the first attempt dying by dropping what it stored.
-    await conn.execute(
-        "INSERT INTO idempotency_keys (principal, key, fingerprint) VALUES ('anonymous', 'died', '\\x00')"
-    )
-    await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '1 hour' WHERE key = 'died'")
-    retried = await client.post("/v1/users", json=BODY, headers={"Idempotency-Key": "died"})
+async def test_a_failed_first_attempt_leaves_nothing_and_the_retry_writes_once(
+    fresh_database: Callable[[], str],
+) -> None:
+    url = fresh_database()
+    async with serving(url, statement_timeout_ms=300) as http:
+        user = await create_user(http)
+        conversation = (await http.post("/v1/conversations", json={"user_id": user["id"]})).json()
+        message = {"role": "user", "content": "once"}
+        path = f"/v1/conversations/{conversation['id']}/messages"
+        blocker = await asyncpg.connect(url)
+        try:
+            async with blocker.transaction():
+                # The message's trigger updates its conversation: it waits here until the timeout.
+                await blocker.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", conversation["id"])
+                first = await http.post(path, json=message, headers={"Idempotency-Key": "slow"})
+        finally:
+            await blocker.close()
+        assert_problem(first, 504)
+        retried = await http.post(path, json=message, headers={"Idempotency-Key": "slow"})
+        assert retried.status_code == 201
+        assert "idempotent-replayed" not in retried.headers
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+
+
+def drop_first_reply(app: Litestar) -> Callable[..., Awaitable[None]]:
+    """The app behind a connection that breaks as the first answer leaves (a proxy dropping it):
+    the fault falls between the commit and the client reading the reply."""
+    dropped = False
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        async def breaking_send(message: Any) -> None:
+            nonlocal dropped
+            if scope["type"] == "http" and message["type"] == "http.response.start" and not dropped:
+                dropped = True
+                raise ConnectionResetError("the client's connection is gone")
+            await send(message)
+
+        await app(scope, receive, breaking_send)
+
+    return wrapped
+
+
+async def test_a_reply_lost_after_commit_is_replayed_not_rewritten(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    app = create_app(Settings(database_url=url, pool_min_size=1, pool_max_size=4, cursor_secret="s" * 32))
+    faulty = httpx.AsyncClient(transport=httpx.ASGITransport(app=drop_first_reply(app)), base_url="http://freya.test")
+    async with app.lifespan(), faulty:
+        # The client sees its connection fail (Litestar reports the send that broke).
+        with pytest.raises(LitestarException, match="after response started"):
+            await faulty.post("/v1/users", json=BODY, headers={"Idempotency-Key": "lost-reply"})
+        retried = await faulty.post("/v1/users", json=BODY, headers={"Idempotency-Key": "lost-reply"})
     assert retried.status_code == 201
+    assert retried.headers["idempotent-replayed"] == "true"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
+        assert conn.execute("SELECT id FROM users").fetchone() == (retried.json()["id"],)
+
+
+async def test_a_handler_error_keeps_no_partial_write(client: httpx.AsyncClient, conn: Connection) -> None:
+    user = await create_user(client)
+    conversation = await create_conversation(client, user["id"])
+    batch = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b", "user_id": 999999}]}
+    path = f"/v1/conversations/{conversation['id']}/messages/batch"
+    refused = await client.post(path, json=batch, headers={"Idempotency-Key": "half"})
+    assert_problem(refused, 422)
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+    replay = await client.post(path, json=batch, headers={"Idempotency-Key": "half"})
+    assert replay.status_code == 422
+    assert replay.headers["idempotent-replayed"] == "true"
 
 
 async def test_expired_keys_are_taken_over_and_purged(client: httpx.AsyncClient, conn: Connection) -> None:

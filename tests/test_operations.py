@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -189,3 +189,28 @@ async def test_a_body_over_the_limit_is_413(conn: Connection) -> None:
             "/v1/users", json={"email": "a@example.com", "name": "x" * 4000}, headers={"Idempotency-Key": "big"}
         )
         assert_problem(keyed, 413)
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_control_characters_never_split_a_log_line(
+    conn: Connection, capsys: pytest.CaptureFixture[str], log_format: Literal["text", "json"]
+) -> None:
+    configure_logging("INFO", log_format)
+    app = create_app(Settings(log_format=log_format, cursor_secret="x" * 20), SharedConnectionDatabase(conn))
+    async with client_for(app) as http:
+        for forged in ("%0Aforged-line", "%0D%0Aforged-line", "%E2%80%A8forged-line", "%C2%85forged-line"):
+            await http.get(f"/v1/users/1{forged}", headers={"X-Request-ID": "forge-1"})
+    lines = capsys.readouterr().err.splitlines()
+    assert not [line for line in lines if line.startswith("forged-line") or "\u2028" in line or "\x85" in line]
+    access = [line for line in lines if "forge-1" in line and "freya.access" in line]
+    assert len(access) == 4
+    if log_format == "json":
+        assert [json.loads(line)["message"].split()[1] for line in access] == [
+            "/v1/users/1\\nforged-line",
+            "/v1/users/1\\r\\nforged-line",
+            "/v1/users/1\\u2028forged-line",
+            "/v1/users/1\\x85forged-line",
+        ]
+    else:
+        assert "GET /v1/users/1\\nforged-line 400" in access[0]

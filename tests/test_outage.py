@@ -7,6 +7,9 @@ process they signal), with loops bounded by counts, never by wall-clock expectat
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
+import os
 import signal
 import tempfile
 import threading
@@ -175,3 +178,108 @@ def test_sigterm_lets_in_flight_requests_finish(fresh_database: Callable[[], str
     with psycopg.connect(url) as conn:
         left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'freya-backend'").fetchone()
     assert left == (0,)
+
+
+class Writers:
+    """Four clients posting messages in a loop, each under its own Idempotency-Key, as a real
+    client does: a 503 or 504 is retried with the same key (after a short pause), a 201 moves on.
+    Every answer is recorded as (status, key), 0 for a broken connection."""
+
+    def __init__(self, base: str, conversation_id: int, count: int = 4) -> None:
+        self.path = f"{base}/v1/conversations/{conversation_id}/messages"
+        self.outcomes: list[tuple[int, str]] = []
+        self.done = threading.Event()
+        self.threads = [threading.Thread(target=self.write, args=(n,)) for n in range(count)]
+
+    def write(self, writer: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            for number in itertools.count():
+                key = f"w{writer}-{number}"
+                status = 0
+                while status != 201:
+                    if self.done.is_set():
+                        return
+                    try:
+                        response = http.post(
+                            self.path, json={"role": "user", "content": key}, headers={"Idempotency-Key": key}
+                        )
+                        status = response.status_code
+                    except httpx.TransportError:
+                        self.outcomes.append((0, key))
+                        return  # the service stopped answering: the test fails on this 0
+                    self.outcomes.append((status, key))
+                    if status != 201:
+                        self.done.wait(0.05)
+
+    def progress(self, answers: int = 20, status: int = 201) -> None:
+        """Wait (bounded by a count of checks) until ``answers`` more answers with ``status``."""
+        target = sum(1 for s, _ in self.outcomes if s == status) + answers
+        for _ in range(1200):
+            if sum(1 for s, _ in self.outcomes if s == status) >= target:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no progress: {collections.Counter(s for s, _ in self.outcomes)}")
+
+
+def service_backends(url: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'freya-backend' AND datname = current_database()"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def test_four_writers_through_killed_sessions_a_crash_and_a_restart_see_no_500(own_server: EmbeddedPostgres) -> None:
+    url = own_server.url("freya")
+    # ERROR: the output is read at the end, and a pipe full of access lines would block the service.
+    process, base = start_service(
+        url, FREYA_POOL_MIN_SIZE="4", FREYA_POOL_MAX_SIZE="4", FREYA_CONNECT_TIMEOUT="2", FREYA_LOG_LEVEL="ERROR"
+    )
+    try:
+        user = httpx.post(f"{base}/v1/users", json={"email": "w@example.com", "name": "W"}, timeout=10).json()
+        conversation = httpx.post(f"{base}/v1/conversations", json={"user_id": user["id"]}, timeout=10).json()
+        writers = Writers(base, conversation["id"])
+        stalled: AssertionError | None = None
+        for thread in writers.threads:
+            thread.start()
+        try:
+            writers.progress()
+            for _ in range(5):  # sessions terminated under load, idle or mid-statement
+                with psycopg.connect(url, autocommit=True) as killer:
+                    killer.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'freya-backend' AND datname = current_database()"
+                    )
+                writers.progress(5)
+            os.kill(service_backends(url)[0], signal.SIGKILL)  # a crash: PostgreSQL restarts every backend
+            writers.progress()
+            own_server.stop()  # fast shutdown, then straight back
+            own_server.start()
+            writers.progress()
+        except AssertionError as error:
+            stalled = error
+        finally:
+            writers.done.set()
+            for thread in writers.threads:
+                thread.join(60)
+        # Whatever failed is retried with its key: it lands exactly once, or replays its first answer.
+        failed = [key for status, key in writers.outcomes if status != 201]
+        retried = [
+            httpx.post(
+                writers.path, json={"role": "user", "content": key}, headers={"Idempotency-Key": key}, timeout=30
+            )
+            for key in failed
+        ]
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=60)
+    assert stalled is None, f"{stalled}\n{output[-6000:]}"
+    statuses = collections.Counter(status for status, _ in writers.outcomes)
+    assert set(statuses) <= {201, 503, 504}, (statuses, output[-5000:])
+    assert statuses[503] > 0, "no fault reached a client: the test proves nothing"
+    assert [r.status_code for r in retried] == [201] * len(retried), [r.text for r in retried if r.status_code != 201]
+    with psycopg.connect(url) as conn:
+        stored = collections.Counter(content for (content,) in conn.execute("SELECT content FROM messages"))
+    acknowledged = {key for _, key in writers.outcomes}
+    assert set(stored) == acknowledged  # nothing acknowledged is lost, nothing unacknowledged is kept
+    assert set(stored.values()) == {1}  # and nothing is written twice

@@ -241,12 +241,34 @@ async def test_bad_searches_are_400(client: httpx.AsyncClient, params: dict[str,
     assert_problem(await client.get(SEARCH, params=params), 400, field)
 
 
-@given(q=st.text(max_size=300) | st.sampled_from(['"', "-", "or", '"unterminated', "!&|:*()", "-- or --", "\\"]))
+# Web-search syntax is operators between words: strings made mostly of them, up to the limit.
+OPERATOR_HEAVY = st.lists(
+    st.sampled_from(["-", "-", "-", " ", '"', "or", "OR", "!", "&", "|", "(", ")", "<->", ":", "*", "\\", "'", ","])
+    | st.text(max_size=3),
+    max_size=MAX_QUERY,
+).map(lambda parts: "".join(parts)[:MAX_QUERY])
+
+
+@given(q=OPERATOR_HEAVY | st.text(max_size=300))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 async def test_any_query_is_200_or_400_never_500(client: httpx.AsyncClient, q: str) -> None:
     for path in (SEARCH, "/v1/search/topics"):
         response = await client.get(path, params={"q": q})
         assert response.status_code in (200, 400), (q, response.text)
+
+
+@pytest.mark.parametrize("q", ["-" * 33, "-" * 40 + "a", "- " * 500, '"' + "-" * 999])
+async def test_runs_of_dashes_are_answered(client: httpx.AsyncClient, q: str) -> None:
+    for path in (SEARCH, "/v1/search/topics"):
+        assert (await client.get(path, params={"q": q})).status_code == 200, q
+
+
+async def test_a_run_of_nots_means_what_it_says(client: httpx.AsyncClient, corpus: dict[str, Any]) -> None:
+    async def found(q: str) -> set[int]:
+        return {hit["id"] for hit in (await client.get(SEARCH, params={"q": q})).json()["items"]}
+
+    assert await found("-" * 40 + "lisbon") == await found("lisbon") != set()  # even: they cancel out
+    assert await found("lisbon " + "-" * 41 + "train") == await found("lisbon -train")
 
 
 async def test_ten_kilobytes_of_text_is_a_clean_400(client: httpx.AsyncClient) -> None:
