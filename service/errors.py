@@ -203,6 +203,14 @@ _EXAMPLES: dict[int, dict[str, Any]] = {
         "detail": "a user with this email exists already",
         "instance": "/v1/users",
     },
+    410: {
+        "type": PROBLEM_BASE + "gone",
+        "title": "Gone",
+        "status": 410,
+        "detail": "the cursor points before the oldest change kept (FREYA_CHANGES_RETENTION_DAYS); "
+        "start again without a cursor and resynchronise",
+        "instance": "/v1/changes",
+    },
     415: {
         "type": PROBLEM_BASE + "unsupported-media-type",
         "title": "Unsupported media type",
