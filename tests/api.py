@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -90,11 +91,39 @@ def free_port() -> int:
         return port
 
 
-def start_service(database_url: str, **settings: str) -> tuple[subprocess.Popen[str], str]:
+class ServedProcess(subprocess.Popen[str]):
+    """A served process whose output (stdout and stderr) is read as it comes, by a thread.
+
+    A test reads it only at the end, with ``communicate()``; left in the pipe, a busy server's log
+    lines (an access line per request) would fill it and block the server mid-test.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        super().__init__(
+            command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._output: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.stdout is not None
+        with self.stdout:
+            for line in self.stdout:
+                self._output.append(line)
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
+        """All the output once the process has ended (stderr is part of it: the second item is empty)."""
+        self.wait(timeout)
+        self._reader.join(timeout)
+        return "".join(self._output), ""
+
+
+def start_service(database_url: str, **settings: str) -> tuple[ServedProcess, str]:
     """`python -m service serve` on a free port, as an operator starts it; waits until it is ready.
 
-    ``settings``: more environment, e.g. ``FREYA_WORKERS="2"``. Returns the process (output
-    piped, to read after it ends) and its base URL.
+    ``settings``: more environment, e.g. ``FREYA_WORKERS="2"``. Returns the process (its output
+    collected, to read with ``communicate()`` after it ends) and its base URL.
     """
     port = free_port()
     # One worker unless a test asks for more: the service's default is one per core.
@@ -106,14 +135,7 @@ def start_service(database_url: str, **settings: str) -> tuple[subprocess.Popen[
         "FREYA_POOL_MIN_SIZE": "1",
         **settings,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = ServedProcess([sys.executable, "-m", "service", "serve"], env)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
