@@ -258,7 +258,7 @@ def search_params(q: str, **scope: Any) -> dict[str, Any]:
     }
 
 
-RANK_POSITION = {
+RANK_POSITION: dict[str, Any] = {
     "before_rank": None,
     "before_id": None,
     "newest": None,

@@ -858,7 +858,11 @@ def main() -> int:
             "context_window",
             f"newest messages of the largest conversation within 4,000 tokens ({window_size}), oldest first",
             f"/v1/conversations/{whale}/context?max_tokens=4000&include_system=false",
-            pgbench_script(context.sql.context_window, window),
+            # As the service runs it: planned for its values, in a read-only transaction.
+            "BEGIN READ ONLY;\n"
+            + pgbench_script(context.sql.plan_for_this_conversation, {})
+            + pgbench_script(context.sql.context_window, window)
+            + "COMMIT;\n",
             bare_script(
                 f"SELECT {columns}, token_count FROM messages WHERE conversation_id = {whale} AND role <> 'system' "
                 f'ORDER BY "timestamp" DESC, id DESC LIMIT {window_size}'
