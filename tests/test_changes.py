@@ -253,20 +253,11 @@ class Writer:
             await second.close()
 
     async def post(self, conn: Connection, conversation: int, count: int) -> tuple[list[int], list[Item]]:
-        rows = await messages.sql.add_messages.records(
-            conn,
-            conversation_id=conversation,
-            roles=["user"] * count,
-            contents=[f"load {n}" for n in range(count)],
-            user_ids=[None] * count,
-            client_msg_ids=[None] * count,
-            metadata=[{}] * count,
-            token_counts=[None] * count,
-            token_counts_estimated=[True] * count,
-            tag_items=[1],
-            tag_names=["load"],
-        )
-        ids = [row["id"] for row in rows]
+        items = [
+            messages.MessageCreate(role="user", content=f"load {n}", topics=["load"] if n == 0 else [])
+            for n in range(count)
+        ]
+        ids = [item.message.id for item in await messages.add_messages(conn, {}, conversation, items, in_batch=True)]
         return ids, [("message", i, "created") for i in ids]
 
     async def operation(self, conn: Connection, conversation: int) -> tuple[list[int], list[int], list[Item]]:

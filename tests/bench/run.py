@@ -378,7 +378,9 @@ class Operation:
     name: str
     description: str
     path: str  # through the service (and the reference app), or "" for a pgbench-only comparison
-    ours: str  # pgbench script: the statement(s) the service runs for one request
+    # pgbench script: the statement(s) the service runs for one request; None where pgbench cannot
+    # run them (posting messages COPYs them, and a pgbench script has no data to COPY).
+    ours: str | None
     bare: str | None = None  # pgbench script: the bare SQL returning the same rows
     script: Path | None = None  # wrk Lua script
     env: dict[str, str] = field(default_factory=dict)
@@ -433,7 +435,9 @@ BATCH_CONTENTS = [f"batch message {n} with some ordinary words in it" for n in r
 BATCH_ROLES = ["user", "assistant"] * 500
 
 
-def copy_batches(url: str, connections: int, duration: int, conversations: int = 1000) -> Measure:
+def copy_batches(
+    url: str, connections: int, duration: int, conversations: int = 1000, tag: str | None = None
+) -> Measure:
     """What the schema physically allows for batch_create_1000: the same 1,000-message batches
     COPYed into messages (asyncpg's binary copy_records_to_table), one transaction per batch, into
     a random one of the first ``conversations`` conversations, on ``connections`` connections for
@@ -445,6 +449,7 @@ def copy_batches(url: str, connections: int, duration: int, conversations: int =
         try:
             rows = await pool.fetch("SELECT id, user_id FROM conversations ORDER BY id LIMIT $1", conversations)
             owners: dict[int, int] = {row["id"]: row["user_id"] for row in rows}
+            topic_id = None if tag is None else await pool.fetchval("SELECT id FROM topic_ids(ARRAY[$1::text])", tag)
             ids = list(owners)
             latencies: list[float] = []
             deadline = time.perf_counter() + duration
@@ -460,11 +465,26 @@ def copy_batches(url: str, connections: int, duration: int, conversations: int =
                         ]
                         started = time.perf_counter()
                         async with conn.transaction():
-                            await conn.copy_records_to_table(
-                                "messages",
-                                records=batch_rows,
-                                columns=["conversation_id", "user_id", "role", "content"],
-                            )
+                            if topic_id is None:
+                                await conn.copy_records_to_table(
+                                    "messages",
+                                    records=batch_rows,
+                                    columns=["conversation_id", "user_id", "role", "content"],
+                                )
+                            else:
+                                new_ids = await seeding.sql.reserve_ids.val(
+                                    conn, table="messages", count=len(batch_rows)
+                                )
+                                await conn.copy_records_to_table(
+                                    "messages",
+                                    records=[(i, *row) for i, row in zip(new_ids, batch_rows, strict=True)],
+                                    columns=["id", "conversation_id", "user_id", "role", "content"],
+                                )
+                                await conn.copy_records_to_table(
+                                    "message_topics",
+                                    records=[(topic_id, i) for i in new_ids],
+                                    columns=["topic_id", "message_id"],
+                                )
                         latencies.append((time.perf_counter() - started) * 1000)
 
             started = time.perf_counter()
@@ -502,6 +522,14 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
     if operation.reference == "copy":
         result.reference_name = "COPY"
         result.reference = copy_batches(url, operation.connections, duration)
+        # The same batches with their tags (the service's batches tag every message): COPY of the
+        # messages with ids drawn first, then COPY of their message_topics rows.
+        tagged = copy_batches(url, operation.connections, duration, tag="batch")
+        result.extra["copy_with_tags"] = asdict(tagged)
+        if result.service:
+            result.ratios["service/copy_with_tags"] = round(
+                result.service.requests_per_second / tagged.requests_per_second, 3
+            )
     elif operation.reference:
         result.reference_name = operation.reference
         result.reference = run_wrk(
@@ -512,7 +540,8 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
             operation.script,
             operation.env,
         )
-    result.pgbench = run_pgbench(url, operation.ours, operation.connections, duration)
+    if operation.ours is not None:
+        result.pgbench = run_pgbench(url, operation.ours, operation.connections, duration)
     if operation.bare is not None:
         result.pgbench_bare = run_pgbench(url, operation.bare, operation.connections, duration)
 
@@ -636,28 +665,6 @@ def main() -> int:
         "limit": 20,
         "offset": 0,
         "phrases": [],
-    }
-    batch = {
-        "roles": BATCH_ROLES,
-        "contents": BATCH_CONTENTS,
-        "user_ids": [None] * 1000,
-        "client_msg_ids": [None] * 1000,
-        "metadata": [{}] * 1000,
-        "token_counts": [12] * 1000,
-        "token_counts_estimated": [True] * 1000,
-        "tag_items": list(range(1, 1001)),
-        "tag_names": ["batch"] * 1000,
-    }
-    one = {
-        "roles": ["user"],
-        "contents": ["load test message about flights to lisbon"],
-        "user_ids": [None],
-        "client_msg_ids": [None],
-        "metadata": [{}],
-        "token_counts": [11],
-        "token_counts_estimated": [True],
-        "tag_items": [1],
-        "tag_names": ["loadtest"],
     }
     columns = 'id, conversation_id, user_id, role, content, "timestamp"'
     bare_page = (
@@ -822,7 +829,7 @@ def main() -> int:
             "create_message",
             "post one message with a topic",
             "/",
-            pgbench_script(message_queries.sql.add_messages, one, {"conversation_id": f"random(1, {conversations})"}),
+            None,
             script=LOAD / "create_message.lua",
             env={"FREYA_CONVERSATIONS": str(conversations)},
         ),
@@ -830,7 +837,7 @@ def main() -> int:
             "batch_create_1000",
             "post 1,000 messages in one request",
             "/",
-            pgbench_script(message_queries.sql.add_messages, batch, {"conversation_id": f"random(1, {conversations})"}),
+            None,
             script=LOAD / "batch_messages.lua",
             env={"FREYA_CONVERSATIONS": str(conversations), "FREYA_BATCH_SIZE": "1000"},
             connections=4,
@@ -1006,6 +1013,8 @@ def print_summary(results: list[Result], curve: list[dict[str, float]], failures
         print(f"\nbatch create: {batch.service.requests_per_second * 1000:,.0f} messages/s")
         if batch.reference:
             print(f"COPY of the same batches: {batch.reference.requests_per_second * 1000:,.0f} messages/s")
+        if tagged := batch.extra.get("copy_with_tags"):
+            print(f"COPY of the same batches with their tags: {tagged['requests_per_second'] * 1000:,.0f} messages/s")
     if curve:
         print("\nOFFSET vs keyset, median ms per 50-message page:")
         for point in curve:
