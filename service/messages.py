@@ -50,7 +50,6 @@ from service.topics import TopicRef
 
 class MessageQueries(QueryFile, file="messages"):
     begin_adding_messages: Query
-    tag_new_messages: Query
     get_messages_by_client_ids: Query
     get_message: Query
     list_messages_newest_first: Query
@@ -237,7 +236,7 @@ def check_metadata(values: Sequence[dict[str, Any] | None], field: Callable[[int
     errors = [
         {"field": field(index), "message": problem}
         for index, value in enumerate(values)
-        if value is not None and (problem := metadata_problem(value)) is not None
+        if value and (problem := metadata_problem(value)) is not None
     ]
     if errors:
         raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
@@ -279,6 +278,7 @@ class _Begun(msgspec.Struct):
     topic_ids: list[int]
     topic_names: list[str]
     metadata: list[dict[str, Any]]
+    tagging: bool
 
 
 # The columns add_messages COPYs: "timestamp" takes its default (the transaction's now()), search
@@ -300,8 +300,9 @@ _CLIENT_MSG_ID_INDEX = "idx_message_client_msg_id"
 async def _add(
     conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
-    """add_messages' transaction: one statement to lock and look, one COPY, one to tag (if any
-    topics); the answer is built from the items and that first statement, not read back."""
+    """add_messages' transaction: one statement to lock and look, a COPY of the new messages and one
+    of their tags (if any); the answer is built from the items and that first statement's answer,
+    not read back (duplicates of stored messages are read, with one more statement)."""
     first_of_key: dict[str, int] = {}
     for index, item in enumerate(items):
         if item.client_msg_id is not None:
@@ -410,18 +411,23 @@ def _new_messages(
 async def _tag(
     conn: Connection, names: dict[int, str], begun: _Begun, messages: list[tuple[Message, list[str]]]
 ) -> None:
-    """Tags the new messages (each with its topic names) in one statement, and lists each one's
-    topics, by name, from the topics begin_adding_messages found or created."""
+    """COPYs the new messages' tags (each message with its topic names) and lists each one's topics,
+    by name, from the topics begin_adding_messages found or created."""
     names.update(zip(begun.topic_ids, begun.topic_names, strict=True))
     ids = dict(zip(begun.topic_names, begun.topic_ids, strict=True))
+    # Messages of a batch often carry the same topics: one sorted list for each set of names.
+    refs: dict[tuple[str, ...], list[TopicRef]] = {}
     pairs: list[tuple[int, int]] = []
     for message, wanted in messages:
-        message.topics = sorted((TopicRef(ids[name], name) for name in dict.fromkeys(wanted)), key=attrgetter("name"))
+        key = tuple(wanted)
+        if key not in refs:
+            refs[key] = sorted((TopicRef(ids[name], name) for name in dict.fromkeys(wanted)), key=attrgetter("name"))
+        message.topics = refs[key]
         pairs.extend((topic.id, message.id) for topic in message.topics)
+    # begin_adding_messages told this COPY's trigger to expect it exactly when there are tags.
+    assert begun.tagging == bool(pairs)
     if pairs:
-        await sql.tag_new_messages.exec(
-            conn, topic_ids=[topic_id for topic_id, _ in pairs], message_ids=[message_id for _, message_id in pairs]
-        )
+        await conn.copy_records_to_table("message_topics", records=pairs, columns=("topic_id", "message_id"))
 
 
 async def _stored_messages(

@@ -1,6 +1,6 @@
 -- name: begin_adding_messages :one
 -- The first statement of adding messages (one or a batch of up to 1,000: service/messages.py's
--- add_messages, in a transaction that then COPYs the new messages and tags them). One round trip:
+-- add_messages, in a transaction that then COPYs the new messages and their tags). One round trip:
 -- it locks the conversation's row (as deleting it does, so a message never lands in a conversation
 -- being deleted), creates the topics the new messages name, and reads what the service needs to
 -- answer every item without reading a row back:
@@ -17,7 +17,10 @@
 --                   NULL or not stored: a duplicate creates nothing. Created before the messages,
 --                   so the change feed lists a new topic before the messages that carry it;
 --   metadata        :metadata as PostgreSQL stores it (jsonb orders keys and normalises numbers),
---                   so the answer shows what a read of the message will.
+--                   so the answer shows what a read of the message will;
+--   tagging         whether the new messages have topics: then the caller COPYs their tags next,
+--                   and the transaction-local freya.tags_of_new_messages tells that COPY's change
+--                   feed trigger (migration 0029) that they are all on messages created here.
 -- A client_msg_id committed by a concurrent request while this statement waited for the lock is
 -- not in its snapshot: the COPY then fails on idx_message_client_msg_id, and the caller runs the
 -- transaction again (this statement then sees the winner's message, a duplicate). When the caller
@@ -55,13 +58,9 @@ SELECT (SELECT c.user_id FROM conversation AS c) AS owner,
              ORDER BY n.id) AS ids,
        ARRAY(SELECT tp.id FROM topic AS tp ORDER BY tp.name) AS topic_ids,
        ARRAY(SELECT tp.name FROM topic AS tp ORDER BY tp.name) AS topic_names,
-       :metadata::jsonb[] AS metadata;
-
--- name: tag_new_messages :exec
--- Tags the messages add_messages has just COPYed: (topic_ids[i], message_ids[i]) pairs, each once.
-INSERT INTO message_topics (topic_id, message_id)
-SELECT t.topic_id, t.message_id
-FROM unnest(:topic_ids::bigint[], :message_ids::bigint[]) AS t (topic_id, message_id);
+       :metadata::jsonb[] AS metadata,
+       set_config('freya.tags_of_new_messages', CASE WHEN EXISTS (SELECT 1 FROM topic) THEN 'on' ELSE '' END, true)
+           = 'on' AS tagging;
 
 -- fragment: message_columns
 -- The message object as the API shows it, in the order of the Message Struct; its topics come
