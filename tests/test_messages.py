@@ -208,6 +208,7 @@ async def test_a_post_that_loses_a_race_for_its_client_msg_id_answers_the_winner
             "(SELECT count(*) FROM changes WHERE entity = 'message') AS changes",
             conversation_id,
         )
+        assert counted is not None
         assert dict(counted) == {"messages": 2, "tags": 2, "message_count": 2, "changes": 2}
     finally:
         await winner.close()
