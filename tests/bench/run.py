@@ -416,15 +416,19 @@ def word_in_at_most(conn: psycopg.Connection[Any], column: str, value: int, most
     return best, counts[best]
 
 
-def estimated_matches(url: str, filters: dict[str, Any]) -> int:
-    """PostgreSQL's estimate of a search's matches, as the service makes it to choose its statement."""
+def planned_search_choice(url: str, filters: dict[str, Any]) -> tuple[int, bool]:
+    """What the service asks PostgreSQL before a search, to choose its statement: the estimate of
+    its matches (for a whole-corpus search), and whether a scoped one filters by its scope."""
 
-    async def estimate() -> int:
+    async def estimate() -> tuple[int, bool]:
         conn = await asyncpg.connect(url)
         try:
             async with conn.transaction():
                 await search.sql.plan_for_these_values.val(conn)
-                return await estimate_rows(conn, search.sql.count_matching_messages, **filters)
+                return (
+                    await estimate_rows(conn, search.sql.count_matching_messages, **filters),
+                    await search.filter_by_scope(conn, filters),
+                )
         finally:
             await conn.close()
 
@@ -665,6 +669,7 @@ def main() -> int:
         "limit": 20,
         "offset": 0,
         "phrases": [],
+        "filter_scope": False,
     }
     columns = 'id, conversation_id, user_id, role, content, "timestamp"'
     bare_page = (
@@ -678,11 +683,20 @@ def main() -> int:
         its planner estimate, then the ranking statement that estimate chooses; and on the bare SQL
         ranking every match (the unbounded ranking of before issue 15)."""
         params = {**search_params, "q": q, **({column: value} if column else {})}
+        matches, params["filter_scope"] = planned_search_choice(
+            url, {name: params[name] for name in search.sql.count_matching_messages.params}
+        )
         filters = {name: params[name] for name in search.sql.count_matching_messages.params}
-        # Scoped searches (with fewer than 1,000 matches) skip the estimate, as the service does.
-        common_word = not column and estimated_matches(url, filters) >= search.COMMON
-        estimate = (
-            "" if column else "EXPLAIN (FORMAT JSON) " + pgbench_script(search.sql.count_matching_messages, filters)
+        # As the service does: a whole-corpus search asks for its estimate of matches, a scoped one
+        # (with fewer than 1,000 matches) for those of its scope and of q.
+        common_word = not column and matches >= search.COMMON
+        estimate = "EXPLAIN (FORMAT JSON) " + (
+            pgbench_script(
+                search.sql.scope_and_matches,
+                {name: params[name] for name in search.sql.scope_and_matches.params},
+            )
+            if column
+            else pgbench_script(search.sql.count_matching_messages, filters)
         )
         ours = (
             "BEGIN;\n"
