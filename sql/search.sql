@@ -15,7 +15,7 @@ SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('ran
 -- its own filters.
 m.search @@ search_query(:q)
       AND m.deleted_at IS NULL
-      -- :filter_scope, the service's choice (service/search.py's filter_by_scope), is a constant
+      -- filter_scope, the service's choice (service/search.py's filter_by_scope), is a constant
       -- in a custom plan: true when the scope holds more messages than q matches, which are then
       -- found by q alone and filtered here ("+ 0" keeps the column out of the index condition);
       -- false lets idx_message_search AND the scope's entries with q's.
