@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import (
     admin,
     changes,
+    context,
     conversations,
     db,
     errors,
@@ -63,6 +64,7 @@ VERSION = "1.0.0"
 SERVED_QUERIES = (
     admin.sql,
     changes.sql,
+    context.sql,
     conversations.sql,
     health.sql,
     idempotency.sql,

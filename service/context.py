@@ -21,6 +21,7 @@ MAX_CONTEXT_TOKENS = 1_000_000
 
 
 class ContextQueries(QueryFile, file="context"):
+    plan_for_this_conversation: Query
     context_window: Query
 
 
@@ -132,7 +133,8 @@ class ContextController(Controller):
     ) -> ContextWindow:
         shape = parse_fields(fields)
         params: dict[str, Any] = {"max_tokens": max_tokens, "include_system": include_system, "role": role}
-        async with db.connection() as conn:
+        async with db.connection() as conn, conn.transaction(readonly=True):
+            await sql.plan_for_this_conversation.val(conn)
             rows = await shape.query(sql.context_window).records(conn, conversation_id=conversation_id, **params)
             if not rows:
                 raise NotFound(f"conversation {conversation_id} does not exist")

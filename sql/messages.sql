@@ -69,13 +69,23 @@ SELECT (SELECT c.user_id FROM conversation AS c) AS owner,
        m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at, m.metadata AS metadata,
        m.token_count AS token_count, m.token_count_estimated AS token_count_estimated/*end columns*/
 
--- fragment: page_filters
--- A conversation's live messages in [since, until) with an optional role; NULLs mean "no bound".
+-- fragment: live_messages
+-- A conversation's live messages with an optional role (NULL: any).
 m.conversation_id = :conversation_id
           AND m.deleted_at IS NULL
+          AND (:role::text IS NULL OR m.role = :role::text)
+
+-- fragment: page_filters
+-- live_messages in [since, until); NULLs mean "no bound". Pages walking idx_message_live_timestamp
+-- take only the bound they stop at from here: on the side they start from, PostgreSQL starts the
+-- scan at the first plain "timestamp" bound it finds, and with until there besides the cursor it
+-- started at until and tested every index entry from there to the cursor (a page 200,000 deep
+-- read 990 index pages instead of 4). So that side has one bound, the keyset's, written twice: as
+-- the row comparison and as a plain bound on "timestamp" (which the generic plan needs to prefer
+-- idx_message_live_timestamp).
+/*include live_messages*/
           AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
           AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-          AND (:role::text IS NULL OR m.role = :role::text)
 
 -- name: get_messages_by_client_ids :many
 -- The stored messages of a conversation with these client_msg_ids (the duplicates a post repeats),
@@ -94,12 +104,12 @@ LEFT JOIN message_topics AS mt ON mt.message_id = m.id
 WHERE m.id = :message_id AND m.deleted_at IS NULL;
 
 -- name: list_messages_newest_first :many
--- A page of a conversation, newest first, after the keyset position (before_ts, before_id) when a
--- cursor is given (NULLs become +infinity, so the statement has one plan shape). The bare
--- "timestamp" <= bound makes the position an index condition of idx_message_live_timestamp
--- (conversation_id, timestamp, id) of live messages: the scan starts at the cursor, not at the
--- newest message, and deleted messages are not in its way.
--- since is inclusive, until exclusive; role filters. limit + 1 rows: the extra one says another
+-- A page of a conversation, newest first, from the keyset position (before_ts, before_id) when a
+-- cursor is given, else from until (exclusive: (until, 0) comes before every id of that instant),
+-- else from the newest message: one row comparison, so the scan of idx_message_live_timestamp
+-- (conversation_id, timestamp, id) of live messages starts there, not at the newest message, and
+-- deleted messages are not in its way. A cursor's position is inside the filters it was made with.
+-- since is inclusive; role filters. limit + 1 rows: the extra one says another
 -- page follows. Each row ends with the sort key (sort_ts, sort_id) the next cursor is made of.
 -- The conversation is the outer side of the join, so an unknown conversation is no row at all
 -- and an existing one with an empty page is one row of NULLs: no second statement to tell them apart.
@@ -109,10 +119,12 @@ LEFT JOIN LATERAL (
     SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
            m.token_count, m.token_count_estimated
     FROM messages AS m
-    WHERE /*include page_filters*/
-      AND m."timestamp" <= coalesce(:before_ts::timestamptz, 'infinity')
-      AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, 'infinity'),
-                                   coalesce(:before_id::bigint, 9223372036854775807))
+    WHERE /*include live_messages*/
+      AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+      AND m."timestamp" <= coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity')
+      AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity'),
+                                   coalesce(:before_id::bigint,
+                                            CASE WHEN :until::timestamptz IS NULL THEN 9223372036854775807 END, 0))
     ORDER BY m."timestamp" DESC, m.id DESC
     LIMIT :limit::integer + 1 OFFSET :offset
 ) AS m ON true
@@ -120,16 +132,19 @@ WHERE c.id = :conversation_id AND c.deleted_at IS NULL
 ORDER BY m."timestamp" DESC, m.id DESC;
 
 -- name: list_messages_oldest_first :many
--- The same page walked the other way: after (after_ts, after_id), oldest first.
+-- The same page walked the other way, oldest first: from (after_ts, after_id), else from since
+-- (inclusive: (since, 0) comes before every id of that instant), up to until.
 SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id
 FROM conversations AS c
 LEFT JOIN LATERAL (
     SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
            m.token_count, m.token_count_estimated
     FROM messages AS m
-    WHERE /*include page_filters*/
-      AND m."timestamp" >= coalesce(:after_ts::timestamptz, '-infinity')
-      AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, '-infinity'), coalesce(:after_id::bigint, 0))
+    WHERE /*include live_messages*/
+      AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+      AND m."timestamp" >= coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity')
+      AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity'),
+                                   coalesce(:after_id::bigint, 0))
     ORDER BY m."timestamp", m.id
     LIMIT :limit::integer + 1 OFFSET :offset
 ) AS m ON true
@@ -140,7 +155,8 @@ ORDER BY m."timestamp", m.id;
 -- The messages around :around (an anchored page): the anchor (side 0), up to :limit messages just
 -- older (side -1, newest first) and up to :limit just newer (side 1, oldest first), in the page's
 -- filters; the caller keeps about half of each side and knows from the rest whether more follow.
--- Each side is a keyset range of idx_message_timestamp starting at the anchor, like a list page.
+-- Each side is a keyset range of idx_message_live_timestamp starting at the anchor, like a list
+-- page, and stopping at since or until (a listed anchor is inside them).
 -- Rows: the message's columns, the sort key, the side, and listed (the anchor passes the filters).
 -- No row at all: no such conversation; one row with a NULL sort_id: the message is not in it.
 SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id, m.side, a.listed
@@ -159,7 +175,8 @@ LEFT JOIN LATERAL (
     (SELECT -1, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
             m.token_count, m.token_count_estimated
      FROM messages AS m
-     WHERE /*include page_filters*/
+     WHERE /*include live_messages*/
+       AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
        AND m."timestamp" <= a."timestamp"
        AND (m."timestamp", m.id) < (a."timestamp", a.id)
      ORDER BY m."timestamp" DESC, m.id DESC
@@ -168,7 +185,8 @@ LEFT JOIN LATERAL (
     (SELECT 1, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
             m.token_count, m.token_count_estimated
      FROM messages AS m
-     WHERE /*include page_filters*/
+     WHERE /*include live_messages*/
+       AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
        AND m."timestamp" >= a."timestamp"
        AND (m."timestamp", m.id) > (a."timestamp", a.id)
      ORDER BY m."timestamp", m.id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -12,13 +13,15 @@ import asyncpg
 import httpx
 import psycopg
 import pytest
+from litestar import Litestar
+from litestar.routes import HTTPRoute
 
 from service import migrations
 from service.__main__ import main
-from service.app import create_app
+from service.app import SERVED_QUERIES, create_app
 from service.db import Connection, SharedConnectionDatabase
 from service.devdb import EmbeddedPostgres
-from service.queries import QueryPrepareError
+from service.queries import QueryFile, QueryPrepareError
 from service.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
 from tests.api import assert_problem, start_service
 from tests.conftest import client_for
@@ -105,6 +108,17 @@ async def test_a_broken_query_stops_start_up_naming_it(fresh_database: Callable[
     with pytest.RaisesGroup(failure, flatten_subgroups=True):
         async with app.lifespan():
             pass
+
+
+def test_every_route_s_queries_are_prepared_at_start(app: Litestar) -> None:
+    """The SQL file of each module that serves a route is among SERVED_QUERIES, so a broken
+    statement of it stops start-up (and is not first prepared by a request)."""
+    served = {type(queries) for queries in SERVED_QUERIES}
+    handlers = [handler for route in app.routes if isinstance(route, HTTPRoute) for handler in route.route_handlers]
+    modules = {sys.modules[handler.fn.__module__] for handler in handlers}
+    route_queries = {type(m.sql) for m in modules if isinstance(getattr(m, "sql", None), QueryFile)}
+    assert route_queries, modules
+    assert route_queries <= served, route_queries - served
 
 
 def test_settings_defaults_and_parsing() -> None:

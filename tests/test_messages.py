@@ -355,6 +355,36 @@ async def test_role_since_until_filters(client: httpx.AsyncClient, conn: Connect
     assert [m["id"] for m in second["items"]] == [r["id"] for r in rows[3:]]
 
 
+async def test_a_since_until_window_pages_both_ways_with_ties_at_its_bounds(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    await seed_equal_timestamps(client, chat, 30)
+    # Five messages an instant, so since and until fall on ties: since takes all five, until none.
+    await conn.execute(
+        "UPDATE messages SET \"timestamp\" = '2026-03-01T00:00:00Z'::timestamptz + (id / 5) * interval '1 s'"
+    )
+    rows = await conn.fetch('SELECT id, "timestamp" FROM messages ORDER BY "timestamp", id')
+    since, until = rows[7]["timestamp"], rows[23]["timestamp"]
+    expected = [r["id"] for r in rows if since <= r["timestamp"] < until]
+    assert 0 < len(expected) < len(rows)
+    window = {"since": since.isoformat(), "until": until.isoformat(), "limit": 3}
+    for order, in_order in (("asc", expected), ("desc", expected[::-1])):
+        assert [m["id"] for m in await all_pages(client, chat["messages"], order=order, **window)] == in_order
+        # And back from the last page by prev_cursor.
+        page = (await client.get(chat["messages"], params={**window, "order": order})).json()
+        while page["next_cursor"]:
+            page = (
+                await client.get(chat["messages"], params={**window, "order": order, "cursor": page["next_cursor"]})
+            ).json()
+        walked_back = [m["id"] for m in page["items"]]
+        while page["prev_cursor"]:
+            page = (
+                await client.get(chat["messages"], params={**window, "order": order, "cursor": page["prev_cursor"]})
+            ).json()
+            walked_back = [m["id"] for m in page["items"]] + walked_back
+        assert walked_back == in_order, order
+
+
 async def test_fields_selects_only_those_columns(
     client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
 ) -> None:

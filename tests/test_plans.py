@@ -42,10 +42,14 @@ def literal(value: Any) -> str:
     return str(value)
 
 
-async def plans(conn: Connection, query: Query, *, generic: bool = True, **params: Any) -> list[list[dict[str, Any]]]:
-    """The custom plan for these values and the generic plan, each as a flat list of nodes."""
+async def plans(
+    conn: Connection, query: Query, *, generic: bool = True, analyze: bool = False, **params: Any
+) -> list[list[dict[str, Any]]]:
+    """The custom plan for these values and the generic plan, each as a flat list of nodes; with
+    ``analyze``, run, with the pages each node read (see pages_read)."""
     args = query.args(params)
-    custom = await conn.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *args)
+    options = "(ANALYZE, BUFFERS, FORMAT JSON)" if analyze else "(FORMAT JSON)"
+    custom = await conn.fetchval(f"EXPLAIN {options} " + query.sql, *args)
     if not generic:
         return [list(walk(custom[0]["Plan"]))]
     await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
@@ -53,7 +57,7 @@ async def plans(conn: Connection, query: Query, *, generic: bool = True, **param
     prepare = "PREPARE plan_check AS " + query.sql
     await conn.execute(prepare)
     try:
-        explain = "EXPLAIN (FORMAT JSON) EXECUTE plan_check(" + ", ".join(literal(a) for a in args) + ")"
+        explain = f"EXPLAIN {options} EXECUTE plan_check(" + ", ".join(literal(a) for a in args) + ")"
         generic_plan = await conn.fetchval(explain)
     finally:
         await conn.execute("DEALLOCATE plan_check")
@@ -63,6 +67,18 @@ async def plans(conn: Connection, query: Query, *, generic: bool = True, **param
 
 def index_scans(nodes: list[dict[str, Any]]) -> dict[str, str]:
     return {n["Index Name"]: n.get("Index Cond", "") for n in nodes if "Index Name" in n}
+
+
+def pages_read(nodes: list[dict[str, Any]]) -> int:
+    """Buffers a run plan touched (its root counts its children's): unlike time, the same on any
+    machine, so a test can bound the work of a statement."""
+    return int(nodes[0]["Shared Hit Blocks"] + nodes[0]["Shared Read Blocks"])
+
+
+# A page of 50 messages reads a few index pages, the heap pages of its rows and the conversation's
+# row: far fewer than the index pages between the newest message and a deep cursor (200 or so in
+# the big conversation at 40,000 deep), which a scan started at the wrong bound would walk.
+PAGE_READS = 40
 
 
 def no_seq_scan_of(nodes: list[dict[str, Any]], table: str) -> bool:
@@ -127,6 +143,12 @@ async def seeded(seeded_conn: Connection) -> dict[str, Any]:
     return {"user_id": user_id, "big": big, "deep": deep, "topic_id": topic_id}
 
 
+# The big conversation has a message a second from 2026-01-01: these cut 10,000 messages off its
+# newest end and 5,000 off its oldest (the deep cursor is 40,000 from the newest).
+BIG_UNTIL = datetime.fromisoformat("2026-01-01T11:06:40Z")
+BIG_SINCE = datetime.fromisoformat("2026-01-01T01:23:20Z")
+
+
 def page_filters(conversation_id: int) -> dict[str, Any]:
     return {"conversation_id": conversation_id, "since": None, "until": None, "role": None, "limit": 50, "offset": 0}
 
@@ -135,18 +157,25 @@ async def test_conversation_pages_use_the_live_timestamp_index_at_any_depth(
     seeded_conn: Connection, seeded: dict[str, Any]
 ) -> None:
     deep_ts, deep_id = seeded["deep"]["timestamp"], seeded["deep"]["id"]
+    until, since = BIG_UNTIL, BIG_SINCE
     cases = [
         (messages.sql.list_messages_newest_first, {"before_ts": None, "before_id": None}),
         (messages.sql.list_messages_newest_first, {"before_ts": deep_ts, "before_id": deep_id}),
+        (messages.sql.list_messages_newest_first, {"before_ts": deep_ts, "before_id": deep_id, "since": since}),
+        (messages.sql.list_messages_newest_first, {"before_ts": None, "before_id": None, "until": until}),
         (messages.sql.list_messages_oldest_first, {"after_ts": None, "after_id": None}),
         (messages.sql.list_messages_oldest_first, {"after_ts": deep_ts, "after_id": deep_id}),
+        (messages.sql.list_messages_oldest_first, {"after_ts": deep_ts, "after_id": deep_id, "until": until}),
+        (messages.sql.list_messages_oldest_first, {"after_ts": None, "after_id": None, "since": since}),
     ]
     for query, position in cases:
-        for nodes in await plans(seeded_conn, query, **page_filters(seeded["big"]), **position):
+        params = {**page_filters(seeded["big"]), **position}
+        for nodes in await plans(seeded_conn, query, analyze=True, **params):
             scans = index_scans(nodes)
             assert "idx_message_live_timestamp" in scans, (query.name, position, nodes)
             # The position bounds the index scan itself: it starts at the cursor, not at the top.
             assert "timestamp" in scans["idx_message_live_timestamp"], scans
+            assert pages_read(nodes) <= PAGE_READS, (query.name, position, pages_read(nodes))
             assert no_seq_scan_of(nodes, "messages"), nodes
             assert no_per_row_subplan(nodes), nodes
 
@@ -230,7 +259,7 @@ def search_params(q: str, **scope: Any) -> dict[str, Any]:
     }
 
 
-RANK_POSITION = {
+RANK_POSITION: dict[str, Any] = {
     "before_rank": None,
     "before_id": None,
     "newest": None,
@@ -345,16 +374,22 @@ async def test_an_anchored_page_reads_both_ways_from_the_anchor(
     seeded_conn: Connection, seeded: dict[str, Any]
 ) -> None:
     filters = {k: v for k, v in page_filters(seeded["big"]).items() if k != "offset"}
+    around = seeded["deep"]["id"]
     analysed = await seeded_conn.fetchval(
         "EXPLAIN (ANALYZE, FORMAT JSON) " + messages.sql.list_messages_around.sql,
-        *messages.sql.list_messages_around.args({**filters, "around": seeded["deep"]["id"]}),
+        *messages.sql.list_messages_around.args({**filters, "around": around}),
     )
     nodes = list(walk(analysed[0]["Plan"]))
     # Each side starts at the anchor and stops after a page: about 2 x 50 rows of 50,000.
     read = sum(n["Actual Rows"] for n in nodes if n.get("Index Name") == "idx_message_live_timestamp")
     assert 2 * 50 <= read <= 2 * 50 + 2, nodes
-    for nodes in await plans(seeded_conn, messages.sql.list_messages_around, **filters, around=seeded["deep"]["id"]):
-        scans = index_scans(nodes)
-        assert "timestamp" in scans["idx_message_live_timestamp"], scans
-        assert "messages_pkey" in scans
-        assert no_seq_scan_of(nodes, "messages"), nodes
+    for bounds in ({}, {"since": BIG_SINCE, "until": BIG_UNTIL}):
+        for nodes in await plans(
+            seeded_conn, messages.sql.list_messages_around, analyze=True, **{**filters, **bounds}, around=around
+        ):
+            scans = index_scans(nodes)
+            assert "timestamp" in scans["idx_message_live_timestamp"], scans
+            assert "messages_pkey" in scans
+            # Two pages' worth: each side starts at the anchor, not at since or until.
+            assert pages_read(nodes) <= 2 * PAGE_READS, (bounds, pages_read(nodes))
+            assert no_seq_scan_of(nodes, "messages"), nodes

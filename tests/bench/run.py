@@ -671,7 +671,9 @@ def main() -> int:
         "phrases": [],
         "filter_scope": False,
     }
-    columns = 'id, conversation_id, user_id, role, content, "timestamp"'
+    # The bare statements return what the API returns: the message object's columns (the issue's
+    # six-column page query predates edited_at, metadata and the token count).
+    columns = ", ".join(f'"{name}"' if name == "timestamp" else name for name in message_queries.COLUMNS)
     bare_page = (
         f'SELECT {columns} FROM messages WHERE conversation_id = :cid ORDER BY "timestamp" DESC, id DESC LIMIT 50'
     )
@@ -711,7 +713,7 @@ def main() -> int:
         )
         scope = f"{column} = {value} AND " if column else ""
         bare = bare_script(
-            f"SELECT {columns}, edited_at, ts_rank_cd(search, websearch_to_tsquery('english', {literal(q)})) AS rank "
+            f"SELECT {columns}, ts_rank_cd(search, websearch_to_tsquery('english', {literal(q)})) AS rank "
             f"FROM messages WHERE {scope}search @@ websearch_to_tsquery('english', {literal(q)}) "
             "ORDER BY rank DESC, id DESC LIMIT 20"
         )
@@ -810,7 +812,7 @@ def main() -> int:
             "/",
             pgbench_script(message_queries.sql.get_message, {}, {"message_id": f"random(1, {max_id})"}),
             bare_script(
-                f"SELECT {columns}, edited_at FROM messages WHERE id = :message_id",
+                f"SELECT {columns} FROM messages WHERE id = :message_id",
                 {"message_id": f"random(1, {max_id})"},
             ),
             script=LOAD / "message_by_id.lua",
@@ -826,7 +828,7 @@ def main() -> int:
                 {"topic_id": top_topic, "before_id": None, "limit": 50, "offset": 0},
             ),
             bare_script(
-                f'SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp" '
+                f"SELECT {', '.join('m.' + name for name in columns.split(', '))} "
                 f"FROM message_topics AS mt JOIN messages AS m ON m.id = mt.message_id "
                 f"WHERE mt.topic_id = {top_topic} ORDER BY mt.message_id DESC LIMIT 50"
             ),
@@ -840,7 +842,7 @@ def main() -> int:
                 {"user_id": busiest_user, "before_updated_at": None, "before_id": None, "limit": 50, "offset": 0},
             ),
             bare_script(
-                "SELECT id, user_id, title, created_at, updated_at, message_count FROM conversations "
+                "SELECT id, user_id, title, created_at, updated_at, message_count, metadata FROM conversations "
                 f"WHERE user_id = {busiest_user} ORDER BY updated_at DESC, id DESC LIMIT 50"
             ),
         ),
@@ -884,9 +886,13 @@ def main() -> int:
             "context_window",
             f"newest messages of the largest conversation within 4,000 tokens ({window_size}), oldest first",
             f"/v1/conversations/{whale}/context?max_tokens=4000&include_system=false",
-            pgbench_script(context.sql.context_window, window),
+            # As the service runs it: planned for its values, in a read-only transaction.
+            "BEGIN READ ONLY;\n"
+            + pgbench_script(context.sql.plan_for_this_conversation, {})
+            + pgbench_script(context.sql.context_window, window)
+            + "COMMIT;\n",
             bare_script(
-                f"SELECT {columns}, token_count FROM messages WHERE conversation_id = {whale} AND role <> 'system' "
+                f"SELECT {columns} FROM messages WHERE conversation_id = {whale} AND role <> 'system' "
                 f'ORDER BY "timestamp" DESC, id DESC LIMIT {window_size}'
             ),
         ),
