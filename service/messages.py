@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -50,7 +51,7 @@ from service.topics import TopicRef
 
 
 class MessageQueries(QueryFile, file="messages"):
-    add_messages: Query
+    begin_adding_messages: Query
     get_messages_by_client_ids: Query
     get_message: Query
     list_messages_newest_first: Query
@@ -67,9 +68,9 @@ class MessageQueries(QueryFile, file="messages"):
 
 sql = MessageQueries()
 
-# Deadlocks are possible, if rare, when concurrent batches create the same new topics in
-# different orders; PostgreSQL aborts one statement, which is then safe to run again.
-_DEADLOCK_ATTEMPTS = 3
+# How often add_messages runs its transaction when it loses a race (a client_msg_id, or a deadlock,
+# if rare, when concurrent batches create the same new topics in different orders).
+_ATTEMPTS = 3
 
 
 class Message(msgspec.Struct):
@@ -249,7 +250,7 @@ def check_metadata(values: Sequence[dict[str, Any] | None], field: Callable[[int
     errors = [
         {"field": field(index), "message": problem}
         for index, value in enumerate(values)
-        if value is not None and (problem := metadata_problem(value)) is not None
+        if value and (problem := metadata_problem(value)) is not None
     ]
     if errors:
         raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
@@ -258,99 +259,200 @@ def check_metadata(values: Sequence[dict[str, Any] | None], field: Callable[[int
 async def add_messages(
     conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
-    """Store items in one statement; every item comes back created or as the duplicate it repeats.
+    """Store items all-or-nothing; every item comes back created or as the duplicate it repeats.
 
-    Raises NotFound for an unknown conversation and Invalid (422) naming items whose user_id does
-    not exist; in both cases nothing is written.
+    Raises Invalid (422) naming items whose user_id does not exist, Conflict naming items whose
+    client_msg_id belongs to a deleted message, NotFound for an unknown conversation; in each case
+    nothing is written.
     """
     check_metadata([item.metadata for item in items], lambda i: f"messages[{i}].metadata" if in_batch else "metadata")
-    tags = [(number, name) for number, item in enumerate(items, start=1) for name in dict.fromkeys(item.topics)]
-    counts = [token_count_of(item.content, item.token_count) for item in items]
-    arguments: dict[str, Any] = {
-        "conversation_id": conversation_id,
-        "roles": [item.role for item in items],
-        "contents": [item.content for item in items],
-        "user_ids": [item.user_id for item in items],
-        "client_msg_ids": [item.client_msg_id for item in items],
-        "metadata": [item.metadata for item in items],
-        "token_counts": [tokens for tokens, _ in counts],
-        "token_counts_estimated": [estimated for _, estimated in counts],
-        "tag_items": [number for number, _ in tags],
-        "tag_names": [name for _, name in tags],
-    }
-    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+    for attempt in range(1, _ATTEMPTS + 1):
         try:
-            rows = await sql.add_messages.records(conn, **arguments)
-            break
-        except asyncpg.DeadlockDetectedError:
-            # Inside a transaction (PgBouncer transaction mode wraps each use in one) the abort took
-            # the whole transaction with it: answered as a conflict to retry (503), not rerun here.
-            if attempt == _DEADLOCK_ATTEMPTS or conn.is_in_transaction():
+            async with conn.transaction():
+                return await _add(conn, names, conversation_id, items, in_batch=in_batch)
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError) as error:
+            # A concurrent request stored one of our client_msg_ids first (begin_adding_messages'
+            # snapshot predates its commit), or created new topics in another order: the transaction
+            # is rolled back whole, and run again it sees the other request's rows.
+            lost_race = getattr(error, "constraint_name", None) == _CLIENT_MSG_ID_INDEX
+            if attempt == _ATTEMPTS or not (lost_race or isinstance(error, asyncpg.DeadlockDetectedError)):
                 raise
-    # A row is (ord, status, the message's seven columns, the ids of the topics tagged now).
-    if unknown := [row[0] - 1 for row in rows if row[1] == "unknown_user"]:
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class _Begun(msgspec.Struct):
+    """begin_adding_messages' row."""
+
+    owner: int | None
+    now: datetime
+    unknown_users: list[int]
+    stored_keys: list[str]
+    stored_deleted: list[bool]
+    ids: list[int]
+    topic_ids: list[int]
+    topic_names: list[str]
+    metadata: list[dict[str, Any]]
+    tagging: bool
+
+
+# The columns add_messages COPYs: "timestamp" takes its default (the transaction's now()), search
+# comes from the row trigger of migration 0014 (as for any writer that leaves it out).
+_COPY_COLUMNS = (
+    "id",
+    "conversation_id",
+    "user_id",
+    "role",
+    "content",
+    "client_msg_id",
+    "metadata",
+    "token_count",
+    "token_count_estimated",
+)
+_CLIENT_MSG_ID_INDEX = "idx_message_client_msg_id"
+
+
+async def _add(
+    conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
+) -> list[BatchItem]:
+    """add_messages' transaction: one statement to lock and look, a COPY of the new messages and one
+    of their tags (if any); the answer is built from the items and that first statement's answer,
+    not read back (duplicates of stored messages are read, with one more statement)."""
+    first_of_key: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.client_msg_id is not None:
+            first_of_key.setdefault(item.client_msg_id, index)
+    # Items that are not repeats of an earlier item's client_msg_id, and those of them with metadata.
+    leading = [i for i, item in enumerate(items) if item.client_msg_id is None or first_of_key[item.client_msg_id] == i]
+    with_metadata = [i for i in leading if items[i].metadata]
+    tags = [(name, items[i].client_msg_id) for i in leading for name in dict.fromkeys(items[i].topics)]
+    begun = await sql.begin_adding_messages.one(
+        conn,
+        _Begun,
+        conversation_id=conversation_id,
+        user_ids=list({item.user_id for item in items if item.user_id is not None}),
+        client_msg_ids=list(first_of_key),
+        fresh=len(leading),
+        topic_names=[name for name, _ in tags],
+        topic_keys=[key for _, key in tags],
+        metadata=[items[i].metadata for i in with_metadata],
+    )
+    assert begun is not None
+    if begun.unknown_users:
+        unknown = set(begun.unknown_users)
         raise Invalid(
             "user_id names a user that does not exist; nothing was written",
             status=422,
             errors=[
                 {
                     "field": f"messages[{index}].user_id" if in_batch else "user_id",
-                    "message": f"user {items[index].user_id} does not exist",
+                    "message": f"user {item.user_id} does not exist",
                 }
-                for index in unknown
+                for index, item in enumerate(items)
+                if item.user_id in unknown
             ],
         )
-    if deleted := [row[0] - 1 for row in rows if row[1] == "deleted_duplicate"]:
+    stored = dict(zip(begun.stored_keys, begun.stored_deleted, strict=True))
+    if deleted := [i for i, item in enumerate(items) if stored.get(item.client_msg_id or "", False)]:
         raise _deleted_duplicate(items, deleted, in_batch=in_batch)
-    stored = await _stored_messages(conn, names, rows)
-    found = {row[0]: BatchItem(row[1], message) for row, message in zip(rows, stored, strict=True)}
-    if lost := [number for number in range(1, len(items) + 1) if number not in found]:
-        await _fill_lost_races(conn, names, conversation_id, items, lost, found)
-    return [found[number] for number in range(1, len(items) + 1)]
+    if begun.owner is None:
+        raise NotFound(f"conversation {conversation_id} does not exist")
+    fresh = [i for i in leading if items[i].client_msg_id not in stored]
+    created = _new_messages(conversation_id, begun, items, fresh, dict(zip(with_metadata, begun.metadata, strict=True)))
+    if created:
+        await conn.copy_records_to_table(
+            "messages",
+            records=[
+                (
+                    m.id,
+                    m.conversation_id,
+                    m.user_id,
+                    m.role,
+                    m.content,
+                    items[i].client_msg_id,
+                    m.metadata,
+                    m.token_count,
+                    m.token_count_estimated,
+                )
+                for i, m in created.items()
+            ],
+            columns=_COPY_COLUMNS,
+        )
+        await _tag(conn, names, begun, [(created[i], items[i].topics) for i in fresh])
+    replayed = await _stored_messages(conn, names, conversation_id, list(stored))
+    answer = []
+    for index, item in enumerate(items):
+        if index in created:
+            answer.append(BatchItem("created", created[index]))
+            continue
+        # A duplicate: of a stored message, or of the item that first carried this client_msg_id.
+        key = item.client_msg_id
+        assert key is not None
+        answer.append(BatchItem("duplicate", replayed[key] if key in replayed else created[first_of_key[key]]))
+    return answer
 
 
-async def _stored_messages(conn: Connection, names: dict[int, str], rows: Sequence[Any]) -> list[Message]:
-    """The messages of add_messages' rows: a created one with the topics the statement tagged (no
-    lookup), a duplicate with its stored topics (one lookup for all duplicates, when there are any)."""
-    # A row is (ord, status, the message's columns…, topic_ids).
-    stored = [Message(*row[2 : 2 + len(COLUMNS)]) for row in rows]
-    found = await topics.refs_by_message(
-        conn,
-        names,
-        [(row[2], topic_id) for row in rows if row["topic_ids"] is not None for topic_id in row["topic_ids"]],
-    )
-    if duplicates := [row[2] for row in rows if row["topic_ids"] is None]:
-        found.update(await topics.topics_of(conn, names, duplicates))
-    for message in stored:
-        message.topics = found.get(message.id, [])
-    return stored
-
-
-async def _fill_lost_races(
-    conn: Connection,
-    names: dict[int, str],
+def _new_messages(
     conversation_id: int,
+    begun: _Begun,
     items: Sequence[MessageCreate],
-    lost: list[int],
-    found: dict[int, BatchItem],
+    fresh: list[int],
+    metadata: dict[int, dict[str, Any]],
+) -> dict[int, Message]:
+    """The messages to store for the fresh items (by item index), as a read of them will show them."""
+    assert begun.owner is not None
+    assert len(fresh) == len(begun.ids)
+    created = {}
+    for index, message_id in zip(fresh, begun.ids, strict=True):
+        item = items[index]
+        tokens, estimated = token_count_of(item.content, item.token_count)
+        assert tokens is not None
+        assert estimated is not None
+        created[index] = Message(
+            message_id,
+            conversation_id,
+            begun.owner if item.user_id is None else item.user_id,
+            item.role,
+            item.content,
+            begun.now,
+            None,
+            metadata.get(index, item.metadata),
+            tokens,
+            estimated,
+        )
+    return created
+
+
+async def _tag(
+    conn: Connection, names: dict[int, str], begun: _Begun, messages: list[tuple[Message, list[str]]]
 ) -> None:
-    """Items absent from add_messages' answer: the conversation is gone, or a concurrent request
-    stored the same client_msg_id first (its row was invisible to our statement's snapshot)."""
-    keys = [items[number - 1].client_msg_id for number in lost]
-    rows = await sql.get_messages_by_client_ids.records(
-        conn, conversation_id=conversation_id, client_msg_ids=[k for k in keys if k is not None]
-    )
+    """COPYs the new messages' tags (each message with its topic names) and lists each one's topics,
+    by name, from the topics begin_adding_messages found or created."""
+    names.update(zip(begun.topic_ids, begun.topic_names, strict=True))
+    ids = dict(zip(begun.topic_names, begun.topic_ids, strict=True))
+    # Messages of a batch often carry the same topics: one sorted list for each set of names.
+    refs: dict[tuple[str, ...], list[TopicRef]] = {}
+    pairs: list[tuple[int, int]] = []
+    for message, wanted in messages:
+        key = tuple(wanted)
+        if key not in refs:
+            refs[key] = sorted((TopicRef(ids[name], name) for name in dict.fromkeys(wanted)), key=attrgetter("name"))
+        message.topics = refs[key]
+        pairs.extend((topic.id, message.id) for topic in message.topics)
+    # begin_adding_messages told this COPY's trigger to expect it exactly when there are tags.
+    assert begun.tagging == bool(pairs)
+    if pairs:
+        await conn.copy_records_to_table("message_topics", records=pairs, columns=("topic_id", "message_id"))
+
+
+async def _stored_messages(
+    conn: Connection, names: dict[int, str], conversation_id: int, keys: list[str]
+) -> dict[str, Message]:
+    """The stored messages (live: deleted ones were refused) these client_msg_ids name, with their topics."""
+    if not keys:
+        return {}
+    rows = await sql.get_messages_by_client_ids.records(conn, conversation_id=conversation_id, client_msg_ids=keys)
     # A row is (client_msg_id, deleted, the message's columns…).
-    deleted_keys = {row[0] for row in rows if row[1]}
-    if deleted := [number - 1 for number, key in zip(lost, keys, strict=True) if key in deleted_keys]:
-        raise _deleted_duplicate(items, deleted, in_batch=len(items) > 1)
-    winners = dict(
-        zip([row[0] for row in rows], await with_topics(conn, names, [row[2:] for row in rows]), strict=True)
-    )
-    for number, key in zip(lost, keys, strict=True):
-        if key not in winners:
-            raise NotFound(f"conversation {conversation_id} does not exist")
-        found[number] = BatchItem("duplicate", winners[key])
+    return dict(zip([row[0] for row in rows], await with_topics(conn, names, [row[2:] for row in rows]), strict=True))
 
 
 def _deleted_duplicate(items: Sequence[MessageCreate], indexes: list[int], *, in_batch: bool) -> Conflict:

@@ -111,10 +111,23 @@ class Paging:
 
 async def estimate_rows(conn: Connection, query: Query, /, **params: Any) -> int:
     """The planner's row estimate for ``query`` (count=estimated): no scan, just statistics."""
+    return _scan_rows((await _plan(conn, query, params))["Plan"])
+
+
+async def estimate_each(conn: Connection, query: Query, /, **params: Any) -> list[int]:
+    """The planner's row estimates for each scalar subquery of ``query``, a SELECT of several
+    counts (each is an InitPlan of its plan): several estimates for one round trip."""
+    return [_scan_rows(node) for node in (await _plan(conn, query, params))["Plan"]["Plans"]]
+
+
+async def _plan(conn: Connection, query: Query, params: dict[str, Any]) -> Any:
     plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args(params))
     if isinstance(plan, str):
         plan = msgspec.json.decode(plan)
-    node = plan[0]["Plan"]
+    return plan[0]
+
+
+def _scan_rows(node: dict[str, Any]) -> int:
     # Below an Aggregate (count(*)) is the scan whose row estimate is the answer.
     while node.get("Node Type") == "Aggregate" and node.get("Plans"):
         node = node["Plans"][0]

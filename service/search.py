@@ -20,7 +20,7 @@ from service.cursors import RankKey, TimeKey
 from service.db import Connection, Database
 from service.errors import Invalid, problem_responses
 from service.fields import NO_NUL, RoleQuery, TimeQuery
-from service.pages import Page, Paging, estimate_rows
+from service.pages import Page, Paging, estimate_each, estimate_rows
 from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
 from service.topics import TopicRef, prefix_range, topics_of
@@ -31,6 +31,7 @@ class SearchQueries(QueryFile, file="search"):
     search_messages_by_rank: Query
     search_messages_by_rank_common: Query
     search_messages_by_recent: Query
+    scope_and_matches: Query
     count_matching_messages: Query
     search_facets: Query
     search_topics: Query
@@ -289,6 +290,28 @@ async def _ranked_rows(
     return [row[2:] for row in rows if row[2] is not None], newest
 
 
+async def filter_by_scope(conn: Connection, filters: dict[str, Any]) -> bool:
+    """Whether a search scoped to a user or a conversation finds q's matches by q alone and filters
+    them by the scope (the scope holds at least as many messages as q matches, by PostgreSQL's
+    estimates), rather than ANDing the scope's entries with q's in idx_message_search.
+
+    The index ANDs two posting lists by skipping through the longer one, and each skip decodes a
+    page of it: for a user with 663,224 messages, 0.84 ms for a word's 71 matches, against 0.05 ms
+    fetching the 71 and keeping the user's. For a small scope and a common word it is the other way
+    round: the scope's few entries spare reading thousands of matches outside it.
+    """
+    if filters["user_id"] is None and filters["conversation_id"] is None:
+        return False
+    scope, matches = await estimate_each(
+        conn,
+        sql.scope_and_matches,
+        q=filters["q"],
+        user_id=filters["user_id"],
+        conversation_id=filters["conversation_id"],
+    )
+    return scope >= matches
+
+
 async def search_messages_txn(
     conn: Connection,
     names: dict[int, str],
@@ -306,6 +329,7 @@ async def search_messages_txn(
     newest = None
     async with conn.transaction(readonly=True):
         await sql.plan_for_these_values.val(conn)
+        filters = {**filters, "filter_scope": await filter_by_scope(conn, filters)}
         if sort == "rank":
             rows, newest = await _ranked_rows(
                 conn, filters, after if isinstance(after, RankKey) else None, paging, counts

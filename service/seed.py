@@ -2,10 +2,12 @@
 
 Shape (for N messages): N/200 users; N/40 conversations whose lengths follow a heavy-tailed
 (Pareto) distribution, plus one "whale" conversation holding a quarter of all messages, so deep
-pages exist; roles mostly user and assistant with some system and tool; content of 3 to 60 words
-drawn with Zipf-like frequencies from a chat vocabulary (common words are common, rare ones rare,
-which is what full-text search meets in real life); 400 topics, also Zipf-distributed, on about
-40% of messages. Rows go in with binary COPY in batches; ANALYZE runs at the end.
+pages exist; every message is its conversation's owner's, as the API stores a message sent without
+a user_id, so the whale's owner is the heaviest user with about a quarter of all messages (a
+user's search through a long history); roles mostly user and assistant with some system and tool;
+content of 3 to 60 words drawn with Zipf-like frequencies from a chat vocabulary (common words are
+common, rare ones rare, which is what full-text search meets in real life); 400 topics, also
+Zipf-distributed, on about 40% of messages. Rows go in with binary COPY in batches; ANALYZE runs at the end.
 
 The same seed number on an empty database gives the same rows. A seed is one transaction: it
 adds to whatever the database holds (ids come from the tables' identity sequences, topics that
@@ -233,7 +235,6 @@ def _message_batches(
 ) -> Iterator[list[tuple[int, int, str, str, datetime, int]]]:
     """Messages (without their ids) conversation by conversation, in timestamp order, in COPY-sized batches."""
     batch: list[tuple[int, int, str, str, datetime, int]] = []
-    assistant_id = conversations[0][1]
     for (conversation_id, owner, _title, created, _updated, _count), length in zip(conversations, lengths, strict=True):
         moment = created
         # The whale spreads over its year; short ones over minutes to hours.
@@ -244,8 +245,7 @@ def _message_batches(
             if rng.random() < 0.0005:
                 words.append(rng.choice(_RARE_WORDS))
             content = " ".join(words).capitalize() + rng.choice((".", "?", "!", "."))
-            author = owner if role == "user" else assistant_id
-            batch.append((conversation_id, author, role, content, moment, estimate_tokens(content)))
+            batch.append((conversation_id, owner, role, content, moment, estimate_tokens(content)))
             moment += step * (0.5 + rng.random())
             if len(batch) >= _BATCH:
                 yield batch

@@ -1,122 +1,66 @@
--- name: add_messages :many
--- Adds a batch of messages (one or up to 1,000) to a conversation in ONE statement, so the batch
--- is all-or-nothing and costs one round trip. Items arrive as parallel arrays; item topics as
--- (tag_items, tag_names) pairs, tag_items being the 1-based item number. One row per item, its
--- last column the ids of the topics tagged now (NULL unless created):
---   created       inserted now, with its topics: no second lookup for them;
---   duplicate     its client_msg_id is stored already, or repeats an earlier item of the batch:
---                 the stored message, nothing written for it (its topics: topics.tags_of_messages);
---   unknown_user  its user_id does not exist: then nothing at all is written.
--- An item missing from the result lost a race for its client_msg_id against a concurrent
--- request (ON CONFLICT DO NOTHING); the caller reads the winner with get_messages_by_client_ids.
---   deleted_duplicate  its client_msg_id names a message that was deleted: nothing at all is written.
--- No rows at all: the conversation does not exist or is deleted. Its row is locked first (as
--- deleting it does), so a message never lands in a conversation being deleted.
--- Ids are drawn in item order, so the batch keeps its order under (timestamp, id).
--- The triggers of migration 0004 move the conversation's message_count and updated_at; those of
--- 0023 add the changes to the feed.
+-- name: begin_adding_messages :one
+-- The first statement of adding messages (one or a batch of up to 1,000: service/messages.py's
+-- add_messages, in a transaction that then COPYs the new messages and their tags). One round trip:
+-- it locks the conversation's row (as deleting it does, so a message never lands in a conversation
+-- being deleted), creates the topics the new messages name, and reads what the service needs to
+-- answer every item without reading a row back:
+--   owner           the conversation's owner; NULL when it does not exist or is deleted;
+--   now             the transaction's timestamp, which the "timestamp" column defaults to;
+--   unknown_users   those of :user_ids (distinct) that name no user;
+--   stored_keys     those of :client_msg_ids (distinct) stored in the conversation already, and
+--   stored_deleted  whether each one's message is deleted;
+--   ids             the new messages' ids, ascending, drawn from the table's own sequence in one go
+--                   (so they follow item order): :fresh (the items that are not repeats within the
+--                   batch) less the stored keys; none when the conversation is missing;
+--   topic_ids, topic_names  the topics (created now if missing: topic_ids, migration 0004) of the
+--                   (:topic_names, :topic_keys) pairs whose item's client_msg_id (topic_keys) is
+--                   NULL or not stored: a duplicate creates nothing. Created before the messages,
+--                   so the change feed lists a new topic before the messages that carry it;
+--   metadata        :metadata as PostgreSQL stores it (jsonb orders keys and normalises numbers),
+--                   so the answer shows what a read of the message will;
+--   tagging         whether the new messages have topics: then the caller COPYs their tags next,
+--                   and the transaction-local freya.tags_of_new_messages tells that COPY's change
+--                   feed trigger (migration 0029) that they are all on messages created here.
+-- A client_msg_id committed by a concurrent request while this statement waited for the lock is
+-- not in its snapshot: the COPY then fails on idx_message_client_msg_id, and the caller runs the
+-- transaction again (this statement then sees the winner's message, a duplicate). When the caller
+-- refuses the items (an unknown user, a deleted duplicate, no conversation), its transaction rolls
+-- back, topics included.
 WITH conversation AS (
     SELECT c.id, c.user_id FROM conversations AS c
     WHERE c.id = :conversation_id AND c.deleted_at IS NULL
     FOR NO KEY UPDATE
 ),
-input AS (
-    SELECT i.ord::integer AS ord, i.role, i.content, i.user_id, i.client_msg_id, i.metadata, i.token_count,
-           i.token_count_estimated
-    FROM unnest(:roles::text[], :contents::text[], :user_ids::bigint[], :client_msg_ids::text[],
-                :metadata::jsonb[], :token_counts::integer[], :token_counts_estimated::boolean[])
-        WITH ORDINALITY AS i (role, content, user_id, client_msg_id, metadata, token_count, token_count_estimated, ord)
-),
-unknown_user AS (
-    SELECT i.ord FROM input AS i
-    WHERE i.user_id IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM users AS u WHERE u.id = i.user_id)
-),
 stored AS (
-    SELECT i.ord, m.id, m.deleted_at IS NOT NULL AS deleted
-    FROM input AS i
-    JOIN messages AS m ON m.conversation_id = :conversation_id AND m.client_msg_id = i.client_msg_id
-),
-first_of_key AS (
-    SELECT DISTINCT ON (i.client_msg_id) i.client_msg_id, i.ord
-    FROM input AS i
-    WHERE i.client_msg_id IS NOT NULL
-    ORDER BY i.client_msg_id, i.ord
-),
-fresh AS (
-    -- nextval is volatile, so PostgreSQL evaluates it after the ORDER BY: ids follow item order.
-    SELECT i.ord, i.role, i.content, i.user_id, i.client_msg_id, i.metadata, i.token_count, i.token_count_estimated,
-           nextval(pg_get_serial_sequence('messages', 'id')) AS id
-    FROM input AS i
-    WHERE EXISTS (SELECT 1 FROM conversation)
-      AND NOT EXISTS (SELECT 1 FROM unknown_user)
-      AND NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.deleted)
-      AND NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.ord = i.ord)
-      AND (i.client_msg_id IS NULL OR i.ord IN (SELECT f.ord FROM first_of_key AS f))
-    ORDER BY i.ord
-),
-inserted AS (
-    -- search filled here, so the row trigger of migration 0014 is skipped for these rows.
-    -- token_count is always given, so the row trigger of migration message_metadata_columns is skipped too.
-    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search, metadata, token_count,
-                          token_count_estimated)
-    OVERRIDING SYSTEM VALUE
-    SELECT f.id, c.id, coalesce(f.user_id, c.user_id), f.role, f.content, f.client_msg_id, search_vector(f.content),
-           f.metadata, f.token_count, f.token_count_estimated
-    FROM fresh AS f CROSS JOIN conversation AS c
-    ORDER BY f.ord
-    ON CONFLICT (conversation_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
-    RETURNING id, conversation_id, user_id, role, content, "timestamp", edited_at, metadata, token_count,
-              token_count_estimated
-),
-tag AS (
-    SELECT DISTINCT f.id AS message_id, t.name
-    FROM unnest(:tag_items::integer[], :tag_names::text[]) AS t (ord, name)
-    JOIN fresh AS f ON f.ord = t.ord
-    WHERE f.id IN (SELECT id FROM inserted)
+    SELECT m.client_msg_id, m.deleted_at IS NOT NULL AS deleted
+    FROM messages AS m
+    WHERE m.conversation_id = :conversation_id AND m.client_msg_id = ANY (:client_msg_ids::text[])
 ),
 topic AS (
-    SELECT id, name FROM topic_ids(ARRAY(SELECT DISTINCT name FROM tag))
-),
-tagged AS (
-    INSERT INTO message_topics (topic_id, message_id)
-    SELECT tp.id, tg.message_id
-    FROM tag AS tg JOIN topic AS tp ON tp.name = tg.name
-    RETURNING topic_id, message_id
-),
-tags_of_created AS (
-    SELECT t.message_id, array_agg(t.topic_id) AS topic_ids FROM tagged AS t GROUP BY t.message_id
+    SELECT t.id, t.name
+    FROM topic_ids(ARRAY(
+        SELECT DISTINCT w.name
+        FROM unnest(:topic_names::text[], :topic_keys::text[]) AS w (name, client_msg_id)
+        WHERE EXISTS (SELECT 1 FROM conversation)
+          AND (w.client_msg_id IS NULL OR w.client_msg_id NOT IN (SELECT s.client_msg_id FROM stored AS s))
+    )) AS t
 )
-SELECT u.ord, 'unknown_user' AS status, NULL::bigint AS id, NULL::bigint AS conversation_id,
-       NULL::bigint AS user_id, NULL::text AS role, NULL::text AS content,
-       NULL::timestamptz AS "timestamp", NULL::timestamptz AS edited_at, NULL::jsonb AS metadata,
-       NULL::integer AS token_count, NULL::boolean AS token_count_estimated, NULL::bigint[] AS topic_ids
-FROM unknown_user AS u
-UNION ALL
-SELECT s.ord, 'deleted_duplicate', s.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM stored AS s
-WHERE s.deleted
-UNION ALL
-SELECT f.ord, 'created', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
-       n.metadata, n.token_count, n.token_count_estimated, coalesce(tc.topic_ids, '{}')
-FROM fresh AS f
-JOIN inserted AS n ON n.id = f.id
-LEFT JOIN tags_of_created AS tc ON tc.message_id = n.id
-UNION ALL
-SELECT s.ord, 'duplicate', m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at,
-       m.metadata, m.token_count, m.token_count_estimated, NULL
-FROM stored AS s
-JOIN messages AS m ON m.id = s.id
-WHERE NOT s.deleted
-UNION ALL
-SELECT i.ord, 'duplicate', n.id, n.conversation_id, n.user_id, n.role, n.content, n."timestamp", n.edited_at,
-       n.metadata, n.token_count, n.token_count_estimated, NULL
-FROM input AS i
-JOIN first_of_key AS k ON k.client_msg_id = i.client_msg_id AND k.ord <> i.ord
-JOIN fresh AS f ON f.ord = k.ord
-JOIN inserted AS n ON n.id = f.id
-WHERE NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.ord = i.ord)
-ORDER BY ord;
+SELECT (SELECT c.user_id FROM conversation AS c) AS owner,
+       now() AS now,
+       ARRAY(SELECT u.id FROM unnest(:user_ids::bigint[]) AS u (id)
+             WHERE NOT EXISTS (SELECT 1 FROM users AS x WHERE x.id = u.id)) AS unknown_users,
+       ARRAY(SELECT s.client_msg_id FROM stored AS s ORDER BY s.client_msg_id) AS stored_keys,
+       ARRAY(SELECT s.deleted FROM stored AS s ORDER BY s.client_msg_id) AS stored_deleted,
+       ARRAY(SELECT n.id
+             FROM (SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id
+                   FROM generate_series(1, :fresh::integer - (SELECT count(*)::integer FROM stored))
+                   WHERE EXISTS (SELECT 1 FROM conversation)) AS n
+             ORDER BY n.id) AS ids,
+       ARRAY(SELECT tp.id FROM topic AS tp ORDER BY tp.name) AS topic_ids,
+       ARRAY(SELECT tp.name FROM topic AS tp ORDER BY tp.name) AS topic_names,
+       :metadata::jsonb[] AS metadata,
+       set_config('freya.tags_of_new_messages', CASE WHEN EXISTS (SELECT 1 FROM topic) THEN 'on' ELSE '' END, true)
+           = 'on' AS tagging;
 
 -- fragment: message_columns
 -- The message object as the API shows it, in the order of the Message Struct; its topics come
@@ -161,8 +105,8 @@ FROM page AS m
 /*part topics*/LEFT JOIN tags AS t ON t.message_id = m.id/*end part*/
 
 -- name: get_messages_by_client_ids :many
--- The stored messages of a conversation with these client_msg_ids (after a lost race), and
--- whether each is deleted.
+-- The stored messages of a conversation with these client_msg_ids (the duplicates a post repeats),
+-- and whether each is deleted.
 SELECT m.client_msg_id, m.deleted_at IS NOT NULL AS deleted, /*include message_columns*/
 FROM messages AS m
 WHERE m.conversation_id = :conversation_id

@@ -15,8 +15,15 @@ SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('ran
 -- its own filters.
 m.search @@ search_query(:q)
       AND m.deleted_at IS NULL
-      AND (:conversation_id::bigint IS NULL OR m.conversation_id = :conversation_id::bigint)
-      AND (:user_id::bigint IS NULL OR m.user_id = :user_id::bigint)
+      -- filter_scope, the service's choice (service/search.py's filter_by_scope), is a constant
+      -- in a custom plan: true when the scope holds more messages than q matches, which are then
+      -- found by q alone and filtered here ("+ 0" keeps the column out of the index condition);
+      -- false lets idx_message_search AND the scope's entries with q's.
+      AND (:conversation_id::bigint IS NULL
+           OR CASE WHEN :filter_scope::boolean THEN m.conversation_id + 0 ELSE m.conversation_id END
+              = :conversation_id::bigint)
+      AND (:user_id::bigint IS NULL
+           OR CASE WHEN :filter_scope::boolean THEN m.user_id + 0 ELSE m.user_id END = :user_id::bigint)
       AND (:role::text IS NULL OR m.role = :role::text)
       AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
       AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
@@ -125,6 +132,14 @@ SELECT /*include messages.message_columns*/, p.rank, search_headline(m.content, 
 FROM page AS p
 JOIN messages AS m ON m.id = p.id
 ORDER BY p."timestamp" DESC, p.id DESC;
+
+-- name: scope_and_matches :one
+-- Only planned, never run (service/search.py's filter_by_scope): PostgreSQL's estimates of how many
+-- messages the scope (a user's, a conversation's) holds and how many match :q, from its statistics.
+SELECT (SELECT count(*) FROM messages AS m
+        WHERE (:conversation_id::bigint IS NULL OR m.conversation_id = :conversation_id::bigint)
+          AND (:user_id::bigint IS NULL OR m.user_id = :user_id::bigint)) AS scope,
+       (SELECT count(*) FROM messages AS m WHERE m.search @@ search_query(:q)) AS matches;
 
 -- name: count_matching_messages :val
 SELECT count(*)

@@ -140,6 +140,52 @@ async def test_a_batch_of_1000_messages_is_1000_items(fresh_database: Callable[[
         assert sorted(item[2] for item in triples(items) if item[0] == "topic") == ["created"] * 4
 
 
+async def test_tags_of_new_messages_skip_the_check_only_in_their_own_copy(fresh_database: Callable[[], str]) -> None:
+    """add_messages tells the trigger of its tags' COPY that they are on messages it created (migration
+    0029); a tag written later in the same transaction, on an older message, is still an item."""
+    conn = await asyncpg.connect(fresh_database())
+    await configure_connection(conn)
+    try:
+        user_id = await conn.fetchval("INSERT INTO users (email, name) VALUES ('t@example.com', 'T') RETURNING id")
+        conversation = await conn.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user_id)
+        create = messages.MessageCreate
+        [old] = await messages.add_messages(
+            conn, {}, conversation, [create(role="user", content="old")], in_batch=False
+        )
+        async with conn.transaction():
+            xid = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
+            tagged = await messages.add_messages(
+                conn,
+                {},
+                conversation,
+                [create(role="user", content="new", topics=["a"], client_msg_id="k")],
+                in_batch=False,
+            )
+            # A repeat whose topics are not written (a duplicate) leaves nothing set for the next write.
+            await messages.add_messages(
+                conn,
+                {},
+                conversation,
+                [create(role="user", content="new", topics=["b"], client_msg_id="k")],
+                in_batch=False,
+            )
+            await conn.execute(
+                "INSERT INTO message_topics (topic_id, message_id) SELECT id, $1 FROM topics WHERE name = 'a'",
+                old.message.id,
+            )
+            rows = await conn.fetch(
+                "SELECT entity::text, entity_id, op::text FROM changes WHERE xid = $1 ORDER BY seq", xid
+            )
+        topic = tagged[0].message.topics[0].id
+        assert [tuple(row) for row in rows] == [
+            ("topic", topic, "created"),
+            ("message", tagged[0].message.id, "created"),
+            ("message", old.message.id, "updated"),
+        ]
+    finally:
+        await conn.close()
+
+
 async def test_a_change_behind_an_open_transaction_waits_for_it(fresh_database: Callable[[], str]) -> None:
     """The classic gap: a transaction that started first commits last. Nothing may be skipped."""
     url = fresh_database()
@@ -253,20 +299,11 @@ class Writer:
             await second.close()
 
     async def post(self, conn: Connection, conversation: int, count: int) -> tuple[list[int], list[Item]]:
-        rows = await messages.sql.add_messages.records(
-            conn,
-            conversation_id=conversation,
-            roles=["user"] * count,
-            contents=[f"load {n}" for n in range(count)],
-            user_ids=[None] * count,
-            client_msg_ids=[None] * count,
-            metadata=[{}] * count,
-            token_counts=[None] * count,
-            token_counts_estimated=[True] * count,
-            tag_items=[1],
-            tag_names=["load"],
-        )
-        ids = [row["id"] for row in rows]
+        items = [
+            messages.MessageCreate(role="user", content=f"load {n}", topics=["load"] if n == 0 else [])
+            for n in range(count)
+        ]
+        ids = [item.message.id for item in await messages.add_messages(conn, {}, conversation, items, in_batch=True)]
         return ids, [("message", i, "created") for i in ids]
 
     async def operation(self, conn: Connection, conversation: int) -> tuple[list[int], list[int], list[Item]]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from service import messages
-from service.db import Connection
+from service.db import Connection, configure_connection
 from service.fields import MAX_CONTENT
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
@@ -115,7 +119,7 @@ async def test_batch_reports_created_and_duplicate_per_item(
     assert conversation["message_count"] == 3
 
 
-async def test_a_full_batch_of_1000_in_one_statement(
+async def test_a_full_batch_of_1000_is_one_copy_and_one_tagging_statement(
     client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
 ) -> None:
     sent: list[str] = []
@@ -128,12 +132,87 @@ async def test_a_full_batch_of_1000_in_one_statement(
     assert len(items) == 1000
     assert all(i["status"] == "created" for i in items)
     assert [i["message"]["content"] for i in items] == [m["content"] for m in batch]
-    writes = [q for q in sent if "INSERT" in q]
-    assert len(writes) == 1, "the batch must be one statement"
+    ids = [i["message"]["id"] for i in items]
+    assert ids == sorted(ids)
+    # One statement, then the messages and their tags go in by COPY (which the query logger does not see).
+    assert [q.splitlines()[0] for q in sent if q.startswith("-- ")] == ["-- messages.begin_adding_messages"]
+    assert not [q for q in sent if "INSERT" in q]
     assert await counts(conn) == (1000, 1000, 7)
-    # The statement answers with the topics it tagged: no second lookup of them.
+    # The answer is built from the batch and the statements' answers: no read of what was written.
     assert [[t["name"] for t in i["message"]["topics"]] for i in items] == [[f"topic-{n % 7}"] for n in range(1000)]
-    assert not [q for q in sent if q.startswith("-- topics.tags_of_messages")]
+    assert not [q for q in sent if q.startswith(("-- topics.tags_of_messages", "-- messages.get_message"))]
+    # …and it reads exactly as the stored messages do.
+    page = await all_pages(client, chat["messages"], order="asc", limit=200)
+    assert page == [i["message"] for i in items]
+
+
+def in_order(value: Any) -> str:
+    """JSON text that keeps key order: two answers that compare equal here encode the same bytes."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def test_the_answer_to_a_post_is_what_a_read_of_the_message_shows(
+    client: httpx.AsyncClient, chat: dict[str, Any]
+) -> None:
+    # PostgreSQL stores metadata as jsonb (keys reordered, numbers normalised): the answer, built
+    # without reading the row back, shows it as stored, byte for byte.
+    metadata = {"zeta": 1, "a": [1.5, 2.0, {"y": 1, "x": 2}], "bb": "é", "n": 1e2}
+    single = await client.post(
+        chat["messages"], json={"role": "user", "content": "hi", "metadata": metadata, "topics": ["b", "a"]}
+    )
+    assert single.status_code == 201
+    assert single.content == (await client.get(f"/v1/messages/{single.json()['id']}")).content
+    items = await post_batch(
+        client,
+        chat["conversation"]["id"],
+        [
+            {"role": "assistant", "content": "one", "metadata": metadata, "token_count": 3, "client_msg_id": "x"},
+            {"role": "user", "content": "two", "topics": ["c", "a", "c"]},
+            {"role": "user", "content": "three", "client_msg_id": "x"},
+        ],
+    )
+    for item in items:
+        read = (await client.get(f"/v1/messages/{item['message']['id']}")).json()
+        assert in_order(item["message"]) == in_order(read)
+    assert [t["name"] for t in items[1]["message"]["topics"]] == ["a", "c"]
+
+
+async def test_a_post_that_loses_a_race_for_its_client_msg_id_answers_the_winner(
+    fresh_database: Callable[[], str],
+) -> None:
+    url = fresh_database()
+    winner, loser = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        for conn in (winner, loser):
+            await configure_connection(conn)
+        user_id = await winner.fetchval("INSERT INTO users (email, name) VALUES ('r@example.com', 'R') RETURNING id")
+        conversation_id = await winner.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user_id)
+        once = messages.MessageCreate(role="user", content="once", client_msg_id="k", topics=["race"])
+        other = messages.MessageCreate(role="user", content="other", topics=["race"])
+        async with winner.transaction():
+            [won] = await messages.add_messages(winner, {}, conversation_id, [once], in_batch=False)
+            # The loser's first statement waits for the conversation's row; its snapshot predates the
+            # winner's commit, so its COPY meets the winner's client_msg_id: it runs again, whole.
+            losing = asyncio.create_task(
+                messages.add_messages(loser, {}, conversation_id, [once, other], in_batch=True)
+            )
+            await asyncio.sleep(0.2)
+            assert not losing.done()
+        lost = await losing
+        assert [item.status for item in lost] == ["duplicate", "created"]
+        assert lost[0].message == won.message
+        assert lost[1].message.id > won.message.id
+        counted = await loser.fetchrow(
+            "SELECT (SELECT count(*) FROM messages) AS messages, (SELECT count(*) FROM message_topics) AS tags, "
+            "(SELECT message_count FROM conversations WHERE id = $1) AS message_count, "
+            "(SELECT count(*) FROM changes WHERE entity = 'message') AS changes",
+            conversation_id,
+        )
+        assert counted is not None
+        assert dict(counted) == {"messages": 2, "tags": 2, "message_count": 2, "changes": 2}
+    finally:
+        await winner.close()
+        await loser.close()
 
 
 async def test_batch_over_1000_is_400(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:

@@ -262,6 +262,7 @@ def search_params(q: str, **scope: Any) -> dict[str, Any]:
         "limit": 20,
         "offset": 0,
         "phrases": search.phrase_patterns(q),
+        "filter_scope": False,
         **scope,
     }
 
@@ -279,12 +280,14 @@ async def search_plans(conn: Connection, q: str, **scope: Any) -> list[tuple[str
     """Both sorts' plans for this search, planned as the service plans them: for their own values
     (custom plans), after search.plan_for_these_values in the same transaction."""
     await search.sql.plan_for_these_values.val(conn)
+    params = search_params(q, **scope)
+    params["filter_scope"] = await search.filter_by_scope(conn, params)
     found = []
     for query, position in (
         (search.sql.search_messages_by_rank, RANK_POSITION),
         (search.sql.search_messages_by_recent, RECENT_POSITION),
     ):
-        [nodes] = await plans(conn, query, generic=False, **search_params(q, **scope), **position)
+        [nodes] = await plans(conn, query, generic=False, **params, **position)
         found.append((query.name, nodes))
     return found
 
@@ -316,26 +319,28 @@ async def test_ranking_a_common_word_walks_the_newest_messages_and_stops(
     assert no_seq_scan_of(nodes, "messages")
 
 
-async def test_a_scoped_search_uses_its_scope_in_the_search_index(
+async def test_a_rare_word_in_a_large_scope_is_found_by_the_word_and_filtered_by_scope(
     seeded_conn: Connection, seeded: dict[str, Any]
 ) -> None:
     # The seed user owns the 50,000-message conversation; "12345" is in one of its messages. Ranked
-    # search finds it by the user's (or the conversation's) entries ANDed with the word's in
-    # idx_message_search, not by reading the user's 50,000 messages nor every match of the word.
+    # search finds the word's few matches in idx_message_search and keeps those in the scope: not
+    # by skipping through the scope's 50,000 entries in that index, nor by reading its messages.
     for scope, column in (
         ({"user_id": seeded["user_id"]}, "user_id"),
         ({"conversation_id": seeded["big"]}, "conversation_id"),
     ):
-        [(name, nodes), _] = await search_plans(seeded_conn, "12345", **scope)
-        scans = index_scans(nodes)
-        assert column in scans.get("idx_message_search", ""), (scope, name, scans)
-        assert not scans.keys() & {
-            "idx_message_user_id",
-            "idx_message_conversation_id",
-            "idx_message_timestamp",
-            "idx_message_live_timestamp",
-        }
-        assert no_seq_scan_of(nodes, "messages"), (scope, name, nodes)
+        assert await search.filter_by_scope(seeded_conn, search_params("12345", **scope))
+        for name, nodes in await search_plans(seeded_conn, "12345", **scope):
+            scans = index_scans(nodes)
+            assert "search" in scans.get("idx_message_search", ""), (scope, name, scans)
+            assert column not in scans.get("idx_message_search", ""), (scope, name, scans)
+            assert not scans.keys() & {
+                "idx_message_user_id",
+                "idx_message_conversation_id",
+                "idx_message_timestamp",
+                "idx_message_live_timestamp",
+            }
+            assert no_seq_scan_of(nodes, "messages"), (scope, name, nodes)
 
 
 async def test_a_common_word_in_a_small_scope_reads_only_the_scope(
@@ -348,6 +353,7 @@ async def test_a_common_word_in_a_small_scope_reads_only_the_scope(
         ({"user_id": small["user_id"]}, "user_id"),
     ):
         # "small" is in 60,000 messages: the scope, not the word, must narrow the scan.
+        assert not await search.filter_by_scope(seeded_conn, search_params("small", **scope))
         for name, nodes in await search_plans(seeded_conn, "small", **scope):
             scans = index_scans(nodes)
             by_scope = [index for index, condition in scans.items() if column in condition]

@@ -329,6 +329,7 @@ async def test_both_ranking_statements_rank_the_same_newest_matches(conn: Connec
         "limit": 200,
         "offset": 0,
         "phrases": [],
+        "filter_scope": False,
     }
     for window, newest, recent_ids in ((100, None, 50), (100, None, 1500), (300, None, 200), (60, max(ids) - 500, 30)):
         params = {**base, "window": window, "newest": newest}
