@@ -69,6 +69,11 @@ SELECT (SELECT c.user_id FROM conversation AS c) AS owner,
        m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at, m.metadata AS metadata,
        m.token_count AS token_count, m.token_count_estimated AS token_count_estimated/*end columns*/
 
+-- fragment: message_fields
+-- The columns of message_columns, as a statement's inner page selects them from messages.
+m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata, m.token_count,
+       m.token_count_estimated
+
 -- fragment: live_messages
 -- A conversation's live messages with an optional role (NULL: any).
 m.conversation_id = :conversation_id
@@ -136,8 +141,7 @@ WITH page AS (
     SELECT m.*
     FROM conversations AS c
     LEFT JOIN LATERAL (
-        SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
-               m.token_count, m.token_count_estimated
+        SELECT /*include message_fields*/
         FROM messages AS m
         WHERE /*include live_messages*/
           AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
@@ -160,8 +164,7 @@ WITH page AS (
     SELECT m.*
     FROM conversations AS c
     LEFT JOIN LATERAL (
-        SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
-               m.token_count, m.token_count_estimated
+        SELECT /*include message_fields*/
         FROM messages AS m
         WHERE /*include live_messages*/
           AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
@@ -192,13 +195,11 @@ LEFT JOIN LATERAL (
     WHERE m.id = :around AND m.conversation_id = c.id AND m.deleted_at IS NULL
 ) AS a ON true
 LEFT JOIN LATERAL (
-    SELECT 0 AS side, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
-           m.token_count, m.token_count_estimated
+    SELECT 0 AS side, /*include message_fields*/
     FROM messages AS m
     WHERE m.id = a.id
     UNION ALL
-    (SELECT -1, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
-            m.token_count, m.token_count_estimated
+    (SELECT -1, /*include message_fields*/
      FROM messages AS m
      WHERE /*include live_messages*/
        AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
@@ -207,8 +208,7 @@ LEFT JOIN LATERAL (
      ORDER BY m."timestamp" DESC, m.id DESC
      LIMIT :limit)
     UNION ALL
-    (SELECT 1, m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
-            m.token_count, m.token_count_estimated
+    (SELECT 1, /*include message_fields*/
      FROM messages AS m
      WHERE /*include live_messages*/
        AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
