@@ -2,8 +2,10 @@
 topic, edit, delete.
 
 Reads select plain columns (PostgreSQL finds rows; Python formats them): a row becomes a msgspec
-Struct positionally, and the page's topics come from one lookup for all its ids
-(topics.topics_of). ``fields=`` projects both the SQL's select list and the Struct.
+Struct positionally, and the page's topics come from one lookup for all its ids: inside the page
+statement for a conversation's pages (its ``topics`` part), else topics.topics_of. ``fields=``
+projects both the SQL's select list (dropping the topics part when topics are not asked for) and
+the Struct.
 """
 
 from __future__ import annotations
@@ -108,17 +110,29 @@ class Shape:
         return len(COLUMNS) if self.columns is None else len(self.columns)
 
     def query(self, query: Query) -> Query:
-        return query if self.columns is None else query.project(self.columns)
+        if self.columns is None:
+            return query
+        # A statement that reads topics itself (a page_topics part) keeps that part only when asked.
+        return query.project(self.columns | ({"topics"} & query.parts if self.topics else set()))
 
     async def build(
         self, conn: Connection, names: dict[int, str], rows: Sequence[Any], ids: Sequence[int]
     ) -> list[Any]:
-        """Structs from rows (``ids`` their message ids), with topics from one lookup when asked for
-        (``names``: the database's topic-name cache)."""
+        """Structs from rows (``ids`` their message ids), with topics when asked for: the rows' own
+        ``topic_ids`` when the statement read them, else one lookup (``names``: the database's
+        topic-name cache)."""
         width = self.width
         items = [self.struct(*row[:width]) for row in rows]
         if self.topics and items:
-            found = await topics.topics_of(conn, names, ids)
+            if "topic_ids" in rows[0]:
+                tags = [
+                    (message_id, topic_id)
+                    for row, message_id in zip(rows, ids, strict=True)
+                    for topic_id in row["topic_ids"] or ()
+                ]
+                found = await topics.refs_by_message(conn, names, tags)
+            else:
+                found = await topics.topics_of(conn, names, ids)
             for item, message_id in zip(items, ids, strict=True):
                 item.topics = found.get(message_id, [])  # type: ignore[attr-defined]
         return items

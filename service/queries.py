@@ -17,6 +17,10 @@ Text that several statements share (the message object, a filter block) is writt
 ``-- fragment: name`` header, and stands in a statement as ``/*include name*/`` (a fragment of
 the same file, defined above) or ``/*include file.name*/`` (one of ``sql/file.sql``).
 
+A statement may mark optional parts, ``/*part name*/ … /*end part*/`` (a column and the join
+that reads it): they run as written, and ``project`` keeps only the parts it is asked for by name,
+so a ``fields=`` request that leaves a part out does not pay for it.
+
 Rows become msgspec Structs positionally (``Struct(*record)``): no per-row dict, no validation
 pass. The select list must therefore name the Struct's fields in order, which is checked on the
 first call of each (query, Struct) pair.
@@ -49,6 +53,7 @@ KINDS: tuple[Kind, ...] = typing.get_args(Kind)
 T = TypeVar("T", bound=msgspec.Struct)
 
 COLUMNS_START, COLUMNS_END = "/*columns*/", "/*end columns*/"
+_PART = re.compile(r"/\*part (?P<name>[a-z][a-z0-9_]*)\*/(?P<text>.*?)/\*end part\*/", re.DOTALL)
 _ALIAS = re.compile(r"\bAS\s+(\"?[a-z_][a-z0-9_]*\"?)\s*$", re.IGNORECASE)
 _HEADER = re.compile(r"^--\s*(?P<what>name|fragment):\s*(?P<name>\S+)(?:\s+:(?P<kind>\S+))?\s*$")
 _INCLUDE = re.compile(r"/\*include (?P<name>(?:[a-z][a-z0-9_]*\.)?[a-z][a-z0-9_]*)\*/")
@@ -104,6 +109,8 @@ class Query:
     # For a query whose select list is marked /*columns*/ … /*end columns*/: each column's name
     # and its text, the whitelist that ``project`` chooses from.
     columns: tuple[tuple[str, str], ...] = ()
+    # The names of its /*part name*/ … /*end part*/ segments, which ``project`` may leave out.
+    parts: frozenset[str] = frozenset()
 
     @property
     def label(self) -> str:
@@ -159,9 +166,10 @@ class Query:
         return status
 
     def project(self, names: Iterable[str]) -> Query:
-        """The same query selecting only ``names`` (in the query's own order); unknown names raise KeyError.
+        """The same query selecting only ``names`` (in the query's own order) and keeping only the
+        parts among them; unknown names raise KeyError.
 
-        The SQL is assembled from the query's own column texts, never from the caller's strings.
+        The SQL is assembled from the query's own texts, never from the caller's strings.
         """
         return _project(self, frozenset(names))
 
@@ -175,14 +183,17 @@ def _project(query: Query, names: frozenset[str]) -> Query:
     known = dict(query.columns)
     if not query.columns:
         raise TypeError(f"{query.label} has no /*columns*/ list to project")
-    if unknown := sorted(names - known.keys()):
+    if unknown := sorted(names - known.keys() - query.parts):
         raise KeyError(", ".join(unknown))
     start, end = query.sql.index(COLUMNS_START), query.sql.index(COLUMNS_END) + len(COLUMNS_END)
     chosen = ", ".join(text for name, text in query.columns if name in names)
     rest = query.sql[end:]
     if not chosen and rest.startswith(","):  # nothing chosen: the separator after the list goes too
         rest = rest[1:]
-    return dataclasses.replace(query, sql=query.sql[:start] + chosen + rest)
+    sql = _PART.sub(
+        lambda part: part.group(0) if part.group("name") in names else "", query.sql[:start] + chosen + rest
+    )
+    return dataclasses.replace(query, sql=sql)
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -286,7 +297,12 @@ def _parse(path: Path) -> tuple[dict[str, Query], dict[str, str]]:
         columns = parse_columns(sql, where)
         # The leading comment travels with the statement: pg_stat_statements and the server log
         # then say which query ran.
-        queries[name] = Query(path.stem, name, kind, f"-- {path.stem}.{name}\n{sql}", params, " ".join(doc), columns)
+        if any("$" in part.group("text") for part in _PART.finditer(sql)):
+            raise QueryFileError(f"{where}: a /*part*/ may not use parameters (leaving it out would renumber them)")
+        parts = frozenset(part.group("name") for part in _PART.finditer(sql))
+        queries[name] = Query(
+            path.stem, name, kind, f"-- {path.stem}.{name}\n{sql}", params, " ".join(doc), columns, parts
+        )
 
     for line in path.read_text().splitlines():
         header = _HEADER.match(line.strip())

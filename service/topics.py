@@ -47,8 +47,8 @@ async def topics_of(conn: Connection, names: dict[int, str], message_ids: Sequen
 
     ``names`` is the database's topic-name cache (Database.topic_names); ids it lacks are read once.
     """
-    tags = await sql.tags_of_messages.records(conn, message_ids=message_ids)
-    return await refs_by_message(conn, names, [(tag[0], tag[1]) for tag in tags])
+    rows = await sql.tags_of_messages.records(conn, message_ids=message_ids)
+    return await refs_by_message(conn, names, [(row[0], topic_id) for row in rows for topic_id in row[1]])
 
 
 async def refs_by_message(

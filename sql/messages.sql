@@ -110,6 +110,23 @@ m.conversation_id = :conversation_id
           AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
           AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
 
+-- fragment: page_topics
+-- A page statement's CTE of its page's topic ids, after its CTE "page": one lookup for all the
+-- page's ids in the page's own statement (no second round trip), run once (MATERIALIZED: as a
+-- joined subquery, a nested loop ran it again for every row). A marked part: fields= without
+-- topics leaves it out.
+/*part topics*/,
+tags AS MATERIALIZED (
+    /*include topics.topic_ids_of_page*/
+)/*end part*/
+
+-- fragment: page_rows
+-- What a page statement returns of its CTE "page": the message's columns, the sort key (sort_ts,
+-- sort_id) its cursors are made of, and the message's topic ids (page_topics).
+SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id/*part topics*/, t.topic_ids/*end part*/
+FROM page AS m
+/*part topics*/LEFT JOIN tags AS t ON t.message_id = m.id/*end part*/
+
 -- name: get_messages_by_client_ids :many
 -- The stored messages of a conversation with these client_msg_ids (the duplicates a post repeats),
 -- and whether each is deleted.
@@ -133,45 +150,53 @@ WHERE m.id = :message_id AND m.deleted_at IS NULL;
 -- (conversation_id, timestamp, id) of live messages starts there, not at the newest message, and
 -- deleted messages are not in its way. A cursor's position is inside the filters it was made with.
 -- since is inclusive; role filters. limit + 1 rows: the extra one says another
--- page follows. Each row ends with the sort key (sort_ts, sort_id) the next cursor is made of.
+-- page follows. Each row ends with the sort key (sort_ts, sort_id) the next cursor is made of,
+-- then the message's topic ids: one lookup for the whole page in the same statement (no second
+-- round trip), left out when fields= leaves topics out.
 -- The conversation is the outer side of the join, so an unknown conversation is no row at all
 -- and an existing one with an empty page is one row of NULLs: no second statement to tell them apart.
-SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id
-FROM conversations AS c
-LEFT JOIN LATERAL (
-    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
-           m.token_count, m.token_count_estimated
-    FROM messages AS m
-    WHERE /*include live_messages*/
-      AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
-      AND m."timestamp" <= coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity')
-      AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity'),
-                                   coalesce(:before_id::bigint,
-                                            CASE WHEN :until::timestamptz IS NULL THEN 9223372036854775807 END, 0))
-    ORDER BY m."timestamp" DESC, m.id DESC
-    LIMIT :limit::integer + 1 OFFSET :offset
-) AS m ON true
-WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+WITH page AS (
+    SELECT m.*
+    FROM conversations AS c
+    LEFT JOIN LATERAL (
+        SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+               m.token_count, m.token_count_estimated
+        FROM messages AS m
+        WHERE /*include live_messages*/
+          AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+          AND m."timestamp" <= coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity')
+          AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity'),
+                                       coalesce(:before_id::bigint,
+                                                CASE WHEN :until::timestamptz IS NULL THEN 9223372036854775807 END, 0))
+        ORDER BY m."timestamp" DESC, m.id DESC
+        LIMIT :limit::integer + 1 OFFSET :offset
+    ) AS m ON true
+    WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+)/*include page_topics*/
+/*include page_rows*/
 ORDER BY m."timestamp" DESC, m.id DESC;
 
 -- name: list_messages_oldest_first :many
 -- The same page walked the other way, oldest first: from (after_ts, after_id), else from since
 -- (inclusive: (since, 0) comes before every id of that instant), up to until.
-SELECT /*include message_columns*/, m."timestamp" AS sort_ts, m.id AS sort_id
-FROM conversations AS c
-LEFT JOIN LATERAL (
-    SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
-           m.token_count, m.token_count_estimated
-    FROM messages AS m
-    WHERE /*include live_messages*/
-      AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-      AND m."timestamp" >= coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity')
-      AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity'),
-                                   coalesce(:after_id::bigint, 0))
-    ORDER BY m."timestamp", m.id
-    LIMIT :limit::integer + 1 OFFSET :offset
-) AS m ON true
-WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+WITH page AS (
+    SELECT m.*
+    FROM conversations AS c
+    LEFT JOIN LATERAL (
+        SELECT m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata,
+               m.token_count, m.token_count_estimated
+        FROM messages AS m
+        WHERE /*include live_messages*/
+          AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+          AND m."timestamp" >= coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity')
+          AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity'),
+                                       coalesce(:after_id::bigint, 0))
+        ORDER BY m."timestamp", m.id
+        LIMIT :limit::integer + 1 OFFSET :offset
+    ) AS m ON true
+    WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+)/*include page_topics*/
+/*include page_rows*/
 ORDER BY m."timestamp", m.id;
 
 -- name: list_messages_around :many

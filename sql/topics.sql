@@ -29,13 +29,22 @@ FROM topics
 WHERE name ~>=~ :prefix_from::text
   AND (:prefix_to::text IS NULL OR name ~<~ :prefix_to::text);
 
--- name: tags_of_messages :many
--- The topic ids of a page of messages, in one lookup for all their ids: an index-only scan of
--- idx_message_topic (message_id, topic_id). Names come from topic_names, which each process
--- asks only for ids it has not seen (a topic is never renamed or deleted).
-SELECT mt.message_id, mt.topic_id
+-- fragment: topic_ids_of_page
+-- The topic ids of each message in the including statement's "page" (its id column), in one
+-- lookup for all of them: an index-only scan of idx_message_topic (message_id, topic_id). A
+-- message without topics has no row. Names come from topic_names, which each process asks only
+-- for ids it has not seen (a topic is never renamed or deleted).
+SELECT mt.message_id, array_agg(mt.topic_id) AS topic_ids
 FROM message_topics AS mt
-WHERE mt.message_id = ANY (:message_ids::bigint[]);
+WHERE mt.message_id = ANY (ARRAY(SELECT p.id FROM page AS p))
+GROUP BY mt.message_id
+
+-- name: tags_of_messages :many
+-- The topic ids of these messages (a page a statement of its own has read).
+WITH page AS (
+    SELECT unnest(:message_ids::bigint[]) AS id
+)
+/*include topic_ids_of_page*/;
 
 -- name: topic_names :many
 SELECT id, name

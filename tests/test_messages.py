@@ -387,6 +387,26 @@ async def test_a_since_until_window_pages_both_ways_with_ties_at_its_bounds(
         assert walked_back == in_order, order
 
 
+async def test_a_page_and_its_topics_are_one_statement(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    batch = [{"role": "user", "content": f"m{n}", "topics": [f"t{n % 3}", "all"][: 1 + n % 2]} for n in range(7)]
+    await post_batch(client, chat["conversation"]["id"], batch)
+    await client.get(chat["messages"])  # the topic names are cached from here on
+    sent: list[str] = []
+    conn.add_query_logger(lambda q: sent.append(q.query))
+    for order in ("desc", "asc"):
+        page = (await client.get(chat["messages"], params={"order": order, "limit": 5})).json()
+        rest = (await client.get(chat["messages"], params={"order": order, "cursor": page["next_cursor"]})).json()
+        listed = page["items"] + rest["items"]
+        expected = batch if order == "asc" else batch[::-1]
+        assert [m["content"] for m in listed] == [m["content"] for m in expected]
+        assert [[t["name"] for t in m["topics"]] for m in listed] == [sorted(m["topics"]) for m in expected]
+    # One of our statements per page (the test's savepoints around each request aside).
+    ours = [q.split("\n", 1)[0] for q in sent if q.startswith("-- ")]
+    assert ours == ["-- messages.list_messages_newest_first"] * 2 + ["-- messages.list_messages_oldest_first"] * 2
+
+
 async def test_fields_selects_only_those_columns(
     client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
 ) -> None:
@@ -396,10 +416,11 @@ async def test_fields_selects_only_those_columns(
     page = (await client.get(chat["messages"], params={"fields": "content,role", "limit": 2})).json()
     assert page["items"] == [{"role": "user", "content": "hello"}] * 2
     statement = next(q for q in sent if "list_messages_newest_first" in q)
-    selected = statement.split("FROM conversations")[0]
+    selected = statement.split("FROM page AS m")[0]
     # The page's objects are built from exactly the chosen columns (plus the sort key that orders
-    # the page and makes the cursor); no topic lookup runs.
+    # the page and makes the cursor); no topic lookup runs, in the statement or after it.
     assert selected.endswith('SELECT m.role AS role, m.content AS content, m."timestamp" AS sort_ts, m.id AS sort_id\n')
+    assert "message_topics" not in statement
     assert not any("tags_of_messages" in q for q in sent)
     rest = (await client.get(chat["messages"], params={"fields": "content,role", "cursor": page["next_cursor"]})).json()
     assert rest["items"] == [{"role": "user", "content": "hello"}]

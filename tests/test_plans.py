@@ -175,7 +175,15 @@ async def test_conversation_pages_use_the_live_timestamp_index_at_any_depth(
             assert "idx_message_live_timestamp" in scans, (query.name, position, nodes)
             # The position bounds the index scan itself: it starts at the cursor, not at the top.
             assert "timestamp" in scans["idx_message_live_timestamp"], scans
-            assert pages_read(nodes) <= PAGE_READS, (query.name, position, pages_read(nodes))
+            assert pages_read(nodes) <= PAGE_READS, (
+                query.name,
+                position,
+                pages_read(nodes),
+                [
+                    (n["Node Type"], n.get("Index Name"), n.get("Index Cond"), n["Shared Hit Blocks"], n["Actual Rows"])
+                    for n in nodes
+                ],
+            )
             assert no_seq_scan_of(nodes, "messages"), nodes
             assert no_per_row_subplan(nodes), nodes
 

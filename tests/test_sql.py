@@ -167,6 +167,32 @@ def test_fragments_are_written_once_and_included(tmp_path: Path) -> None:
         parse_sql_file(write(tmp_path, "broken", "-- name: a :one\nSELECT /*include shared.missing*/;\n"))
 
 
+async def test_a_projection_keeps_only_the_parts_it_names(conn: Connection, tmp_path: Path) -> None:
+    [query] = parse_sql_file(
+        write(
+            tmp_path,
+            "parts",
+            "-- name: rows :many\n"
+            "SELECT /*columns*/g AS n, g * 2 AS twice/*end columns*//*part extra*/, x.label/*end part*/\n"
+            "FROM generate_series(1, :upto) AS g\n"
+            "/*part extra*/LEFT JOIN (SELECT 1 AS n, 'one' AS label) AS x ON x.n = g/*end part*/ ORDER BY g;\n",
+        )
+    ).values()
+    assert query.parts == {"extra"}
+    as_written = await query.records(conn, upto=2)
+    assert [tuple(row) for row in as_written] == [(1, 2, "one"), (2, 4, None)]
+    with_part = await query.project(["n", "extra"]).records(conn, upto=2)
+    assert [tuple(row) for row in with_part] == [(1, "one"), (2, None)]
+    without = query.project(["twice"])
+    assert "label" not in without.sql
+    assert "JOIN" not in without.sql
+    assert [tuple(row) for row in await without.records(conn, upto=2)] == [(2,), (4,)]
+    with pytest.raises(KeyError, match="unknown"):
+        query.project(["unknown"])
+    with pytest.raises(QueryFileError, match="may not use parameters"):
+        parse_sql_file(write(tmp_path, "broken", "-- name: a :one\nSELECT 1/*part p*/ + :x/*end part*/;\n"))
+
+
 async def test_a_query_that_does_not_prepare_names_itself(conn: Connection, tmp_path: Path) -> None:
     broken = parse_sql_file(write(tmp_path, "drift", "-- name: old_column :many\nSELECT nickname FROM users;\n"))
     with pytest.raises(db.QueryPrepareError, match=r"query drift\.old_column does not prepare: column \"nickname\""):
