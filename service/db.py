@@ -249,30 +249,13 @@ class SharedConnectionDatabase(Database):
 
 
 async def configure_connection(conn: Connection) -> None:
-    """Per-connection set-up: json and jsonb arrive decoded by msgspec (topics lists built in SQL).
-
-    jsonb travels in PostgreSQL's binary format (a version byte, then the JSON text): binary COPY
-    (messages.add_messages) has no other way to send it, and it spares the text round of quoting.
-    """
-    await conn.set_type_codec("json", schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
-    await conn.set_type_codec(
-        "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
-    )
+    """Per-connection set-up: json and jsonb arrive decoded by msgspec (topics lists built in SQL)."""
+    for json_type in ("json", "jsonb"):
+        await conn.set_type_codec(json_type, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
 
 
 def _encode_json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
-
-
-_JSONB_VERSION = b"\x01"
-
-
-def _encode_jsonb(value: Any) -> bytes:
-    return _JSONB_VERSION + msgspec.json.encode(value)
-
-
-def _decode_jsonb(data: bytes) -> Any:
-    return msgspec.json.decode(memoryview(data)[1:])
 
 
 async def _keep_session(conn: Connection) -> None:

@@ -52,6 +52,7 @@ from service.topics import TopicRef
 
 class MessageQueries(QueryFile, file="messages"):
     begin_adding_messages: Query
+    insert_new_messages: Query
     get_messages_by_client_ids: Query
     get_message: Query
     list_messages_newest_first: Query
@@ -295,28 +296,15 @@ class _Begun(msgspec.Struct):
     tagging: bool
 
 
-# The columns add_messages COPYs: "timestamp" takes its default (the transaction's now()), search
-# comes from the row trigger of migration 0014 (as for any writer that leaves it out).
-_COPY_COLUMNS = (
-    "id",
-    "conversation_id",
-    "user_id",
-    "role",
-    "content",
-    "client_msg_id",
-    "metadata",
-    "token_count",
-    "token_count_estimated",
-)
 _CLIENT_MSG_ID_INDEX = "idx_message_client_msg_id"
 
 
 async def _add(
     conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
-    """add_messages' transaction: one statement to lock and look, a COPY of the new messages and one
-    of their tags (if any); the answer is built from the items and that first statement's answer,
-    not read back (duplicates of stored messages are read, with one more statement)."""
+    """add_messages' transaction: one statement to lock and look, one to write the new messages and
+    their tags; the answer is built from the items and that first statement's answer, not read
+    back (duplicates of stored messages are read, with one more statement)."""
     first_of_key: dict[str, int] = {}
     for index, item in enumerate(items):
         if item.client_msg_id is not None:
@@ -359,25 +347,7 @@ async def _add(
     fresh = [i for i in leading if items[i].client_msg_id not in stored]
     created = _new_messages(conversation_id, begun, items, fresh, dict(zip(with_metadata, begun.metadata, strict=True)))
     if created:
-        await conn.copy_records_to_table(
-            "messages",
-            records=[
-                (
-                    m.id,
-                    m.conversation_id,
-                    m.user_id,
-                    m.role,
-                    m.content,
-                    items[i].client_msg_id,
-                    m.metadata,
-                    m.token_count,
-                    m.token_count_estimated,
-                )
-                for i, m in created.items()
-            ],
-            columns=_COPY_COLUMNS,
-        )
-        await _tag(conn, names, begun, [(created[i], items[i].topics) for i in fresh])
+        await _insert(conn, names, conversation_id, begun, [(created[i], items[i]) for i in fresh])
     replayed = await _stored_messages(conn, names, conversation_id, list(stored))
     answer = []
     for index, item in enumerate(items):
@@ -422,26 +392,42 @@ def _new_messages(
     return created
 
 
-async def _tag(
-    conn: Connection, names: dict[int, str], begun: _Begun, messages: list[tuple[Message, list[str]]]
+async def _insert(
+    conn: Connection,
+    names: dict[int, str],
+    conversation_id: int,
+    begun: _Begun,
+    new: list[tuple[Message, MessageCreate]],
 ) -> None:
-    """COPYs the new messages' tags (each message with its topic names) and lists each one's topics,
-    by name, from the topics begin_adding_messages found or created."""
+    """Writes the new messages with their tags in one statement (insert_new_messages), and lists
+    each one's topics, by name, from the topics begin_adding_messages found or created."""
     names.update(zip(begun.topic_ids, begun.topic_names, strict=True))
     ids = dict(zip(begun.topic_names, begun.topic_ids, strict=True))
     # Messages of a batch often carry the same topics: one sorted list for each set of names.
     refs: dict[tuple[str, ...], list[TopicRef]] = {}
-    pairs: list[tuple[int, int]] = []
-    for message, wanted in messages:
-        key = tuple(wanted)
+    tags: list[tuple[int, int]] = []
+    for message, item in new:
+        key = tuple(item.topics)
         if key not in refs:
-            refs[key] = sorted((TopicRef(ids[name], name) for name in dict.fromkeys(wanted)), key=attrgetter("name"))
+            refs[key] = sorted((TopicRef(ids[name], name) for name in dict.fromkeys(key)), key=attrgetter("name"))
         message.topics = refs[key]
-        pairs.extend((topic.id, message.id) for topic in message.topics)
-    # begin_adding_messages told this COPY's trigger to expect it exactly when there are tags.
-    assert begun.tagging == bool(pairs)
-    if pairs:
-        await conn.copy_records_to_table("message_topics", records=pairs, columns=("topic_id", "message_id"))
+        tags.extend((topic.id, message.id) for topic in message.topics)
+    # begin_adding_messages told the trigger on these tags to expect them exactly when there are some.
+    assert begun.tagging == bool(tags)
+    await sql.insert_new_messages.exec(
+        conn,
+        conversation_id=conversation_id,
+        ids=[m.id for m, _ in new],
+        user_ids=[m.user_id for m, _ in new],
+        roles=[m.role for m, _ in new],
+        contents=[m.content for m, _ in new],
+        client_msg_ids=[item.client_msg_id for _, item in new],
+        metadata=[m.metadata for m, _ in new],
+        token_counts=[m.token_count for m, _ in new],
+        token_counts_estimated=[m.token_count_estimated for m, _ in new],
+        topic_ids=[topic_id for topic_id, _ in tags],
+        message_ids=[message_id for _, message_id in tags],
+    )
 
 
 async def _stored_messages(

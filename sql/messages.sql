@@ -1,6 +1,7 @@
 -- name: begin_adding_messages :one
 -- The first statement of adding messages (one or a batch of up to 1,000: service/messages.py's
--- add_messages, in a transaction that then COPYs the new messages and their tags). One round trip:
+-- add_messages, in a transaction whose second and last statement writes the new messages and their
+-- tags, insert_new_messages). One round trip:
 -- it locks the conversation's row (as deleting it does, so a message never lands in a conversation
 -- being deleted), creates the topics the new messages name, and reads what the service needs to
 -- answer every item without reading a row back:
@@ -18,11 +19,11 @@
 --                   so the change feed lists a new topic before the messages that carry it;
 --   metadata        :metadata as PostgreSQL stores it (jsonb orders keys and normalises numbers),
 --                   so the answer shows what a read of the message will;
---   tagging         whether the new messages have topics: then the caller COPYs their tags next,
---                   and the transaction-local freya.tags_of_new_messages tells that COPY's change
---                   feed trigger (migration 0029) that they are all on messages created here.
+--   tagging         whether the new messages have topics: the transaction-local setting
+--                   freya.tags_of_new_messages then tells the change feed's trigger on the tags
+--                   insert_new_messages writes (migration 0029) that they are all on new messages.
 -- A client_msg_id committed by a concurrent request while this statement waited for the lock is
--- not in its snapshot: the COPY then fails on idx_message_client_msg_id, and the caller runs the
+-- not in its snapshot: insert_new_messages then fails on idx_message_client_msg_id, and the caller runs the
 -- transaction again (this statement then sees the winner's message, a duplicate). When the caller
 -- refuses the items (an unknown user, a deleted duplicate, no conversation), its transaction rolls
 -- back, topics included.
@@ -61,6 +62,28 @@ SELECT (SELECT c.user_id FROM conversation AS c) AS owner,
        :metadata::jsonb[] AS metadata,
        set_config('freya.tags_of_new_messages', CASE WHEN EXISTS (SELECT 1 FROM topic) THEN 'on' ELSE '' END, true)
            = 'on' AS tagging;
+
+-- name: insert_new_messages :exec
+-- add_messages' write, after begin_adding_messages: the new messages (ids drawn by it, in item
+-- order) and their tags, (topic_ids[i], message_ids[i]) pairs, in one statement. search is
+-- computed here, so the row trigger of migration 0014 skips these rows; token_count is always
+-- given, so that of migration message_metadata_columns does too; "timestamp" is the transaction's
+-- now(). The tags' foreign keys are checked at the end of the statement, when the messages exist.
+-- (Measured against binary COPY of the same rows, messages then tags: the same time for 1,000
+-- messages, a quarter less for one, and a round trip fewer.)
+WITH message AS (
+    INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search, metadata, token_count,
+                          token_count_estimated)
+    OVERRIDING SYSTEM VALUE
+    SELECT m.id, :conversation_id, m.user_id, m.role, m.content, m.client_msg_id, search_vector(m.content), m.metadata,
+           m.token_count, m.token_count_estimated
+    FROM unnest(:ids::bigint[], :user_ids::bigint[], :roles::text[], :contents::text[], :client_msg_ids::text[],
+                :metadata::jsonb[], :token_counts::integer[], :token_counts_estimated::boolean[])
+        AS m (id, user_id, role, content, client_msg_id, metadata, token_count, token_count_estimated)
+)
+INSERT INTO message_topics (topic_id, message_id)
+SELECT t.topic_id, t.message_id
+FROM unnest(:topic_ids::bigint[], :message_ids::bigint[]) AS t (topic_id, message_id);
 
 -- fragment: message_columns
 -- The message object as the API shows it, in the order of the Message Struct; its topics come

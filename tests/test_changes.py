@@ -140,8 +140,10 @@ async def test_a_batch_of_1000_messages_is_1000_items(fresh_database: Callable[[
         assert sorted(item[2] for item in triples(items) if item[0] == "topic") == ["created"] * 4
 
 
-async def test_tags_of_new_messages_skip_the_check_only_in_their_own_copy(fresh_database: Callable[[], str]) -> None:
-    """add_messages tells the trigger of its tags' COPY that they are on messages it created (migration
+async def test_tags_of_new_messages_skip_the_check_only_in_their_own_statement(
+    fresh_database: Callable[[], str],
+) -> None:
+    """add_messages tells the trigger on its tags that they are on messages it created (migration
     0029); a tag written later in the same transaction, on an older message, is still an item."""
     conn = await asyncpg.connect(fresh_database())
     await configure_connection(conn)
