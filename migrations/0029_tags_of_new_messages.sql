@@ -1,16 +1,16 @@
--- add_messages tags the messages it has just created with a COPY; the change feed's trigger on
+-- add_messages tags the messages it has just created in its second statement; the change feed's trigger on
 -- message_topics (migration 0023) adds nothing for such tags (the message's own 'created' item
 -- covers them) but found that out with an index probe of messages per tag: about 3 ms of a
 -- 1,000-message batch's 40. add_messages now says so with a transaction-local setting, set in its
 -- first statement only when it will write tags, and consumed by the next message_topics write's
--- trigger (its COPY): a later tag write in the same transaction is checked as before. A rolled
+-- trigger (that second statement's): a later tag write in the same transaction is checked as before. A rolled
 -- back statement rolls the setting back with it.
 -- depends: 0028_deleted_conversation_index
 
 CREATE OR REPLACE FUNCTION message_topics_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- add_messages' flag (set in the statement before its COPY of the tags, consumed here): every
+    -- add_messages' flag (set in the statement before the one that writes the tags, consumed here): every
     -- tag of this statement is on a message this transaction has just created, whose own item
     -- covers it. The query below would come to the same (no rows) after an index probe per tag.
     IF current_setting('freya.tags_of_new_messages', true) = 'on' THEN
