@@ -48,8 +48,8 @@ async def plans(
     """The custom plan for these values and the generic plan, each as a flat list of nodes; with
     ``analyze``, run, with the pages each node read (see pages_read)."""
     args = query.args(params)
-    options = "(ANALYZE, BUFFERS, FORMAT JSON)" if analyze else "(FORMAT JSON)"
-    custom = await conn.fetchval(f"EXPLAIN {options} " + query.sql, *args)
+    explain = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " if analyze else "EXPLAIN (FORMAT JSON) "
+    custom = await conn.fetchval(explain + query.sql, *args)
     if not generic:
         return [list(walk(custom[0]["Plan"]))]
     await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
@@ -57,8 +57,8 @@ async def plans(
     prepare = "PREPARE plan_check AS " + query.sql
     await conn.execute(prepare)
     try:
-        explain = f"EXPLAIN {options} EXECUTE plan_check(" + ", ".join(literal(a) for a in args) + ")"
-        generic_plan = await conn.fetchval(explain)
+        execute = "EXECUTE plan_check(" + ", ".join(literal(a) for a in args) + ")"
+        generic_plan = await conn.fetchval(explain + execute)
     finally:
         await conn.execute("DEALLOCATE plan_check")
         await conn.execute("SET LOCAL plan_cache_mode = auto")
