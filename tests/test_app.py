@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from litestar.routes import HTTPRoute
 
 from service import migrations
 from service.__main__ import main
-from service.app import SERVED_QUERIES, create_app
+from service.app import SERVED_QUERIES, YOUNG_GENERATION_THRESHOLD, create_app
 from service.db import Connection, SharedConnectionDatabase
 from service.devdb import EmbeddedPostgres
 from service.queries import QueryFile, QueryPrepareError
@@ -213,6 +214,35 @@ def test_serve_migrates_then_answers_over_http(fresh_database: Callable[[], str]
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "applied 0001_initial_schema" in output
+
+
+def test_a_served_worker_tunes_its_garbage_collector_once_started(database_url: str) -> None:
+    """The worker factory's app freezes its start-up objects and raises the young generation's
+    threshold after its lifespan has started (the pool is open): in a process of its own, as the
+    collector's settings are the process's."""
+    program = (
+        "import asyncio, gc\n"
+        "from litestar.testing import AsyncTestClient\n"
+        "from service.app import create_app_from_env\n"
+        "async def main():\n"
+        "    before = gc.get_threshold()[0]\n"
+        "    async with AsyncTestClient(create_app_from_env()) as client:\n"
+        "        assert (await client.get('/health/ready')).status_code == 200\n"
+        "        print(before, gc.get_threshold()[0], gc.get_freeze_count())\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, "FREYA_DATABASE_URL": database_url, "FREYA_LOG_LEVEL": "WARNING"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    before, after, frozen = map(int, done.stdout.split())
+    assert (before, after) == (700, YOUNG_GENERATION_THRESHOLD)
+    assert frozen > 10_000  # the app's routes, schema models and statements
 
 
 async def test_every_api_operation_documents_its_problems(client: httpx.AsyncClient) -> None:
