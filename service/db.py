@@ -14,7 +14,7 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -59,13 +59,23 @@ def count_time(started: float) -> None:
         timing.statements += 1
 
 
+@dataclass(slots=True)
+class TopicCache:
+    """What this process has read of one database's topics (service/topics.py fills it). A topic is
+    never renamed or deleted, so reads look up only message_topics, for topic ids."""
+
+    # Topic names by id.
+    names: dict[int, str] = field(default_factory=dict)
+    # Each distinct tuple of topic ids a message carries, as its topics list (TopicRefs by name):
+    # built once and shared by every message that carries it, never modified.
+    lists: dict[tuple[int, ...], list[Any]] = field(default_factory=dict)
+
+
 class Database(abc.ABC):
     """Where handlers get a connection: the pool in production, one shared connection in tests."""
 
     def __init__(self) -> None:
-        # Topic names by id, as this process has read them from this database: a topic is never
-        # renamed or deleted, so the page lookups need only message_topics (topics.topics_of).
-        self.topic_names: dict[int, str] = {}
+        self.topics = TopicCache()
 
     @abc.abstractmethod
     def connection(self) -> typing.AsyncContextManager[Connection]: ...

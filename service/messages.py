@@ -14,7 +14,6 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -27,7 +26,7 @@ from litestar.params import JSONBody, QueryParameter
 
 from service import topics
 from service.cursors import IdKey, TimeKey
-from service.db import Connection, Database
+from service.db import Connection, Database, TopicCache
 from service.errors import Conflict, Invalid, NotFound, problem_responses
 from service.fields import (
     MAX_BATCH,
@@ -115,27 +114,19 @@ class Shape:
         # A statement that reads topics itself (a page_topics part) keeps that part only when asked.
         return query.project(self.columns | ({"topics"} & query.parts if self.topics else set()))
 
-    async def build(
-        self, conn: Connection, names: dict[int, str], rows: Sequence[Any], ids: Sequence[int]
-    ) -> list[Any]:
-        """Structs from rows (``ids`` their message ids), with topics when asked for: the rows' own
-        ``topic_ids`` when the statement read them, else one lookup (``names``: the database's
-        topic-name cache)."""
+    async def build(self, conn: Connection, cache: TopicCache, rows: Sequence[Any], ids: Sequence[int]) -> list[Any]:
+        """Structs from rows (``ids`` their message ids), with topics when asked for: from the rows'
+        own ``topic_ids`` when the statement read them, else from one lookup (``cache``: the
+        database's TopicCache)."""
         width = self.width
-        items = [self.struct(*row[:width]) for row in rows]
-        if self.topics and items:
-            if "topic_ids" in rows[0]:
-                tags = [
-                    (message_id, topic_id)
-                    for row, message_id in zip(rows, ids, strict=True)
-                    for topic_id in row["topic_ids"] or ()
-                ]
-                found = await topics.refs_by_message(conn, names, tags)
-            else:
-                found = await topics.topics_of(conn, names, ids)
-            for item, message_id in zip(items, ids, strict=True):
-                item.topics = found.get(message_id, [])  # type: ignore[attr-defined]
-        return items
+        if not (self.topics and rows):
+            return [self.struct(*row[:width]) for row in rows]
+        if "topic_ids" in rows[0]:
+            lists = await topics.lists_of(conn, cache, [row["topic_ids"] for row in rows])
+        else:
+            found = await topics.topics_of(conn, cache, ids)
+            lists = [found.get(message_id, topics.NONE) for message_id in ids]
+        return [self.struct(*row[:width], refs) for row, refs in zip(rows, lists, strict=True)]
 
 
 FULL = Shape(Message, None, topics=True)
@@ -168,9 +159,9 @@ def parse_fields(fields: str | None) -> Shape:
     return _shape(frozenset(names))
 
 
-async def with_topics(conn: Connection, names: dict[int, str], rows: Sequence[Any]) -> list[Message]:
+async def with_topics(conn: Connection, cache: TopicCache, rows: Sequence[Any]) -> list[Message]:
     """Full messages from rows that hold the message's columns first (and its id first of all)."""
-    return await FULL.build(conn, names, rows, [row[0] for row in rows])
+    return await FULL.build(conn, cache, rows, [row[0] for row in rows])
 
 
 class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -258,7 +249,7 @@ def check_metadata(values: Sequence[dict[str, Any] | None], field: Callable[[int
 
 
 async def add_messages(
-    conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
+    conn: Connection, cache: TopicCache, conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
     """Store items all-or-nothing; every item comes back created or as the duplicate it repeats.
 
@@ -270,7 +261,7 @@ async def add_messages(
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             async with conn.transaction():
-                return await _add(conn, names, conversation_id, items, in_batch=in_batch)
+                return await _add(conn, cache, conversation_id, items, in_batch=in_batch)
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError) as error:
             # A concurrent request stored one of our client_msg_ids first (begin_adding_messages'
             # snapshot predates its commit), or created new topics in another order: the transaction
@@ -300,7 +291,7 @@ _CLIENT_MSG_ID_INDEX = "idx_message_client_msg_id"
 
 
 async def _add(
-    conn: Connection, names: dict[int, str], conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
+    conn: Connection, cache: TopicCache, conversation_id: int, items: Sequence[MessageCreate], *, in_batch: bool
 ) -> list[BatchItem]:
     """add_messages' transaction: one statement to lock and look, one to write the new messages and
     their tags; the answer is built from the items and that first statement's answer, not read
@@ -347,8 +338,8 @@ async def _add(
     fresh = [i for i in leading if items[i].client_msg_id not in stored]
     created = _new_messages(conversation_id, begun, items, fresh, dict(zip(with_metadata, begun.metadata, strict=True)))
     if created:
-        await _insert(conn, names, conversation_id, begun, [(created[i], items[i]) for i in fresh])
-    replayed = await _stored_messages(conn, names, conversation_id, list(stored))
+        await _insert(conn, cache, conversation_id, begun, [(created[i], items[i]) for i in fresh])
+    replayed = await _stored_messages(conn, cache, conversation_id, list(stored))
     answer = []
     for index, item in enumerate(items):
         if index in created:
@@ -394,24 +385,25 @@ def _new_messages(
 
 async def _insert(
     conn: Connection,
-    names: dict[int, str],
+    cache: TopicCache,
     conversation_id: int,
     begun: _Begun,
     new: list[tuple[Message, MessageCreate]],
 ) -> None:
     """Writes the new messages with their tags in one statement (insert_new_messages), and lists
     each one's topics, by name, from the topics begin_adding_messages found or created."""
-    names.update(zip(begun.topic_ids, begun.topic_names, strict=True))
+    cache.names.update(zip(begun.topic_ids, begun.topic_names, strict=True))
     ids = dict(zip(begun.topic_names, begun.topic_ids, strict=True))
-    # Messages of a batch often carry the same topics: one sorted list for each set of names.
-    refs: dict[tuple[str, ...], list[TopicRef]] = {}
+    # Messages of a batch often carry the same topics: one lookup for each set of names.
+    by_names: dict[tuple[str, ...], list[TopicRef]] = {}
     tags: list[tuple[int, int]] = []
     for message, item in new:
-        key = tuple(item.topics)
-        if key not in refs:
-            refs[key] = sorted((TopicRef(ids[name], name) for name in dict.fromkeys(key)), key=attrgetter("name"))
-        message.topics = refs[key]
-        tags.extend((topic.id, message.id) for topic in message.topics)
+        names = tuple(item.topics)
+        refs = by_names.get(names)
+        if refs is None:
+            refs = by_names[names] = topics.cached_list(cache, tuple(ids[name] for name in dict.fromkeys(names)))
+        message.topics = refs
+        tags.extend((topic.id, message.id) for topic in refs)
     # begin_adding_messages told the trigger on these tags to expect them exactly when there are some.
     assert begun.tagging == bool(tags)
     await sql.insert_new_messages.exec(
@@ -431,14 +423,14 @@ async def _insert(
 
 
 async def _stored_messages(
-    conn: Connection, names: dict[int, str], conversation_id: int, keys: list[str]
+    conn: Connection, cache: TopicCache, conversation_id: int, keys: list[str]
 ) -> dict[str, Message]:
     """The stored messages (live: deleted ones were refused) these client_msg_ids name, with their topics."""
     if not keys:
         return {}
     rows = await sql.get_messages_by_client_ids.records(conn, conversation_id=conversation_id, client_msg_ids=keys)
     # A row is (client_msg_id, deleted, the message's columns…).
-    return dict(zip([row[0] for row in rows], await with_topics(conn, names, [row[2:] for row in rows]), strict=True))
+    return dict(zip([row[0] for row in rows], await with_topics(conn, cache, [row[2:] for row in rows]), strict=True))
 
 
 def _deleted_duplicate(items: Sequence[MessageCreate], indexes: list[int], *, in_batch: bool) -> Conflict:
@@ -476,7 +468,7 @@ async def read_page(
     )
     if rows is None:
         return None
-    items = await shape.build(conn, db.topic_names, rows, [row["sort_id"] for row in rows])
+    items = await shape.build(conn, db.topics, rows, [row["sort_id"] for row in rows])
 
     def key(index: int) -> msgspec.Struct:
         row = rows[index]
@@ -566,7 +558,7 @@ class ConversationList:
     async def _envelope(
         self, conn: Connection, rows: Sequence[asyncpg.Record], *, more_before: bool, more_after: bool
     ) -> MessagePage:
-        items = await self.shape.build(conn, self.db.topic_names, rows, [row["sort_id"] for row in rows])
+        items = await self.shape.build(conn, self.db.topics, rows, [row["sort_id"] for row in rows])
         if not rows:
             return MessagePage(items=items)
         first, last = _time_key(rows[0], before=True), _time_key(rows[-1])
@@ -611,7 +603,7 @@ class ConversationMessagesController(Controller):
         self, conversation_id: PathId, data: JSONBody[MessageCreate], db: NamedDependency[Database]
     ) -> Response[Message]:
         async with db.connection() as conn:
-            [item] = await add_messages(conn, db.topic_names, conversation_id, [data], in_batch=False)
+            [item] = await add_messages(conn, db.topics, conversation_id, [data], in_batch=False)
         return Response(item.message, status_code=201 if item.status == "created" else 200)
 
     @post(
@@ -624,7 +616,7 @@ class ConversationMessagesController(Controller):
         self, conversation_id: PathId, data: JSONBody[MessageBatch], db: NamedDependency[Database]
     ) -> BatchResult:
         async with db.connection() as conn:
-            return BatchResult(await add_messages(conn, db.topic_names, conversation_id, data.messages, in_batch=True))
+            return BatchResult(await add_messages(conn, db.topics, conversation_id, data.messages, in_batch=True))
 
     @get(summary="Page through a conversation's messages", responses=problem_responses(400, 404))
     async def list_messages(
@@ -700,8 +692,8 @@ class MessagesController(Controller):
                 raise NotFound(f"message {message_id} does not exist")
             message: Any = shape.struct(*rows[0][: shape.width])
             if shape.topics:
-                tags = [(message_id, row["topic_id"]) for row in rows if row["topic_id"] is not None]
-                message.topics = (await topics.refs_by_message(conn, db.topic_names, tags)).get(message_id, [])
+                topic_ids = [row["topic_id"] for row in rows if row["topic_id"] is not None]
+                [message.topics] = await topics.lists_of(conn, db.topics, [topic_ids])
         return message  # type: ignore[no-any-return]
 
     @patch(
@@ -728,7 +720,7 @@ class MessagesController(Controller):
             )
             if not row:
                 raise NotFound(f"message {message_id} does not exist")
-            [message] = await with_topics(conn, db.topic_names, row)
+            [message] = await with_topics(conn, db.topics, row)
         return message
 
     @patch(summary="Edit many messages in one statement", responses=problem_responses(400, 404))
@@ -780,7 +772,7 @@ class MessagesController(Controller):
             rows = await sql.get_message.records(conn, message_id=message_id)
             if not rows:
                 raise NotFound(f"message {message_id} does not exist (or was purged)")
-            [message] = await with_topics(conn, db.topic_names, rows[:1])
+            [message] = await with_topics(conn, db.topics, rows[:1])
         return message
 
 

@@ -17,13 +17,13 @@ from litestar.params import QueryParameter
 
 from service import messages
 from service.cursors import RankKey, TimeKey
-from service.db import Connection, Database
+from service.db import Connection, Database, TopicCache
 from service.errors import Invalid, problem_responses
 from service.fields import NO_NUL, RoleQuery, TimeQuery
 from service.pages import Page, Paging, estimate_each, estimate_rows
 from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
-from service.topics import TopicRef, prefix_range, topics_of
+from service.topics import NONE, TopicRef, prefix_range, topics_of
 
 
 class SearchQueries(QueryFile, file="search"):
@@ -314,7 +314,7 @@ async def filter_by_scope(conn: Connection, filters: dict[str, Any]) -> bool:
 
 async def search_messages_txn(
     conn: Connection,
-    names: dict[int, str],
+    cache: TopicCache,
     sort: Literal["rank", "recent"],
     filters: dict[str, Any],
     after: RankKey | TimeKey | None,
@@ -344,14 +344,14 @@ async def search_messages_txn(
                 limit=paging.limit,
                 offset=paging.offset,
             )
-        found = await topics_of(conn, names, [row[0] for row in rows])
+        found = await topics_of(conn, cache, [row[0] for row in rows])
         counts.total = await paging.total(conn, sql.count_matching_messages, **filters)
         if facets:
             counts.facets = await _facets(conn, filters, facets)
     # A row is the message's columns, its rank and its highlight.
     width = len(messages.COLUMNS)
     counts.items = [
-        MessageHit(*row[:width], found.get(row[0], []), *row[width:])  # type: ignore[call-arg]
+        MessageHit(*row[:width], found.get(row[0], NONE), *row[width:])  # type: ignore[call-arg]
         for row in rows
     ]
     return counts, newest
@@ -455,7 +455,7 @@ class SearchController(Controller):
             paging.after(scope, RankKey) if sort == "rank" else paging.after(scope, TimeKey)
         )
         async with db.connection() as conn:
-            result, newest = await search_messages_txn(conn, db.topic_names, sort, filters, after, paging, wanted)
+            result, newest = await search_messages_txn(conn, db.topics, sort, filters, after, paging, wanted)
         hits = result.items
 
         def key(index: int) -> msgspec.Struct:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from service.cursors import NameKey
-from service.db import Connection, Database
+from service.db import Connection, Database, TopicCache
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import MAX_BATCH, NO_NUL, Id, PathId, TopicName, TopicNames
 from service.pages import Page, Paging
@@ -42,28 +42,45 @@ class TopicRef(msgspec.Struct):
     name: str
 
 
-async def topics_of(conn: Connection, names: dict[int, str], message_ids: Sequence[int]) -> dict[int, list[TopicRef]]:
-    """The topics of these messages, by message id, each list by name: one lookup for them all.
+# The topics of a message without any: one list for all of them, never modified.
+NONE: list[TopicRef] = []
+# Distinct topic lists kept per database; past this many the cache starts over (a message's topics
+# are few of a small dimension, so this is rarely reached).
+MAX_CACHED_LISTS = 100_000
 
-    ``names`` is the database's topic-name cache (Database.topic_names); ids it lacks are read once.
+
+def cached_list(cache: TopicCache, key: tuple[int, ...]) -> list[TopicRef]:
+    """The topics list (by name) of a message with these topic ids, whose names ``cache`` holds:
+    built once per process and database, then shared by every message that carries it."""
+    lists = cache.lists
+    refs = lists.get(key)
+    if refs is None:
+        if len(lists) >= MAX_CACHED_LISTS:
+            lists.clear()
+        names = cache.names
+        refs = lists[key] = sorted((TopicRef(topic_id, names[topic_id]) for topic_id in key), key=_by_name) or NONE
+    return refs
+
+
+async def lists_of(
+    conn: Connection, cache: TopicCache, id_lists: Sequence[Sequence[int] | None]
+) -> list[list[TopicRef]]:
+    """The topics list of each message whose topic ids are given (None: no topics), by name.
+
+    A page's lookup is a dict access per message, with no objects to allocate (cached_list); names
+    the cache lacks are read with one statement.
     """
-    rows = await sql.tags_of_messages.records(conn, message_ids=message_ids)
-    return await refs_by_message(conn, names, [(row[0], topic_id) for row in rows for topic_id in row[1]])
-
-
-async def refs_by_message(
-    conn: Connection, names: dict[int, str], tags: Iterable[tuple[int, int]]
-) -> dict[int, list[TopicRef]]:
-    """(message id, topic id) pairs as each message's topics, by name; unknown names read once."""
-    tags = list(tags)
-    if unseen := {topic_id for _, topic_id in tags if topic_id not in names}:
+    lists, names = cache.lists, cache.names
+    keys = [tuple(ids) if ids else () for ids in id_lists]
+    if unseen := {topic_id for key in keys if key not in lists for topic_id in key if topic_id not in names}:
         names.update(await sql.topic_names.records(conn, topic_ids=list(unseen)))  # type: ignore[arg-type]
-    by_message: dict[int, list[TopicRef]] = {}
-    for message_id, topic_id in tags:
-        by_message.setdefault(message_id, []).append(TopicRef(topic_id, names[topic_id]))
-    for refs in by_message.values():
-        refs.sort(key=_by_name)
-    return by_message
+    return [lists[key] if key in lists else cached_list(cache, key) for key in keys]
+
+
+async def topics_of(conn: Connection, cache: TopicCache, message_ids: Sequence[int]) -> dict[int, list[TopicRef]]:
+    """The topics of these messages that have some, by message id: one lookup for them all."""
+    rows = await sql.tags_of_messages.records(conn, message_ids=message_ids)
+    return dict(zip([row[0] for row in rows], await lists_of(conn, cache, [row[1] for row in rows]), strict=True))
 
 
 def _by_name(ref: TopicRef) -> str:
@@ -195,7 +212,7 @@ class MessageTopicsController(Controller):
     ) -> list[TopicRef]:
         async with db.connection() as conn:
             found = await sql.replace_message_topics.val(conn, message_id=message_id, topics=data.topics)
-            return await _topics_after_tagging(conn, db.topic_names, found, message_id)
+            return await _topics_after_tagging(conn, db.topics, found, message_id)
 
     @post(status_code=200, summary="Add topics to a message", responses=problem_responses(400, 404))
     async def add_topics(
@@ -203,7 +220,7 @@ class MessageTopicsController(Controller):
     ) -> list[TopicRef]:
         async with db.connection() as conn:
             found = await sql.add_message_topics.val(conn, message_id=message_id, topics=data.topics)
-            return await _topics_after_tagging(conn, db.topic_names, found, message_id)
+            return await _topics_after_tagging(conn, db.topics, found, message_id)
 
     @delete("/{topic_id:str}", summary="Remove a topic from a message", responses=problem_responses(400, 404))
     async def remove_topic(self, message_id: PathId, topic_id: PathId, db: NamedDependency[Database]) -> None:
@@ -213,9 +230,7 @@ class MessageTopicsController(Controller):
             raise NotFound(f"message {message_id} has no topic {topic_id}")
 
 
-async def _topics_after_tagging(
-    conn: Connection, names: dict[int, str], found: bool, message_id: int
-) -> list[TopicRef]:
+async def _topics_after_tagging(conn: Connection, cache: TopicCache, found: bool, message_id: int) -> list[TopicRef]:
     if not found:
         raise NotFound(f"message {message_id} does not exist")
-    return (await topics_of(conn, names, [message_id])).get(message_id, [])
+    return (await topics_of(conn, cache, [message_id])).get(message_id, [])

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 
 from service import messages, purge
-from service.db import Connection, configure_connection
+from service.db import Connection, TopicCache, configure_connection
 from tests.api import assert_problem, create_conversation, create_user, post_batch, serving
 
 Item = tuple[str, int, str]
@@ -152,13 +152,13 @@ async def test_tags_of_new_messages_skip_the_check_only_in_their_own_statement(
         conversation = await conn.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user_id)
         create = messages.MessageCreate
         [old] = await messages.add_messages(
-            conn, {}, conversation, [create(role="user", content="old")], in_batch=False
+            conn, TopicCache(), conversation, [create(role="user", content="old")], in_batch=False
         )
         async with conn.transaction():
             xid = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
             tagged = await messages.add_messages(
                 conn,
-                {},
+                TopicCache(),
                 conversation,
                 [create(role="user", content="new", topics=["a"], client_msg_id="k")],
                 in_batch=False,
@@ -166,7 +166,7 @@ async def test_tags_of_new_messages_skip_the_check_only_in_their_own_statement(
             # A repeat whose topics are not written (a duplicate) leaves nothing set for the next write.
             await messages.add_messages(
                 conn,
-                {},
+                TopicCache(),
                 conversation,
                 [create(role="user", content="new", topics=["b"], client_msg_id="k")],
                 in_batch=False,
@@ -305,7 +305,10 @@ class Writer:
             messages.MessageCreate(role="user", content=f"load {n}", topics=["load"] if n == 0 else [])
             for n in range(count)
         ]
-        ids = [item.message.id for item in await messages.add_messages(conn, {}, conversation, items, in_batch=True)]
+        ids = [
+            item.message.id
+            for item in await messages.add_messages(conn, TopicCache(), conversation, items, in_batch=True)
+        ]
         return ids, [("message", i, "created") for i in ids]
 
     async def operation(self, conn: Connection, conversation: int) -> tuple[list[int], list[int], list[Item]]:

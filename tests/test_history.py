@@ -13,7 +13,7 @@ import pytest
 
 from service import conversations, messages, purge
 from service.__main__ import main
-from service.db import Connection, configure_connection
+from service.db import Connection, TopicCache, configure_connection
 from service.errors import NotFound
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
@@ -289,7 +289,7 @@ async def test_a_post_racing_a_conversation_delete_never_leaves_a_live_message_i
 
         # The post commits while the delete waits for the conversation's row: the delete sees it.
         async with poster.transaction():
-            [posted] = await messages.add_messages(poster, {}, conversation_id, one, in_batch=False)
+            [posted] = await messages.add_messages(poster, TopicCache(), conversation_id, one, in_batch=False)
             deleting = asyncio.create_task(
                 conversations.sql.delete_conversation.val(deleter, conversation_id=conversation_id)
             )
@@ -302,7 +302,9 @@ async def test_a_post_racing_a_conversation_delete_never_leaves_a_live_message_i
         await conversations.sql.restore_conversation.val(poster, conversation_id=conversation_id)
         async with deleter.transaction():
             await conversations.sql.delete_conversation.val(deleter, conversation_id=conversation_id)
-            posting = asyncio.create_task(messages.add_messages(poster, {}, conversation_id, one, in_batch=False))
+            posting = asyncio.create_task(
+                messages.add_messages(poster, TopicCache(), conversation_id, one, in_batch=False)
+            )
             await asyncio.sleep(0.1)
             assert not posting.done()
         with pytest.raises(NotFound):  # the conversation is deleted: a 404

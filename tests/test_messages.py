@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service import messages
-from service.db import Connection, configure_connection
+from service.db import Connection, TopicCache, configure_connection
 from service.fields import MAX_CONTENT
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
@@ -192,11 +192,11 @@ async def test_a_post_that_loses_a_race_for_its_client_msg_id_answers_the_winner
         once = messages.MessageCreate(role="user", content="once", client_msg_id="k", topics=["race"])
         other = messages.MessageCreate(role="user", content="other", topics=["race"])
         async with winner.transaction():
-            [won] = await messages.add_messages(winner, {}, conversation_id, [once], in_batch=False)
+            [won] = await messages.add_messages(winner, TopicCache(), conversation_id, [once], in_batch=False)
             # The loser's first statement waits for the conversation's row; its snapshot predates the
             # winner's commit, so its insert meets the winner's client_msg_id: it runs again, whole.
             losing = asyncio.create_task(
-                messages.add_messages(loser, {}, conversation_id, [once, other], in_batch=True)
+                messages.add_messages(loser, TopicCache(), conversation_id, [once, other], in_batch=True)
             )
             await asyncio.sleep(0.2)
             assert not losing.done()

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.db import Connection
+from service import topics
+from service.db import Connection, TopicCache
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch, serving
 
 
@@ -207,3 +208,19 @@ async def test_topic_names_are_cached_per_database(fresh_database: Callable[[], 
     assert seen[0][0]["id"] == seen[1][0]["id"]
     assert [t["name"] for t in seen[0]] == ["first-name"]
     assert [t["name"] for t in seen[1]] == ["second-name"]
+
+
+async def test_topic_lists_are_built_once_shared_and_bounded(conn: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    [b, a] = [row["id"] for row in await conn.fetch("INSERT INTO topics (name) VALUES ('b'), ('a') RETURNING id")]
+    cache = TopicCache()
+    lists = await topics.lists_of(conn, cache, [[b, a], None, [b, a], [a], []])
+    assert [[ref.name for ref in refs] for refs in lists] == [["a", "b"], [], ["a", "b"], ["a"], []]
+    # One list per distinct set of ids, shared.
+    assert lists[0] is lists[2]
+    assert lists[1] is lists[4] is topics.NONE
+    assert cache.names == {a: "a", b: "b"}
+    # Full: the cache starts over, and answers as before.
+    monkeypatch.setattr(topics, "MAX_CACHED_LISTS", len(cache.lists))
+    [again] = await topics.lists_of(conn, cache, [[a, b]])
+    assert [(ref.id, ref.name) for ref in again] == [(a, "a"), (b, "b")]
+    assert list(cache.lists) == [(a, b)]
