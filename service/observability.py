@@ -14,6 +14,7 @@ sum over running workers.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import logging.config
 import os
@@ -37,6 +38,17 @@ request_id: ContextVar[str] = ContextVar("request_id", default="-")
 access_log = logging.getLogger("freya.access")
 
 
+def _new_id_prefix() -> None:
+    global _id_prefix  # noqa: PLW0603 - one per process, drawn again in a forked child
+    _id_prefix = os.urandom(8).hex()
+
+
+_id_prefix = ""
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
+_id_numbers = itertools.count()
+
+
 def request_id_of(scope: Scope, headers: Mapping[bytes, bytes] | None = None) -> str:
     """The request's id: the caller's X-Request-ID when sane, else a new one (kept in the scope).
 
@@ -47,7 +59,9 @@ def request_id_of(scope: Scope, headers: Mapping[bytes, bytes] | None = None) ->
     if rid is None:
         given = (headers if headers is not None else dict(scope.get("headers", []))).get(REQUEST_ID_HEADER)
         text = given.decode("latin-1") if given is not None else ""
-        rid = text if _SANE_REQUEST_ID.match(text) else os.urandom(16).hex()
+        # A new id is 32 hex digits: the process's random prefix, then its count of ids so far
+        # (unique without a system call for randomness on every request).
+        rid = text if _SANE_REQUEST_ID.match(text) else f"{_id_prefix}{next(_id_numbers):016x}"
         state["request_id"] = rid
     return rid
 
@@ -84,9 +98,23 @@ REPLICA_UP = Gauge(
 )
 
 
+# Each (method, path template, status)'s two metric children: labels() takes a lock and builds
+# its key on every call, a third of what recording a request costs.
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def record_request(method: str, path_template: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(method, path_template, str(status)).inc()
-    LATENCY.labels(method, path_template).observe(seconds)
+    key = (method, path_template, status)
+    children = _children.get(key)
+    if children is None:
+        if len(_children) > 10_000:  # a template is one of the routes', but a bound costs nothing
+            _children.clear()
+        children = _children[key] = (
+            REQUESTS.labels(method, path_template, str(status)),
+            LATENCY.labels(method, path_template),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def scrape() -> bytes:

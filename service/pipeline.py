@@ -73,8 +73,8 @@ class RequestPipeline(ASGIMiddleware):
                 status = message["status"]
                 total_ms = (time.perf_counter() - started) * 1000
                 response_headers = list(message.get("headers", ()))
-                # Problem answers carry the id already (errors.problem adds it).
-                if not any(name.lower() == REQUEST_ID_HEADER for name, _ in response_headers):
+                # Problem answers (4xx, 5xx) carry the id already (errors.problem adds it).
+                if status < 400 or not any(name.lower() == REQUEST_ID_HEADER for name, _ in response_headers):
                     response_headers.append((REQUEST_ID_HEADER, rid.encode()))
                 response_headers.append(
                     (b"server-timing", f"db;dur={timing.seconds * 1000:.2f}, app;dur={total_ms:.2f}".encode())
@@ -141,19 +141,12 @@ class RequestPipeline(ASGIMiddleware):
         """The route (under its Idempotency-Key when given), once more when a broken connection
         refused its first statement before sending it."""
         state = ScopeState.from_scope(scope)
-        sent = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal sent
-            sent = sent or message["type"] == "http.response.start"
-            await send(message)
-
         for attempt in (1, 2):
             timing.retryable = False
             # A response held back (idempotency) or withheld (a retry) never reached the client:
             # Litestar must not take it for one, or an error after it becomes a bare 500.
             state.response_started = False
-            respond = _Withholding(tracked, timing) if attempt == 1 else tracked
+            respond = _Attempt(send, timing, first=attempt == 1)
             try:
                 if key is None:
                     await replicas.answer(freshness, scope, body.receive, respond, next_app)
@@ -163,9 +156,9 @@ class RequestPipeline(ASGIMiddleware):
                 if attempt == 1 and timing.retryable:
                     body.rewind()
                     continue
-                state.response_started = sent
+                state.response_started = respond.started
                 raise
-            if isinstance(respond, _Withholding) and respond.withheld:
+            if respond.withheld:
                 body.rewind()
                 continue
             return
@@ -261,16 +254,24 @@ class _Replayable:
         self._pending = list(self._seen)
 
 
-class _Withholding:
-    """Passes a first attempt's response on, unless it is the 5xx of a retryable failure."""
+class _Attempt:
+    """One run's ``send``: passes the response on and notes that it started, unless it is the 5xx
+    of a first run's retryable failure, which it withholds (the request runs once more)."""
 
-    def __init__(self, send: Send, timing: db.DatabaseTime) -> None:
+    __slots__ = ("_first", "_send", "_timing", "started", "withheld")
+
+    def __init__(self, send: Send, timing: db.DatabaseTime, *, first: bool) -> None:
         self._send = send
         self._timing = timing
+        self._first = first
+        self.started = False
         self.withheld = False
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 500 and self._timing.retryable:
-            self.withheld = True
+        if message["type"] == "http.response.start":
+            if self._first and message["status"] >= 500 and self._timing.retryable:
+                self.withheld = True
+            else:
+                self.started = True
         if not self.withheld:
             await self._send(message)
