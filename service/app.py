@@ -48,7 +48,7 @@ from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
 from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
 from service.openapi import OpenAPIJson
-from service.pages import provide_paging
+from service.pages import paging_provider
 from service.pipeline import RequestPipeline
 from service.queries import prepare_all, queries_of
 from service.revisions import RevisionsController
@@ -76,11 +76,6 @@ SERVED_QUERIES = (
     topics.sql,
     users.sql,
 )
-
-
-def _provide_database(state: State) -> db.Database:
-    database: db.Database = state.database
-    return database
 
 
 @route(
@@ -181,6 +176,10 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
             await asyncio.gather(primary.pool.close(), routed.close())
             log.info("database pool closed")
 
+    def provide_database() -> db.Database:
+        database: db.Database = state.database  # the test's, or the one pool_lifespan opened
+        return database
+
     return Litestar(
         route_handlers=[
             HealthController,
@@ -211,8 +210,10 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         # Logging is ours (observability.configure_logging): one handler, request ids, text or JSON.
         logging_config=None,
         dependencies={
-            "db": Provide(_provide_database, sync_to_thread=False),
-            "paging": Provide(provide_paging, sync_to_thread=False),
+            # Closures over the app's state rather than functions of ``state: State``: Litestar
+            # would build a State for each of them on every request.
+            "db": Provide(provide_database, sync_to_thread=False),
+            "paging": Provide(paging_provider(cursors), sync_to_thread=False),
         },
         exception_handlers=errors.EXCEPTION_HANDLERS,
         request_class=errors.JsonBodyRequest,

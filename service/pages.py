@@ -16,7 +16,6 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import asyncpg
 import msgspec
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
@@ -134,20 +133,23 @@ def _scan_rows(node: dict[str, Any]) -> int:
     return int(node["Plan Rows"])
 
 
-def provide_paging(
-    state: State,
-    db: NamedDependency[Database],
-    limit: Limit = DEFAULT_LIMIT,
-    cursor: Cursor = None,
-    offset: Offset = None,
-    count: Count = "none",
-) -> Paging:
-    """The ``paging`` dependency: every list's paging parameters, validated in one place.
+def paging_provider(codec: CursorCodec) -> Callable[..., Paging]:
+    """The ``paging`` dependency of an app whose cursors ``codec`` signs."""
 
-    ``db`` is asked for only to order the two: Litestar resolves dependencies that do not depend
-    on each other (every list handler takes ``db`` and ``paging``) in an anyio task group, two
-    tasks per request, which py-spy put at about a tenth of a page's CPU; one after the other
-    they cost nothing extra.
-    """
-    codec: CursorCodec = state.cursors
-    return Paging(codec, limit, cursor, offset, count)
+    def provide_paging(
+        db: NamedDependency[Database],
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+        offset: Offset = None,
+        count: Count = "none",
+    ) -> Paging:
+        """Every list's paging parameters, validated in one place.
+
+        ``db`` is asked for only to order the two: Litestar resolves dependencies that do not
+        depend on each other (every list handler takes ``db`` and ``paging``) in an anyio task
+        group, two tasks per request, which py-spy put at about a tenth of a page's CPU; one after
+        the other they cost nothing extra.
+        """
+        return Paging(codec, limit, cursor, offset, count)
+
+    return provide_paging

@@ -118,11 +118,14 @@ class Query:
 
     def args(self, values: Mapping[str, Any]) -> list[Any]:
         """Positional arguments in ``$n`` order; a missing or unknown keyword is a TypeError."""
-        if len(values) != len(self.params) or not all(p in values for p in self.params):
-            missing = [p for p in self.params if p not in values]
-            extra = [k for k in values if k not in self.params]
-            raise TypeError(f"{self.label}: missing parameters {missing}, unexpected {extra}")
-        return [values[p] for p in self.params]
+        if len(values) == len(self.params):
+            try:
+                return [values[p] for p in self.params]
+            except KeyError:
+                pass
+        missing = [p for p in self.params if p not in values]
+        extra = [k for k in values if k not in self.params]
+        raise TypeError(f"{self.label}: missing parameters {missing}, unexpected {extra}")
 
     async def one(self, conn: Connection, into: type[T], /, **params: Any) -> T | None:
         self._expect("one")
