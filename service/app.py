@@ -205,6 +205,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
                 tokens,
                 Idempotency(timedelta(hours=settings.idempotency_ttl_hours), settings.max_body_bytes),
                 settings.request_read_timeout,
+                replicated=bool(settings.replica_urls),
             )
         ],
         # Logging is ours (observability.configure_logging): one handler, request ids, text or JSON.
