@@ -10,6 +10,7 @@ the Struct.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,8 +101,10 @@ class Shape:
     """What a read returns: every field, or those fields= names (the SQL then selects only those)."""
 
     struct: type[msgspec.Struct]
-    columns: frozenset[str] | None  # None: every column, the query as written
+    columns: frozenset[str] | None  # None: every column
     topics: bool
+    # Each query as this shape reads it, by label: projected once.
+    _queries: dict[str, Query] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def width(self) -> int:
@@ -109,10 +112,15 @@ class Shape:
         return len(COLUMNS) if self.columns is None else len(self.columns)
 
     def query(self, query: Query) -> Query:
-        if self.columns is None:
-            return query
-        # A statement that reads topics itself (a page_topics part) keeps that part only when asked.
-        return query.project(self.columns | ({"topics"} & query.parts if self.topics else set()))
+        """``query`` selecting this shape's columns, and of its parts: topics (a statement that
+        reads them itself, page_topics) only when asked for; sort_ts only when "timestamp" is not
+        selected (the time sort key is then that column: see time_of)."""
+        projected = self._queries.get(query.label)
+        if projected is None:
+            columns = frozenset(COLUMNS) if self.columns is None else self.columns
+            parts = ({"topics"} if self.topics else set()) | ({"sort_ts"} if "timestamp" not in columns else set())
+            projected = self._queries[query.label] = query.project(columns | (parts & query.parts))
+        return projected
 
     async def build(self, conn: Connection, cache: TopicCache, rows: Sequence[Any], ids: Sequence[int]) -> list[Any]:
         """Structs from rows (``ids`` their message ids), with topics when asked for: from the rows'
@@ -459,9 +467,10 @@ def _conversation_page_query(order: Literal["desc", "asc"], after: TimeKey | Non
 async def read_page(
     db: Database, conn: Connection, paging: Paging, scope: str, shape: Shape, query: Query, /, **params: Any
 ) -> Page[Any] | None:
-    """A page of a parent's messages (a conversation's or a topic's); None when there is no parent.
+    """A page of a parent's messages in id order (a topic's); None when there is no parent.
 
-    The query's rows end in the sort key (``sort_ts`` when it orders by time, and ``sort_id``).
+    The query's rows end in the sort key, ``sort_id``. (A conversation's pages, in time order and
+    both ways, are ConversationList's.)
     """
     rows = rows_under_parent(
         await shape.query(query).records(conn, **params, limit=paging.limit, offset=paging.offset), "sort_id"
@@ -469,12 +478,7 @@ async def read_page(
     if rows is None:
         return None
     items = await shape.build(conn, db.topics, rows, [row["sort_id"] for row in rows])
-
-    def key(index: int) -> msgspec.Struct:
-        row = rows[index]
-        return IdKey(row["sort_id"]) if "sort_ts" not in row else TimeKey(to_micros(row["sort_ts"]), row["sort_id"])
-
-    return paging.page(items, scope, key)
+    return paging.page(items, scope, lambda index: IdKey(rows[index]["sort_id"]))
 
 
 class MessagePage(Page[Message]):
@@ -484,7 +488,14 @@ class MessagePage(Page[Message]):
 
 
 def _time_key(row: asyncpg.Record, *, before: bool = False) -> TimeKey:
-    return TimeKey(to_micros(row["sort_ts"]), row["sort_id"], before)
+    return TimeKey(to_micros(time_of(row)), row["sort_id"], before)
+
+
+def time_of(row: asyncpg.Record) -> datetime:
+    """A page row's time sort key: its sort_ts when the statement selects one (fields= without
+    timestamp), else its timestamp."""
+    moment: datetime = row["sort_ts"] if "sort_ts" in row else row["timestamp"]
+    return moment
 
 
 @dataclass(frozen=True, slots=True)

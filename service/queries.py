@@ -194,9 +194,10 @@ def _project(query: Query, names: frozenset[str]) -> Query:
     if not chosen and rest.startswith(","):  # nothing chosen: the separator after the list goes too
         rest = rest[1:]
     sql = _PART.sub(
-        lambda part: part.group(0) if part.group("name") in names else "", query.sql[:start] + chosen + rest
+        lambda part: part.group("text") if part.group("name") in names else "", query.sql[:start] + chosen + rest
     )
-    return dataclasses.replace(query, sql=sql)
+    # Its parts are settled: kept ones are plain text now, and there is nothing left to leave out.
+    return dataclasses.replace(query, sql=sql, parts=frozenset())
 
 
 def _split_top_level(text: str) -> list[str]:

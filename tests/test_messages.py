@@ -407,6 +407,28 @@ async def test_a_page_and_its_topics_are_one_statement(
     assert ours == ["-- messages.list_messages_newest_first"] * 2 + ["-- messages.list_messages_oldest_first"] * 2
 
 
+async def test_a_page_with_timestamps_does_not_select_its_time_twice(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    await post_batch(client, chat["conversation"]["id"], [{"role": "user", "content": f"m{i}"} for i in range(5)])
+    sent: list[str] = []
+    conn.add_query_logger(lambda q: sent.append(q.query))
+    seen: list[str] = []
+    for order in ("desc", "asc"):
+        params: dict[str, Any] = {"limit": 2, "order": order}
+        while True:
+            page = (await client.get(chat["messages"], params=params)).json()
+            seen.extend(item["content"] for item in page["items"])
+            if page["next_cursor"] is None:
+                break
+            params["cursor"] = page["next_cursor"]
+    # Cursors made from the timestamp column itself page through every message, both ways.
+    assert seen == [f"m{i}" for i in reversed(range(5))] + [f"m{i}" for i in range(5)]
+    statements = [q for q in sent if "list_messages_" in q]
+    assert statements
+    assert not any("sort_ts" in q for q in statements)
+
+
 async def test_fields_selects_only_those_columns(
     client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
 ) -> None:

@@ -761,13 +761,15 @@ def main() -> int:
             f'ORDER BY "timestamp" {direction}, id {direction} LIMIT 25'
         )
 
+    # The page statement as the service runs it for a request without fields= (Shape.query).
+    served_page = message_queries.FULL.query(message_queries.sql.list_messages_newest_first)
     operations = [
         Operation(
             "page_50",
             "newest 50 messages of a random conversation",
             "/",
             pgbench_script(
-                message_queries.sql.list_messages_newest_first,
+                served_page,
                 newest_page,
                 {"conversation_id": f"random(1, {conversations})"},
             ),
@@ -781,7 +783,7 @@ def main() -> int:
             "the page statement (with its topic ids) against bare SQL returning the same rows (SQL only)",
             "",
             pgbench_script(
-                message_queries.sql.list_messages_newest_first,
+                served_page,
                 newest_page,
                 {"conversation_id": f"random(1, {conversations})"},
             ),
@@ -796,7 +798,7 @@ def main() -> int:
             f"50 messages {depth:,} deep in the largest conversation, by cursor",
             f"/v1/conversations/{whale}/messages?limit=50&cursor={cursor}",
             pgbench_script(
-                message_queries.sql.list_messages_newest_first,
+                served_page,
                 {**page_params, "before_ts": deep[0], "before_id": deep[1]},
             ),
             bare_script(
