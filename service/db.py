@@ -141,6 +141,9 @@ class PoolDatabase(Database):
         self.after_use = after_use
         # Requests waiting for a connection right now (a metrics gauge).
         self.waiting = 0
+        # Connections this database has handed out and not yet taken back (every use of the pool
+        # while serving goes through _acquire and _release).
+        self.in_use = 0
 
     def connection(self) -> typing.AsyncContextManager[Connection]:
         return self._use(autocommit=False)
@@ -172,7 +175,7 @@ class PoolDatabase(Database):
             _discard_if_broken(conn, error, retryable=statements_before == _statements_so_far())
             raise
         finally:
-            await self.pool.release(conn)
+            await self._release(conn)
 
     @asynccontextmanager
     async def request_transaction(self) -> AsyncIterator[Connection]:
@@ -192,21 +195,30 @@ class PoolDatabase(Database):
             raise
         finally:
             _request_connection.reset(bound)
-            await self.pool.release(conn)
+            await self._release(conn)
 
     async def _acquire(self) -> asyncpg.pool.PoolConnectionProxy[asyncpg.Record]:
-        if self.pool.get_idle_size():
-            # A connection is free: acquire takes it without waiting, so there is nothing to bound
-            # (and asyncio.timeout's timer costs a few µs of every request).
-            return await self.pool.acquire()
-        self.waiting += 1
+        if self.in_use < self.pool.get_max_size():
+            # A connection is idle or may be opened: acquire waits for none to be released, so
+            # there is nothing to bound (asyncio.timeout's timer costs every request a few µs).
+            conn = await self.pool.acquire()
+        else:
+            self.waiting += 1
+            try:
+                # Without a timeout asyncpg waits for a free connection forever. asyncio.timeout
+                # rather than acquire(timeout=): that one wraps every acquire in a task of its own.
+                async with asyncio.timeout(self.acquire_timeout):
+                    conn = await self.pool.acquire()
+            finally:
+                self.waiting -= 1
+        self.in_use += 1
+        return conn
+
+    async def _release(self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record]) -> None:
         try:
-            # Without a timeout asyncpg waits for a free connection forever. asyncio.timeout rather
-            # than acquire(timeout=): that one wraps every acquire in a task of its own.
-            async with asyncio.timeout(self.acquire_timeout):
-                return await self.pool.acquire()
+            await self.pool.release(conn)
         finally:
-            self.waiting -= 1
+            self.in_use -= 1
 
 
 @asynccontextmanager

@@ -95,7 +95,7 @@ class RequestPipeline(ASGIMiddleware):
             _require_rfc3339_times(scope)
             if method in _WITH_BODY and path.startswith("/v1/"):
                 _require_json(headers)
-            freshness = replicas.begin_request(method, path, headers, replicated=self.replicated)
+            freshness = replicas.begin_request(method, path, headers)
             key = self.idempotency.key_of(method, path, headers)
             body = _Replayable(_bounded(receive, asyncio.get_running_loop().time() + self.read_timeout))
             await self._run(scope, body, timed_send, next_app, timing, freshness, principal, key)
@@ -152,10 +152,12 @@ class RequestPipeline(ASGIMiddleware):
             state.response_started = False
             respond = _Attempt(send, timing, first=attempt == 1)
             try:
-                if key is None:
-                    await replicas.answer(freshness, scope, body.receive, respond, next_app)
-                else:
+                if key is not None:
                     await self.idempotency.run(scope, body.receive, respond, next_app, principal, key)
+                elif self.replicated:
+                    await replicas.answer(freshness, scope, body.receive, respond, next_app)
+                else:  # no replica can fail under a read, which answer would run again
+                    await next_app(scope, body.receive, respond)
             except Exception:
                 if attempt == 1 and timing.retryable:
                     body.rewind()

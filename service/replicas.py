@@ -116,18 +116,9 @@ class Freshness:
 _request: ContextVar[Freshness | None] = ContextVar("freshness", default=None)
 
 
-def begin_request(method: str, path: str, headers: Mapping[bytes, bytes], *, replicated: bool) -> Freshness:
-    """The request's Freshness, from its method, path and Freya-Read-After; a bad token is a 400.
-
-    ``replicated``: the service has replicas (FREYA_READ_REPLICA_URLS); without, no request is a
-    replica read, and ``answer`` runs it as it is.
-    """
-    read = (
-        replicated
-        and method in ("GET", "HEAD")
-        and path.startswith(_REPLICA_PATHS)
-        and not path.startswith(_PRIMARY_PATHS)
-    )
+def begin_request(method: str, path: str, headers: Mapping[bytes, bytes]) -> Freshness:
+    """The request's Freshness, from its method, path and Freya-Read-After; a bad token is a 400."""
+    read = method in ("GET", "HEAD") and path.startswith(_REPLICA_PATHS) and not path.startswith(_PRIMARY_PATHS)
     freshness = Freshness(read=read)
     _request.set(freshness)
     token = headers.get(HEADER)

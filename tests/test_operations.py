@@ -214,3 +214,20 @@ async def test_control_characters_never_split_a_log_line(
         ]
     else:
         assert "GET /v1/users/1\\nforged-line 400" in access[0]
+
+
+async def test_without_replicas_reads_run_one_statement_and_writes_answer_their_position(
+    fresh_database: Callable[[], str],
+) -> None:
+    # The real pool, as served: a write's answer carries Freya-Read-After (the primary's WAL
+    # position, read after it committed); a read asks the database nothing more than its own
+    # statement, so it answers no position.
+    async with serving(fresh_database()) as client:
+        written = await client.post("/v1/users", json={"email": "reader@example.com", "name": "Reader"})
+        assert written.status_code == 201
+        user = written.json()
+        assert re.fullmatch(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}", written.headers["freya-read-after"])
+        read = await client.get(f"/v1/users/{user['id']}")
+        assert read.status_code == 200
+        assert "freya-read-after" not in read.headers
+        assert re.fullmatch(r"db;dur=[0-9.]+, app;dur=[0-9.]+", read.headers["server-timing"])
