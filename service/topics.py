@@ -71,6 +71,10 @@ async def lists_of(
     the cache lacks are read with one statement.
     """
     lists, names = cache.lists, cache.names
+    try:  # the common case: every set seen before
+        return [lists[tuple(ids)] if ids else NONE for ids in id_lists]
+    except KeyError:
+        pass
     keys = [tuple(ids) if ids else () for ids in id_lists]
     if unseen := {topic_id for key in keys if key not in lists for topic_id in key if topic_id not in names}:
         names.update(await sql.topic_names.records(conn, topic_ids=list(unseen)))  # type: ignore[arg-type]
