@@ -149,6 +149,6 @@ class ContextController(Controller):
                 )
             if rows[0]["sort_id"] is None:
                 rows = []
-            items = await shape.build(conn, db.topics, rows, [row["sort_id"] for row in rows])
+            items = await shape.build(conn, db.topics, rows, "sort_id")
         # tokens is selected outside the fields= list: the total does not depend on the fields chosen.
         return ContextWindow(items=items, total_tokens=sum(row["tokens"] for row in rows), truncated=truncated)

@@ -122,16 +122,18 @@ class Shape:
             projected = self._queries[query.label] = query.project(columns | (parts & query.parts))
         return projected
 
-    async def build(self, conn: Connection, cache: TopicCache, rows: Sequence[Any], ids: Sequence[int]) -> list[Any]:
-        """Structs from rows (``ids`` their message ids), with topics when asked for: from the rows'
-        own ``topic_ids`` when the statement read them, else from one lookup (``cache``: the
-        database's TopicCache)."""
+    async def build(self, conn: Connection, cache: TopicCache, rows: Sequence[Any], id_column: str | int) -> list[Any]:
+        """Structs from rows, with topics when asked for: from the rows' own ``topic_ids`` when the
+        statement read them (a page statement's topics part), else from one lookup for the
+        message ids in ``id_column`` (``cache``: the database's TopicCache)."""
         width = self.width
         if not (self.topics and rows):
             return [self.struct(*row[:width]) for row in rows]
-        if "topic_ids" in rows[0]:
+        # Rows sliced to plain tuples have no column names: "in" would look among their values.
+        if isinstance(rows[0], asyncpg.Record) and "topic_ids" in rows[0]:
             lists = await topics.lists_of(conn, cache, [row["topic_ids"] for row in rows])
         else:
+            ids = [row[id_column] for row in rows]
             found = await topics.topics_of(conn, cache, ids)
             lists = [found.get(message_id, topics.NONE) for message_id in ids]
         return [self.struct(*row[:width], refs) for row, refs in zip(rows, lists, strict=True)]
@@ -169,7 +171,7 @@ def parse_fields(fields: str | None) -> Shape:
 
 async def with_topics(conn: Connection, cache: TopicCache, rows: Sequence[Any]) -> list[Message]:
     """Full messages from rows that hold the message's columns first (and its id first of all)."""
-    return await FULL.build(conn, cache, rows, [row[0] for row in rows])
+    return await FULL.build(conn, cache, rows, 0)
 
 
 class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -477,7 +479,7 @@ async def read_page(
     )
     if rows is None:
         return None
-    items = await shape.build(conn, db.topics, rows, [row["sort_id"] for row in rows])
+    items = await shape.build(conn, db.topics, rows, "sort_id")
     return paging.page(items, scope, lambda index: IdKey(rows[index]["sort_id"]))
 
 
@@ -569,7 +571,7 @@ class ConversationList:
     async def _envelope(
         self, conn: Connection, rows: Sequence[asyncpg.Record], *, more_before: bool, more_after: bool
     ) -> MessagePage:
-        items = await self.shape.build(conn, self.db.topics, rows, [row["sort_id"] for row in rows])
+        items = await self.shape.build(conn, self.db.topics, rows, "sort_id")
         if not rows:
             return MessagePage(items=items)
         first, last = _time_key(rows[0], before=True), _time_key(rows[-1])

@@ -95,6 +95,20 @@ async def test_repeated_client_msg_id_returns_the_stored_message_and_writes_noth
     assert elsewhere.json()["id"] != first.json()["id"]
 
 
+@pytest.mark.parametrize("content", ["topic_ids", "sort_id"])
+async def test_a_repeat_answers_whatever_the_stored_content_says(
+    client: httpx.AsyncClient, chat: dict[str, Any], content: str
+) -> None:
+    # A stored message is read back as plain values: content equal to a column name the readers
+    # look for is content, not a column.
+    body = {"role": "user", "content": content, "client_msg_id": "same", "topics": ["t1"]}
+    first = await client.post(chat["messages"], json=body)
+    assert first.status_code == 201
+    again = await client.post(chat["messages"], json=body)
+    assert again.status_code == 200
+    assert again.json() == first.json()
+
+
 async def test_batch_reports_created_and_duplicate_per_item(
     client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
 ) -> None:
