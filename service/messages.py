@@ -131,7 +131,7 @@ class Shape:
             return [self.struct(*row[:width]) for row in rows]
         # Rows sliced to plain tuples have no column names: "in" would look among their values.
         if isinstance(rows[0], asyncpg.Record) and "topic_ids" in rows[0]:
-            lists = await topics.lists_of(conn, cache, [row["topic_ids"] for row in rows])
+            lists = await topics.lists_of(conn, cache, rows, "topic_ids")
         else:
             ids = [row[id_column] for row in rows]
             found = await topics.topics_of(conn, cache, ids)
@@ -706,7 +706,7 @@ class MessagesController(Controller):
             message: Any = shape.struct(*rows[0][: shape.width])
             if shape.topics:
                 topic_ids = [row["topic_id"] for row in rows if row["topic_id"] is not None]
-                [message.topics] = await topics.lists_of(conn, db.topics, [topic_ids])
+                [message.topics] = await topics.lists_of(conn, db.topics, [(topic_ids,)], 0)
         return message  # type: ignore[no-any-return]
 
     @patch(

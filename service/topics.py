@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, post, put
@@ -62,20 +62,19 @@ def cached_list(cache: TopicCache, key: tuple[int, ...]) -> list[TopicRef]:
     return refs
 
 
-async def lists_of(
-    conn: Connection, cache: TopicCache, id_lists: Sequence[Sequence[int] | None]
-) -> list[list[TopicRef]]:
-    """The topics list of each message whose topic ids are given (None: no topics), by name.
+async def lists_of(conn: Connection, cache: TopicCache, rows: Sequence[Any], column: str | int) -> list[list[TopicRef]]:
+    """The topics list (by name) of each row, whose ``column`` holds its message's topic ids
+    (NULL or empty: none).
 
     A page's lookup is a dict access per message, with no objects to allocate (cached_list); names
     the cache lacks are read with one statement.
     """
     lists, names = cache.lists, cache.names
     try:  # the common case: every set seen before
-        return [lists[tuple(ids)] if ids else NONE for ids in id_lists]
+        return [NONE if not (ids := row[column]) else lists[tuple(ids)] for row in rows]
     except KeyError:
         pass
-    keys = [tuple(ids) if ids else () for ids in id_lists]
+    keys = [() if not (ids := row[column]) else tuple(ids) for row in rows]
     if unseen := {topic_id for key in keys if key not in lists for topic_id in key if topic_id not in names}:
         names.update(await sql.topic_names.records(conn, topic_ids=list(unseen)))  # type: ignore[arg-type]
     return [lists[key] if key in lists else cached_list(cache, key) for key in keys]
@@ -84,7 +83,7 @@ async def lists_of(
 async def topics_of(conn: Connection, cache: TopicCache, message_ids: Sequence[int]) -> dict[int, list[TopicRef]]:
     """The topics of these messages that have some, by message id: one lookup for them all."""
     rows = await sql.tags_of_messages.records(conn, message_ids=message_ids)
-    return dict(zip([row[0] for row in rows], await lists_of(conn, cache, [row[1] for row in rows]), strict=True))
+    return dict(zip([row[0] for row in rows], await lists_of(conn, cache, rows, 1), strict=True))
 
 
 def _by_name(ref: TopicRef) -> str:

@@ -213,7 +213,7 @@ async def test_topic_names_are_cached_per_database(fresh_database: Callable[[], 
 async def test_topic_lists_are_built_once_shared_and_bounded(conn: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     [b, a] = [row["id"] for row in await conn.fetch("INSERT INTO topics (name) VALUES ('b'), ('a') RETURNING id")]
     cache = TopicCache()
-    lists = await topics.lists_of(conn, cache, [[b, a], None, [b, a], [a], []])
+    lists = await topics.lists_of(conn, cache, [([b, a],), (None,), ([b, a],), ([a],), ([],)], 0)
     assert [[ref.name for ref in refs] for refs in lists] == [["a", "b"], [], ["a", "b"], ["a"], []]
     # One list per distinct set of ids, shared.
     assert lists[0] is lists[2]
@@ -221,6 +221,6 @@ async def test_topic_lists_are_built_once_shared_and_bounded(conn: Connection, m
     assert cache.names == {a: "a", b: "b"}
     # Full: the cache starts over, and answers as before.
     monkeypatch.setattr(topics, "MAX_CACHED_LISTS", len(cache.lists))
-    [again] = await topics.lists_of(conn, cache, [[a, b]])
+    [again] = await topics.lists_of(conn, cache, [{"topic_ids": [a, b]}], "topic_ids")
     assert [(ref.id, ref.name) for ref in again] == [(a, "a"), (b, "b")]
     assert list(cache.lists) == [(a, b)]
