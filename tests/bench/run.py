@@ -710,8 +710,27 @@ def main() -> int:
         )
         return ours, bare
 
+    def search_statement_scripts(q: str) -> tuple[str, str]:
+        """pgbench on the ranking statement alone (no transaction, no estimate) for a word with
+        fewer matches than a common word's, and on bare SQL returning the same rows: every match
+        ranked, the page's 20 with their highlight, as the statement returns them."""
+        params = {**search_params, "q": q}
+        params["filter_scope"] = planned_search_choice(
+            url, {name: params[name] for name in search.sql.count_matching_messages.params}
+        )[1]
+        query = f"websearch_to_tsquery('english', {literal(q)})"
+        bare = bare_script(
+            # search_headline's options (migration 0007), written out.
+            f"SELECT p.*, ts_headline('english', p.content, {query}, "
+            "'MaxFragments=2, MaxWords=18, MinWords=6, FragmentDelimiter=\" … \"') AS highlight FROM ("
+            f"SELECT {columns}, ts_rank_cd(search, {query}) AS rank FROM messages WHERE search @@ {query} "
+            "ORDER BY rank DESC, id DESC LIMIT 20) AS p"
+        )
+        return pgbench_script(search.sql.search_messages_by_rank, params), bare
+
     common_ours, common_bare = search_scripts(common)
     rare_ours, rare_bare = search_scripts(rare)
+    rare_statement, rare_same_rows = search_statement_scripts(rare)
     # Scoped searches (issue 15): the user with the most messages and a user with about a hundred,
     # searching the same word, in up to 1,000 of the first's messages; the largest conversation and
     # one of about a hundred messages, likewise.
@@ -878,6 +897,14 @@ def main() -> int:
             f"/v1/search/messages?q={rare}&limit=20",
             rare_ours,
             rare_bare,
+            connections=search_clients,
+        ),
+        Operation(
+            "search_rare_same_rows_sql",
+            f"the ranking statement alone against bare SQL returning the same rows ({rare!r}, SQL only)",
+            "",
+            rare_statement,
+            rare_same_rows,
             connections=search_clients,
         ),
         Operation(
