@@ -2,10 +2,11 @@
 
 FREYA_API_TOKENS holds ``name:token:scope,scope`` entries separated by ``;``. When it is set,
 everything but ``/health/*`` and ``/metrics`` needs ``Authorization: Bearer <token>``: a missing
-or unknown token is a 401, a token without the scope the request needs a 403. GET and HEAD need
-``read``, other methods ``write``, ``/v1/admin/*`` needs ``admin``. Tokens are compared as SHA-256
-digests in constant time against every configured token, and never logged; the caller's token
-*name* is what the rest of the service sees (``scope["state"]["principal"]``).
+or unknown token is a 401, a token without the scope the request needs a 403. GET, HEAD and
+OPTIONS (which only lists a path's methods) need ``read``, other methods ``write``, and
+``/v1/admin/*`` needs ``admin``. Tokens are compared as SHA-256 digests in constant time against
+every configured token, and never logged; the caller's token *name* is what the rest of the
+service sees (``scope["state"]["principal"]``).
 
 The docs page is for people with a browser, which cannot send a Bearer header: there the token
 is also taken as the password of HTTP Basic, and a missing one is asked for (service/docs.py).
@@ -71,10 +72,14 @@ def is_open(path: str) -> bool:
     return path == "/metrics" or path.startswith("/health/") or docs.is_asset(path)
 
 
+# OPTIONS changes nothing: it answers which methods a path has (Allow).
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def required_scope(method: str, path: str) -> str:
     if path == "/v1/admin" or path.startswith("/v1/admin/"):
         return "admin"
-    return "read" if method in ("GET", "HEAD") else "write"
+    return "read" if method in _READ_METHODS else "write"
 
 
 def _presented(authorization: str, basic: bool) -> str | None:

@@ -58,6 +58,11 @@ async def test_scopes(guarded: httpx.AsyncClient) -> None:
     assert_problem(await guarded.delete(f"/v1/users/{created.json()['id']}", headers=bearer(READER)), 403)
     assert_problem(await guarded.get("/v1/admin/db/stats", headers=bearer(WRITER)), 403)
     assert (await guarded.get("/v1/admin/db/stats", headers=bearer(ADMIN))).status_code == 200
+    # OPTIONS only lists the path's methods: read is enough, and no token is still a 401.
+    options = await guarded.options("/v1/users/1", headers=bearer(READER))
+    assert options.status_code == 204, options.text
+    assert "DELETE" in options.headers["allow"]
+    assert_problem(await guarded.options("/v1/users/1"), 401)
     # The scheme name is case-insensitive.
     assert (await guarded.get("/v1/admin/db/stats", headers={"Authorization": f"bearer {ADMIN}"})).status_code == 200
 
