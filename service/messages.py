@@ -2,10 +2,10 @@
 topic, edit, delete.
 
 Reads select plain columns (PostgreSQL finds rows; Python formats them): a row becomes a msgspec
-Struct positionally, and the page's topics come from one lookup for all its ids: inside the page
-statement for a conversation's pages (its ``topics`` part), else topics.topics_of. ``fields=``
-projects both the SQL's select list (dropping the topics part when topics are not asked for) and
-the Struct.
+Struct positionally, and its topics from the row's own copy of its topic ids (``topic_ids``,
+migration 0030: the statement's ``topics`` part), named by the process's topic cache; rows without
+it (a post's replayed duplicates) have theirs looked up, topics.topics_of. ``fields=`` projects
+both the SQL's select list (dropping the topics part when topics are not asked for) and the Struct.
 """
 
 from __future__ import annotations
@@ -112,9 +112,9 @@ class Shape:
         return len(COLUMNS) if self.columns is None else len(self.columns)
 
     def query(self, query: Query) -> Query:
-        """``query`` selecting this shape's columns, and of its parts: topics (a statement that
-        reads them itself, page_topics) only when asked for; sort_ts only when "timestamp" is not
-        selected (the time sort key is then that column: see time_of)."""
+        """``query`` selecting this shape's columns, and of its parts: topics (the rows' topic_ids)
+        only when asked for; sort_ts only when "timestamp" is not selected (the time sort key is
+        then that column: see time_of)."""
         projected = self._queries.get(query.label)
         if projected is None:
             columns = frozenset(COLUMNS) if self.columns is None else self.columns
@@ -124,8 +124,8 @@ class Shape:
 
     async def build(self, conn: Connection, cache: TopicCache, rows: Sequence[Any], id_column: str | int) -> list[Any]:
         """Structs from rows, with topics when asked for: from the rows' own ``topic_ids`` when the
-        statement read them (a page statement's topics part), else from one lookup for the
-        message ids in ``id_column`` (``cache``: the database's TopicCache)."""
+        statement selected them (its topics part), else from one lookup for the message ids in
+        ``id_column`` (``cache``: the database's TopicCache)."""
         width = self.width
         if not (self.topics and rows):
             return [self.struct(*row[:width]) for row in rows]
@@ -699,14 +699,10 @@ class MessagesController(Controller):
     ) -> Message:
         shape = parse_fields(fields)
         async with db.connection() as conn:
-            # One row per topic: the message's columns, then a topic id (NULL without topics).
             rows = await shape.query(sql.get_message).records(conn, message_id=message_id)
             if not rows:
                 raise NotFound(f"message {message_id} does not exist")
-            message: Any = shape.struct(*rows[0][: shape.width])
-            if shape.topics:
-                topic_ids = [row["topic_id"] for row in rows if row["topic_id"] is not None]
-                [message.topics] = await topics.lists_of(conn, db.topics, [(topic_ids,)], 0)
+            [message] = await shape.build(conn, db.topics, rows, "id")
         return message  # type: ignore[no-any-return]
 
     @patch(
@@ -785,7 +781,7 @@ class MessagesController(Controller):
             rows = await sql.get_message.records(conn, message_id=message_id)
             if not rows:
                 raise NotFound(f"message {message_id} does not exist (or was purged)")
-            [message] = await with_topics(conn, db.topics, rows[:1])
+            [message] = await with_topics(conn, db.topics, rows)
         return message
 
 

@@ -147,6 +147,7 @@ class _Progress:
 class SeedQueries(QueryFile, file="seed"):
     reserve_ids: Query
     topic_ids: Query
+    tags_of_new_messages: Query
 
 
 sql = SeedQueries()
@@ -209,18 +210,24 @@ async def _write(conn: Connection, messages: int, seed_number: int, quiet: bool)
     tags = 0
     for batch in _message_batches(conversations, lengths, rng, word_weights):
         message_ids = await _reserve_ids(conn, "messages", len(batch))
-        rows = [(message_id, *row) for message_id, row in zip(message_ids, batch, strict=True)]
+        tagged = [
+            sorted(set(rng.choices(topic_ids, cum_weights=topic_weights, k=rng.choice((1, 1, 2, 3)))))
+            if rng.random() < 0.4
+            else None
+            for _ in message_ids
+        ]
+        rows = [(message_id, *row, ids) for message_id, row, ids in zip(message_ids, batch, tagged, strict=True)]
         await conn.copy_records_to_table(
             "messages",
             records=rows,
-            # token_count given, so the row trigger of migration message_metadata_columns stays idle.
-            columns=["id", "conversation_id", "user_id", "role", "content", "timestamp", "token_count"],
+            # token_count given, so the row trigger of migration message_metadata_columns stays idle;
+            # topic_ids (migration 0030) is the copy of the tags written next.
+            columns=["id", "conversation_id", "user_id", "role", "content", "timestamp", "token_count", "topic_ids"],
         )
-        tag_rows = []
-        for message_id in message_ids:
-            if rng.random() < 0.4:
-                for topic in set(rng.choices(topic_ids, cum_weights=topic_weights, k=rng.choice((1, 1, 2, 3)))):
-                    tag_rows.append((topic, message_id))
+        tag_rows = [
+            (topic, message_id) for message_id, ids in zip(message_ids, tagged, strict=True) for topic in ids or ()
+        ]
+        await sql.tags_of_new_messages.val(conn)  # the rows carry their copy: the tags' triggers skip them
         await conn.copy_records_to_table("message_topics", records=tag_rows, columns=["topic_id", "message_id"])
         tags += len(tag_rows)
         progress.advance(len(batch))

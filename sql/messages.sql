@@ -68,34 +68,45 @@ SELECT (SELECT c.user_id FROM conversation AS c) AS owner,
 -- order) and their tags, (topic_ids[i], message_ids[i]) pairs, in one statement. search is
 -- computed here, so the row trigger of migration 0014 skips these rows; token_count is always
 -- given, so that of migration message_metadata_columns does too; "timestamp" is the transaction's
--- now(). The tags' foreign keys are checked at the end of the statement, when the messages exist.
--- (Measured against binary COPY of the same rows, messages then tags: the same time for 1,000
--- messages, a quarter less for one, and a round trip fewer.)
-WITH message AS (
+-- now(); each row carries its topic ids (migration 0030), whose trigger begin_adding_messages' flag
+-- tells to skip these tags. The tags' foreign keys are checked at the end of the statement, when
+-- the messages exist. (Measured against binary COPY of the same rows, messages then tags: the same
+-- time for 1,000 messages, a quarter less for one, and a round trip fewer.)
+WITH tag AS (
+    SELECT t.topic_id, t.message_id
+    FROM unnest(:topic_ids::bigint[], :message_ids::bigint[]) AS t (topic_id, message_id)
+),
+message AS (
     INSERT INTO messages (id, conversation_id, user_id, role, content, client_msg_id, search, metadata, token_count,
-                          token_count_estimated)
+                          token_count_estimated, topic_ids)
     OVERRIDING SYSTEM VALUE
     SELECT m.id, :conversation_id, m.user_id, m.role, m.content, m.client_msg_id, search_vector(m.content), m.metadata,
-           m.token_count, m.token_count_estimated
+           m.token_count, m.token_count_estimated, g.topic_ids
     FROM unnest(:ids::bigint[], :user_ids::bigint[], :roles::text[], :contents::text[], :client_msg_ids::text[],
                 :metadata::jsonb[], :token_counts::integer[], :token_counts_estimated::boolean[])
         AS m (id, user_id, role, content, client_msg_id, metadata, token_count, token_count_estimated)
+    LEFT JOIN (
+        SELECT g.message_id, array_agg(g.topic_id ORDER BY g.topic_id) AS topic_ids
+        FROM tag AS g
+        GROUP BY g.message_id
+    ) AS g ON g.message_id = m.id
 )
 INSERT INTO message_topics (topic_id, message_id)
 SELECT t.topic_id, t.message_id
-FROM unnest(:topic_ids::bigint[], :message_ids::bigint[]) AS t (topic_id, message_id);
+FROM tag AS t;
 
 -- fragment: message_columns
 -- The message object as the API shows it, in the order of the Message Struct; its topics come
--- from topics.tags_of_messages. fields= projects this list.
+-- from its topic_ids (migration 0030). fields= projects this list.
 /*columns*/m.id AS id, m.conversation_id AS conversation_id, m.user_id AS user_id, m.role AS role,
        m.content AS content, m."timestamp" AS "timestamp", m.edited_at AS edited_at, m.metadata AS metadata,
        m.token_count AS token_count, m.token_count_estimated AS token_count_estimated/*end columns*/
 
 -- fragment: message_fields
--- The columns of message_columns, as a statement's inner page selects them from messages.
+-- The columns of message_columns, as a statement's inner page selects them from messages, and
+-- the message's topic ids (migration 0030).
 m.id, m.conversation_id, m.user_id, m.role, m.content, m."timestamp", m.edited_at, m.metadata, m.token_count,
-       m.token_count_estimated
+       m.token_count_estimated, m.topic_ids
 
 -- fragment: live_messages
 -- A conversation's live messages with an optional role (NULL: any).
@@ -115,24 +126,13 @@ m.conversation_id = :conversation_id
           AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
           AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
 
--- fragment: page_topics
--- A page statement's CTE of its page's topic ids, after its CTE "page": one lookup for all the
--- page's ids in the page's own statement (no second round trip), run once (MATERIALIZED: as a
--- joined subquery, a nested loop ran it again for every row). A marked part: fields= without
--- topics leaves it out.
-/*part topics*/,
-tags AS MATERIALIZED (
-    /*include topics.topic_ids_of_page*/
-)/*end part*/
-
 -- fragment: page_rows
 -- What a page statement returns of its CTE "page": the message's columns, the sort key (sort_ts,
--- sort_id) its cursors are made of, and the message's topic ids (page_topics). sort_ts is a marked
--- part: a projection that selects "timestamp" leaves it out (decoding a time twice is a fifth of
--- what the rows cost the client).
-SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*end part*/m.id AS sort_id/*part topics*/, t.topic_ids/*end part*/
+-- sort_id) its cursors are made of, and the message's topic ids (message_fields). sort_ts is a
+-- marked part: a projection that selects "timestamp" leaves it out (decoding a time twice is a
+-- fifth of what the rows cost the client); so is topic_ids, which fields= can leave out.
+SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*end part*/m.id AS sort_id/*part topics*/, m.topic_ids/*end part*/
 FROM page AS m
-/*part topics*/LEFT JOIN tags AS t ON t.message_id = m.id/*end part*/
 
 -- name: get_messages_by_client_ids :many
 -- The stored messages of a conversation with these client_msg_ids (the duplicates a post repeats),
@@ -143,11 +143,10 @@ WHERE m.conversation_id = :conversation_id
   AND m.client_msg_id = ANY (:client_msg_ids::text[]);
 
 -- name: get_message :many
--- One row per topic of the message (one with a NULL topic_id when it has none), so the message and
--- its topic ids come in one statement; names come from topics.topic_names.
-SELECT /*include message_columns*/, mt.topic_id
+-- The message and its topic ids (migration 0030; names come from topics.topic_names); none, or
+-- none without topics, as fields= asks.
+SELECT /*include message_columns*//*part topics*/, m.topic_ids/*end part*/
 FROM messages AS m
-LEFT JOIN message_topics AS mt ON mt.message_id = m.id
 WHERE m.id = :message_id AND m.deleted_at IS NULL;
 
 -- name: list_messages_newest_first :many
@@ -178,7 +177,7 @@ WITH page AS (
         LIMIT :limit::integer + 1 OFFSET :offset
     ) AS m ON true
     WHERE c.id = :conversation_id AND c.deleted_at IS NULL
-)/*include page_topics*/
+)
 /*include page_rows*/
 ORDER BY m."timestamp" DESC, m.id DESC;
 
@@ -200,7 +199,7 @@ WITH page AS (
         LIMIT :limit::integer + 1 OFFSET :offset
     ) AS m ON true
     WHERE c.id = :conversation_id AND c.deleted_at IS NULL
-)/*include page_topics*/
+)
 /*include page_rows*/
 ORDER BY m."timestamp", m.id;
 
@@ -211,9 +210,10 @@ ORDER BY m."timestamp", m.id;
 -- Each side is a keyset range of idx_message_live_timestamp starting at the anchor, like a list
 -- page, and stopping at since or until (a listed anchor is inside them).
 -- Rows: the message's columns, the sort key (sort_ts a part, as in page_rows), the side, and
--- listed (the anchor passes the filters).
+-- listed (the anchor passes the filters), and its topic ids (a part, as in page_rows).
 -- No row at all: no such conversation; one row with a NULL sort_id: the message is not in it.
-SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*end part*/m.id AS sort_id, m.side, a.listed
+SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*end part*/m.id AS sort_id, m.side, a.listed/*part topics*/,
+       m.topic_ids/*end part*/
 FROM conversations AS c
 LEFT JOIN LATERAL (
     SELECT m."timestamp", m.id, (/*include page_filters*/) AS listed
@@ -252,7 +252,7 @@ ORDER BY m."timestamp", m.id;
 -- messages are then fetched by primary key: a page costs its own size at any depth, and however
 -- many newer messages carry other topics (a merge join along messages_pkey would walk them all).
 -- The topic is the outer side, as in list_messages_newest_first: no row means no such topic.
-SELECT /*include message_columns*/, page.message_id AS sort_id
+SELECT /*include message_columns*/, page.message_id AS sort_id/*part topics*/, m.topic_ids/*end part*/
 FROM topics AS t
 LEFT JOIN LATERAL (
     SELECT mt.message_id

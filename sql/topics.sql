@@ -55,9 +55,11 @@ WHERE id = ANY (:topic_ids::bigint[]);
 -- Sets a message's topics to exactly :topics (creating missing ones); false, and nothing is
 -- written, when the message does not exist.
 WITH message AS (
-    -- FOR SHARE: a concurrent delete (which sets tags aside) waits for this tagging, or this
-    -- tagging sees the message deleted.
-    SELECT id FROM messages WHERE id = :message_id AND deleted_at IS NULL FOR SHARE
+    -- A concurrent delete (which sets tags aside) waits for this tagging, or this tagging sees
+    -- the message deleted. FOR NO KEY UPDATE, the lock the trigger of migration 0030 takes to
+    -- copy the tags onto the row: two taggings of a message queue here instead of deadlocking
+    -- as they upgrade a shared lock.
+    SELECT id FROM messages WHERE id = :message_id AND deleted_at IS NULL FOR NO KEY UPDATE
 ),
 wanted AS (
     SELECT id, name
@@ -81,9 +83,11 @@ SELECT EXISTS (SELECT 1 FROM message);
 -- Adds :topics to a message (creating missing ones); false, and nothing is written, when the
 -- message does not exist.
 WITH message AS (
-    -- FOR SHARE: a concurrent delete (which sets tags aside) waits for this tagging, or this
-    -- tagging sees the message deleted.
-    SELECT id FROM messages WHERE id = :message_id AND deleted_at IS NULL FOR SHARE
+    -- A concurrent delete (which sets tags aside) waits for this tagging, or this tagging sees
+    -- the message deleted. FOR NO KEY UPDATE, the lock the trigger of migration 0030 takes to
+    -- copy the tags onto the row: two taggings of a message queue here instead of deadlocking
+    -- as they upgrade a shared lock.
+    SELECT id FROM messages WHERE id = :message_id AND deleted_at IS NULL FOR NO KEY UPDATE
 ),
 wanted AS (
     SELECT id, name
@@ -109,10 +113,12 @@ WITH input AS (
     SELECT DISTINCT unnest(:message_ids::bigint[]) AS id
 ),
 live AS (
-    -- FOR SHARE, as in add_message_topics: no tag lands on a message being deleted.
+    -- Locked as in add_message_topics, in id order (as the trigger locks them): two
+    -- assignments to overlapping messages queue instead of deadlocking.
     SELECT m.id FROM messages AS m
     WHERE m.id IN (SELECT id FROM input) AND m.deleted_at IS NULL
-    FOR SHARE
+    ORDER BY m.id
+    FOR NO KEY UPDATE
 ),
 missing AS (
     SELECT i.id FROM input AS i

@@ -90,6 +90,18 @@ def no_per_row_subplan(nodes: list[dict[str, Any]]) -> bool:
     return not any(n.get("Parent Relationship") == "SubPlan" for n in nodes)
 
 
+def tagged_messages(select: str) -> str:
+    """An INSERT of the messages ``select`` gives (conversation_id, user_id, role, content, ts), as
+    add_messages writes them: each with its copy of its topic ids (migration 0030), topic-(id % 100)."""
+    return (
+        'INSERT INTO messages (id, conversation_id, user_id, role, content, "timestamp", topic_ids) '
+        "OVERRIDING SYSTEM VALUE "
+        "SELECT s.id, s.conversation_id, s.user_id, s.role, s.content, s.ts, "
+        "ARRAY[(SELECT t.id FROM topics AS t WHERE t.name = 'topic-' || (s.id % 100))] "
+        f"FROM (SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id, m.* FROM ({select}) AS m) AS s"
+    )
+
+
 SEED = [
     "INSERT INTO users (email, name) VALUES ('seed@example.com', 'Seed')",
     "INSERT INTO users (email, name) SELECT 'u' || g || '@example.com', 'U' || g FROM generate_series(1, 200) AS g",
@@ -98,16 +110,21 @@ SEED = [
     f"INSERT INTO conversations (user_id, title, updated_at) "
     f"SELECT (SELECT min(id) FROM users) + 1 + g % 200, 'small', now() - g * interval '1 minute' "
     f"FROM generate_series(1, {SMALL_CONVERSATIONS}) AS g",
-    f'INSERT INTO messages (conversation_id, user_id, role, content, "timestamp") '
-    f"SELECT c.id, c.user_id, (ARRAY['user', 'assistant'])[1 + g % 2], 'message ' || g, "
-    f"'2026-01-01T00:00:00Z'::timestamptz + g * interval '1 second' "
-    f"FROM conversations AS c, generate_series(1, {BIG_CONVERSATION_MESSAGES}) AS g WHERE c.title = 'big'",
-    f'INSERT INTO messages (conversation_id, user_id, role, content, "timestamp") '
-    f"SELECT c.id, c.user_id, 'user', 'small ' || g, '2026-02-01T00:00:00Z'::timestamptz + g * interval '1 minute' "
-    f"FROM conversations AS c, generate_series(1, {SMALL_CONVERSATION_MESSAGES}) AS g WHERE c.title = 'small'",
     "INSERT INTO topics (name) SELECT 'topic-' || g FROM generate_series(0, 99) AS g",
-    "INSERT INTO message_topics (topic_id, message_id) "
-    "SELECT t.id, m.id FROM messages AS m JOIN topics AS t ON t.name = 'topic-' || (m.id % 100)",
+    tagged_messages(
+        "SELECT c.id AS conversation_id, c.user_id, (ARRAY['user', 'assistant'])[1 + g % 2] AS role, "
+        "'message ' || g AS content, '2026-01-01T00:00:00Z'::timestamptz + g * interval '1 second' AS ts "
+        f"FROM conversations AS c, generate_series(1, {BIG_CONVERSATION_MESSAGES}) AS g WHERE c.title = 'big'"
+    ),
+    tagged_messages(
+        "SELECT c.id AS conversation_id, c.user_id, 'user' AS role, 'small ' || g AS content, "
+        "'2026-02-01T00:00:00Z'::timestamptz + g * interval '1 minute' AS ts "
+        f"FROM conversations AS c, generate_series(1, {SMALL_CONVERSATION_MESSAGES}) AS g WHERE c.title = 'small'"
+    ),
+    # The tags of those new messages, which already carry them: the flag add_messages sets, so the
+    # tags' triggers leave the rows alone.
+    "WITH flag AS MATERIALIZED (SELECT set_config('freya.tags_of_new_messages', 'on', true) AS said) "
+    "INSERT INTO message_topics (topic_id, message_id) SELECT unnest(m.topic_ids), m.id FROM messages AS m, flag",
     # The seed user also has a long history of conversations (without messages).
     "INSERT INTO conversations (user_id, title, updated_at) "
     "SELECT min(id), 'old', now() - g * interval '1 hour' FROM users, generate_series(1, 3000) AS g GROUP BY g",

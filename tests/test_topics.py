@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -137,6 +138,76 @@ async def test_assign_is_idempotent_and_all_or_nothing(
 )
 async def test_bad_assignments_are_400(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
     assert_problem(await client.post("/v1/topics/assign", json=body), 400)
+
+
+# Messages whose copy of their topic ids (messages.topic_ids, migration 0030) is not what
+# message_topics holds for them: NULL for none (a deleted message's tags are set aside).
+COPIES_APART = """
+SELECT m.id, m.topic_ids, t.tags
+FROM messages AS m
+LEFT JOIN LATERAL (
+    SELECT array_agg(mt.topic_id ORDER BY mt.topic_id) AS tags FROM message_topics AS mt WHERE mt.message_id = m.id
+) AS t ON true
+WHERE m.topic_ids IS DISTINCT FROM t.tags
+"""
+
+
+async def test_every_write_of_tags_keeps_each_rows_copy_of_its_topic_ids(
+    client: httpx.AsyncClient, conn: Connection, message_ids: list[int]
+) -> None:
+    first, second, third = message_ids[:3]
+    conversation_id = (await client.get(f"/v1/messages/{first}")).json()["conversation_id"]
+    path = f"/v1/conversations/{conversation_id}/messages"
+
+    async def written(response: httpx.Response) -> None:
+        assert response.status_code < 300, response.text
+        assert [dict(row) for row in await conn.fetch(COPIES_APART)] == []
+
+    await written(await client.post(path, json={"role": "user", "content": "one", "topics": ["b", "a"]}))
+    await written(await post_tagged_batch(client, f"{path}/batch", ["c", "a"]))
+    await written(await client.put(f"/v1/messages/{first}/topics", json={"topics": ["x", "y"]}))
+    await written(await client.post(f"/v1/messages/{first}/topics", json={"topics": ["z", "x"]}))
+    x = next(t["id"] for t in (await client.get(f"/v1/messages/{first}")).json()["topics"] if t["name"] == "x")
+    await written(await client.delete(f"/v1/messages/{first}/topics/{x}"))
+    await written(await client.post("/v1/topics/assign", json={"message_ids": [first, second], "topics": ["y", "w"]}))
+    await written(await client.put(f"/v1/messages/{third}/topics", json={"topics": []}))
+    await written(await client.delete(f"/v1/messages/{first}"))
+    assert await conn.fetchval("SELECT topic_ids FROM messages WHERE id = $1", first) is None
+    await written(await client.post(f"/v1/messages/{first}/restore"))
+    # What reads show comes from the copy: the message, and a page of the conversation.
+    shown = (await client.get(f"/v1/messages/{first}")).json()["topics"]
+    assert sorted(t["name"] for t in shown) == ["w", "y", "z"]
+    page = (await client.get(path, params={"limit": 50})).json()["items"]
+    assert next(m["topics"] for m in page if m["id"] == first) == shown
+    assert next(m["topics"] for m in page if m["id"] == third) == []
+
+
+async def post_tagged_batch(client: httpx.AsyncClient, path: str, topics: list[str]) -> httpx.Response:
+    """A batch of two messages, each tagged with ``topics``."""
+    messages = [{"role": "user", "content": f"batch {n}", "topics": topics} for n in range(2)]
+    return await client.post(path, json={"messages": messages})
+
+
+async def test_concurrent_taggings_of_a_message_leave_its_copy_as_its_tags(fresh_database: Callable[[], str]) -> None:
+    url = fresh_database()
+    async with serving(url) as live_client:
+        user = await create_user(live_client)
+        conversation = await create_conversation(live_client, user["id"])
+        [item] = await post_batch(live_client, conversation["id"], [{"role": "user", "content": "contested"}])
+        message = f"/v1/messages/{item['message']['id']}/topics"
+        writes = [
+            live_client.put(message, json={"topics": [f"only-{n}"]})
+            if n % 3 == 0
+            else live_client.post(message, json={"topics": [f"more-{n}", "shared"]})
+            for n in range(24)
+        ]
+        assert {r.status_code for r in await asyncio.gather(*writes)} == {200}
+    connection = await asyncpg.connect(url)
+    try:
+        assert await connection.fetch(COPIES_APART) == []
+        assert await connection.fetchval("SELECT count(*) FROM message_topics") > 0
+    finally:
+        await connection.close()
 
 
 async def test_concurrent_requests_create_one_topic(fresh_database: Callable[[], str]) -> None:
