@@ -23,7 +23,7 @@ from service.fields import NO_NUL, RoleQuery, TimeQuery
 from service.pages import Page, Paging, estimate_each, estimate_rows
 from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
-from service.topics import NONE, TopicRef, prefix_range, topics_of
+from service.topics import TopicRef, lists_of, prefix_range
 
 
 class SearchQueries(QueryFile, file="search"):
@@ -344,15 +344,15 @@ async def search_messages_txn(
                 limit=paging.limit,
                 offset=paging.offset,
             )
-        found = await topics_of(conn, cache, [row[0] for row in rows])
+        lists = await lists_of(conn, cache, rows, -1)
         counts.total = await paging.total(conn, sql.count_matching_messages, **filters)
         if facets:
             counts.facets = await _facets(conn, filters, facets)
-    # A row is the message's columns, its rank and its highlight.
+    # A row is the message's columns, its rank, its highlight and its topic ids (migration 0030).
     width = len(messages.COLUMNS)
     counts.items = [
-        MessageHit(*row[:width], found.get(row[0], NONE), *row[width:])  # type: ignore[call-arg]
-        for row in rows
+        MessageHit(*row[:width], refs, row[width], row[width + 1])  # type: ignore[call-arg]
+        for row, refs in zip(rows, lists, strict=True)
     ]
     return counts, newest
 

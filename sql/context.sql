@@ -18,8 +18,8 @@ SELECT set_config('plan_cache_mode', 'force_custom_plan', true);
 --     sum gives the planner no hint that the scan stops early (it then sorts the whole
 --     conversation); a recursive walk of LIMITed index ranges reads at most one chunk too many.
 -- One row per message (system part first, then oldest first): the message's columns (fields=
--- projects them), its id and token count, and on every row system_tokens and truncated (older
--- messages were left out). The conversation is the outer side of the join: an existing one with
+-- projects them), its id and token count, its topic ids (a part, left out when fields= leaves
+-- topics out), and on every row system_tokens and truncated (older messages were left out). The conversation is the outer side of the join: an existing one with
 -- nothing to show gives one row whose sort_id is NULL; no row at all means no such conversation.
 WITH RECURSIVE conversation AS (
     SELECT c.id FROM conversations AS c WHERE c.id = :conversation_id AND c.deleted_at IS NULL
@@ -80,7 +80,8 @@ outcome AS MATERIALIZED (
     SELECT b.system_tokens, EXISTS (SELECT 1 FROM walked AS w WHERE w.spent > b.left_for_others) AS truncated
     FROM budget AS b
 )
-SELECT /*include messages.message_columns*/, m.id AS sort_id, m.token_count AS tokens, o.system_tokens, o.truncated
+SELECT /*include messages.message_columns*/, m.id AS sort_id, m.token_count AS tokens, o.system_tokens, o.truncated/*part topics*/,
+       m.topic_ids/*end part*/
 FROM conversation AS c
 CROSS JOIN outcome AS o
 LEFT JOIN (chosen AS x JOIN messages AS m ON m.id = x.id) ON true

@@ -279,7 +279,8 @@ WHERE /*include page_filters*/;
 -- name: update_message :many
 -- Changes content, role, metadata and the token count (NULL keeps the stored value) and stamps
 -- edited_at. The caller sends the count with its flag: the writer's, or the estimate of new content.
--- The trigger of migration 0023 keeps the replaced role and content as a revision.
+-- The trigger of migration 0023 keeps the replaced role and content as a revision. Returns the
+-- message's columns and its topic ids.
 UPDATE messages AS m
 SET content = coalesce(:content::text, m.content),
     role = coalesce(:role::text, m.role),
@@ -288,7 +289,7 @@ SET content = coalesce(:content::text, m.content),
     token_count_estimated = coalesce(:token_count_estimated::boolean, m.token_count_estimated),
     edited_at = now()
 WHERE m.id = :message_id AND m.deleted_at IS NULL
-RETURNING /*include message_columns*/;
+RETURNING /*include message_columns*/, m.topic_ids;
 
 -- name: update_messages :one
 -- Bulk edit in one statement: each id gets its content, role, metadata and token count (NULL

@@ -51,7 +51,7 @@ page AS (
     LIMIT :limit::integer + 1 OFFSET :offset
 )
 SELECT s.ranked, s.newest, /*include messages.message_columns*/, p.rank,
-       search_headline(m.content, search_query(:q)) AS highlight
+       search_headline(m.content, search_query(:q)) AS highlight, m.topic_ids
 FROM summary AS s
 LEFT JOIN page AS p ON true
 LEFT JOIN messages AS m ON m.id = p.id
@@ -128,7 +128,8 @@ WITH page AS (
     ORDER BY m."timestamp" DESC, m.id DESC
     LIMIT :limit::integer + 1 OFFSET :offset
 )
-SELECT /*include messages.message_columns*/, p.rank, search_headline(m.content, search_query(:q)) AS highlight
+SELECT /*include messages.message_columns*/, p.rank, search_headline(m.content, search_query(:q)) AS highlight,
+       m.topic_ids
 FROM page AS p
 JOIN messages AS m ON m.id = p.id
 ORDER BY p."timestamp" DESC, p.id DESC;
