@@ -833,7 +833,7 @@ def main() -> int:
             "/",
             pgbench_script(message_queries.sql.get_message, {}, {"message_id": f"random(1, {max_id})"}),
             bare_script(
-                f"SELECT {columns} FROM messages WHERE id = :message_id",
+                f"SELECT {columns}, topic_ids FROM messages WHERE id = :message_id",
                 {"message_id": f"random(1, {max_id})"},
             ),
             script=LOAD / "message_by_id.lua",
@@ -849,7 +849,7 @@ def main() -> int:
                 {"topic_id": top_topic, "before_id": None, "limit": 50, "offset": 0},
             ),
             bare_script(
-                f"SELECT {', '.join('m.' + name for name in columns.split(', '))} "
+                f"SELECT {', '.join('m.' + name for name in columns.split(', '))}, m.topic_ids "
                 f"FROM message_topics AS mt JOIN messages AS m ON m.id = mt.message_id "
                 f"WHERE mt.topic_id = {top_topic} ORDER BY mt.message_id DESC LIMIT 50"
             ),
