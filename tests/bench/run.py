@@ -716,7 +716,7 @@ def main() -> int:
     def search_statement_scripts(q: str) -> tuple[str, str]:
         """pgbench on the ranking statement alone (no transaction, no estimate) for a word with
         fewer matches than a common word's, and on bare SQL returning the same rows: every match
-        ranked, the page's 20 with their highlight, as the statement returns them."""
+        ranked, the page's 20 with their topic ids and highlight, as the statement returns them."""
         params = {**search_params, "q": q}
         params["filter_scope"] = planned_search_choice(
             url, {name: params[name] for name in search.sql.count_matching_messages.params}
@@ -726,7 +726,7 @@ def main() -> int:
             # search_headline's options (migration 0007), written out.
             f"SELECT p.*, ts_headline('english', p.content, {query}, "
             "'MaxFragments=2, MaxWords=18, MinWords=6, FragmentDelimiter=\" … \"') AS highlight FROM ("
-            f"SELECT {columns}, ts_rank_cd(search, {query}) AS rank FROM messages WHERE search @@ {query} "
+            f"SELECT {columns}, topic_ids, ts_rank_cd(search, {query}) AS rank FROM messages WHERE search @@ {query} "
             "ORDER BY rank DESC, id DESC LIMIT 20) AS p"
         )
         return pgbench_script(search.sql.search_messages_by_rank, params), bare
