@@ -126,17 +126,22 @@ class Shape:
         """Structs from rows, with topics when asked for: from the rows' own ``topic_ids`` when the
         statement selected them (its topics part), else from one lookup for the message ids in
         ``id_column`` (``cache``: the database's TopicCache)."""
-        width = self.width
+        struct, width = self.struct, self.width
         if not (self.topics and rows):
-            return [self.struct(*row[:width]) for row in rows]
+            return [struct(*row[:width]) for row in rows]
         # Rows sliced to plain tuples have no column names: "in" would look among their values.
         if isinstance(rows[0], asyncpg.Record) and "topic_ids" in rows[0]:
-            lists = await topics.lists_of(conn, cache, rows, "topic_ids")
+            column = list(rows[0].keys()).index("topic_ids")
+            cached, none = cache.lists, topics.NONE
+            try:  # the common case, in one pass: every set of topic ids seen before (else lists_of)
+                return [struct(*row[:width], cached[tuple(ids)] if (ids := row[column]) else none) for row in rows]
+            except KeyError:
+                lists = await topics.lists_of(conn, cache, rows, column)
         else:
             ids = [row[id_column] for row in rows]
             found = await topics.topics_of(conn, cache, ids)
             lists = [found.get(message_id, topics.NONE) for message_id in ids]
-        return [self.struct(*row[:width], refs) for row, refs in zip(rows, lists, strict=True)]
+        return [struct(*row[:width], refs) for row, refs in zip(rows, lists, strict=True)]
 
 
 FULL = Shape(Message, None, topics=True)
