@@ -20,8 +20,9 @@
 --   metadata        :metadata as PostgreSQL stores it (jsonb orders keys and normalises numbers),
 --                   so the answer shows what a read of the message will;
 --   tagging         whether the new messages have topics: the transaction-local setting
---                   freya.tags_of_new_messages then tells the change feed's trigger on the tags
---                   insert_new_messages writes (migration 0029) that they are all on new messages.
+--                   freya.tags_of_new_messages ('copied') then tells the triggers on the tags
+--                   insert_new_messages writes that they are all on new messages (migration 0029)
+--                   whose rows carry their copy of them (migration 0030).
 -- A client_msg_id committed by a concurrent request while this statement waited for the lock is
 -- not in its snapshot: insert_new_messages then fails on idx_message_client_msg_id, and the caller runs the
 -- transaction again (this statement then sees the winner's message, a duplicate). When the caller
@@ -60,8 +61,8 @@ SELECT (SELECT c.user_id FROM conversation AS c) AS owner,
        ARRAY(SELECT tp.id FROM topic AS tp ORDER BY tp.name) AS topic_ids,
        ARRAY(SELECT tp.name FROM topic AS tp ORDER BY tp.name) AS topic_names,
        :metadata::jsonb[] AS metadata,
-       set_config('freya.tags_of_new_messages', CASE WHEN EXISTS (SELECT 1 FROM topic) THEN 'on' ELSE '' END, true)
-           = 'on' AS tagging;
+       set_config('freya.tags_of_new_messages', CASE WHEN EXISTS (SELECT 1 FROM topic) THEN 'copied' ELSE '' END, true)
+           = 'copied' AS tagging;
 
 -- name: insert_new_messages :exec
 -- add_messages' write, after begin_adding_messages: the new messages (ids drawn by it, in item

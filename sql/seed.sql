@@ -20,4 +20,4 @@ FROM topic_ids(:names::text[]);
 -- Said before the seed COPYs a batch's tags: they are on messages this transaction has just
 -- written with their copy (messages.topic_ids), so the tags' triggers (migrations 0029, 0030) skip
 -- them, as they skip add_messages' tags. The next write of tags consumes it.
-SELECT set_config('freya.tags_of_new_messages', 'on', true) = 'on';
+SELECT set_config('freya.tags_of_new_messages', 'copied', true) = 'copied';

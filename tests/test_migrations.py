@@ -201,3 +201,37 @@ def test_metadata_and_token_count_migrations_on_a_populated_table(empty_database
             conn.execute("UPDATE messages SET token_count = -1 WHERE id = (SELECT min(id) FROM messages)")
     with psycopg.connect(empty_database) as conn, pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("UPDATE messages SET metadata = '[1]' WHERE id = (SELECT min(id) FROM messages)")
+
+
+def test_topic_ids_copy_migrations_on_a_populated_table(empty_database: str) -> None:
+    ids = migrations.migration_ids()
+    first = next(n for n, i in enumerate(ids) if i.endswith("_message_topic_ids"))
+    migrations.apply(empty_database, up_to=ids[first - 1])
+    with psycopg.connect(empty_database) as conn:
+        conn.execute("INSERT INTO users (email, name) VALUES ('old@example.com', 'Old')")
+        conn.execute("INSERT INTO conversations (user_id) SELECT id FROM users")
+        # 12,000 messages cross the backfill's batches; every third has no tag, the rest one or two.
+        conn.execute(
+            "INSERT INTO messages (conversation_id, user_id, role, content) "
+            "SELECT c.id, c.user_id, 'user', 'm' || g FROM conversations AS c, generate_series(1, 12000) AS g"
+        )
+        conn.execute("INSERT INTO topics (name) VALUES ('a'), ('b')")
+        conn.execute(
+            "INSERT INTO message_topics (topic_id, message_id) "
+            "SELECT t.id, m.id FROM messages AS m JOIN topics AS t "
+            "ON (t.name = 'a' AND m.id % 3 = 1) OR (t.name = 'b' AND m.id % 3 <> 0)"
+        )
+        deleted = conn.execute("SELECT min(id) FROM messages WHERE id % 3 = 2").fetchone()
+        conn.execute("UPDATE messages SET deleted_at = now() WHERE id = %s", deleted)
+    applied = migrations.apply(empty_database, up_to=ids[first + 1])
+    assert [i[5:] for i in applied] == ["message_topic_ids", "message_topic_ids_backfill"]
+    with psycopg.connect(empty_database) as conn:
+        copies: dict[int, list[int | None]] = dict(
+            conn.execute("SELECT id % 3, array_agg(DISTINCT cardinality(topic_ids)) FROM messages GROUP BY 1")
+        )
+        assert copies == {0: [None], 1: [2], 2: [1, None]}  # the deleted message's tags are set aside
+        apart = conn.execute(
+            "SELECT count(*) FROM messages AS m WHERE m.topic_ids IS DISTINCT FROM "
+            "(SELECT array_agg(mt.topic_id ORDER BY mt.topic_id) FROM message_topics AS mt WHERE mt.message_id = m.id)"
+        ).fetchone()
+        assert apart == (0,)

@@ -123,7 +123,7 @@ SEED = [
     ),
     # The tags of those new messages, which already carry them: the flag add_messages sets, so the
     # tags' triggers leave the rows alone.
-    "WITH flag AS MATERIALIZED (SELECT set_config('freya.tags_of_new_messages', 'on', true) AS said) "
+    "WITH flag AS MATERIALIZED (SELECT set_config('freya.tags_of_new_messages', 'copied', true) AS said) "
     "INSERT INTO message_topics (topic_id, message_id) SELECT unnest(m.topic_ids), m.id FROM messages AS m, flag",
     # The seed user also has a long history of conversations (without messages).
     "INSERT INTO conversations (user_id, title, updated_at) "

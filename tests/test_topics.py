@@ -188,6 +188,19 @@ async def post_tagged_batch(client: httpx.AsyncClient, path: str, topics: list[s
     return await client.post(path, json={"messages": messages})
 
 
+async def test_an_older_add_messages_tags_get_their_copy_from_the_trigger(
+    conn: Connection, message_ids: list[int]
+) -> None:
+    """An add_messages of before migration 0030 (still serving during a rolling deploy) flags its
+    tags 'on' and writes rows without their copy: the trigger computes it, and consumes the flag."""
+    topic = await conn.fetchval("SELECT id FROM topic_ids(ARRAY['older'])")
+    await conn.execute("SELECT set_config('freya.tags_of_new_messages', 'on', true)")
+    await conn.execute("INSERT INTO message_topics (topic_id, message_id) VALUES ($1, $2)", topic, message_ids[0])
+    assert await conn.fetchval("SELECT topic_ids FROM messages WHERE id = $1", message_ids[0]) == [topic]
+    assert await conn.fetch(COPIES_APART) == []
+    assert await conn.fetchval("SELECT current_setting('freya.tags_of_new_messages', true)") == ""
+
+
 async def test_concurrent_taggings_of_a_message_leave_its_copy_as_its_tags(fresh_database: Callable[[], str]) -> None:
     url = fresh_database()
     async with serving(url) as live_client:
