@@ -102,8 +102,14 @@ added AS (
 SELECT EXISTS (SELECT 1 FROM message);
 
 -- name: remove_message_topic :val
+-- The message is locked first, as every tagging statement locks it before its tags (and the
+-- trigger of migration 0030 would lock it after): a removal and an assignment of the same tag
+-- queue instead of deadlocking.
+WITH message AS (
+    SELECT id FROM messages WHERE id = :message_id FOR NO KEY UPDATE
+)
 DELETE FROM message_topics
-WHERE message_id = :message_id AND topic_id = :topic_id
+WHERE message_id = (SELECT id FROM message) AND topic_id = :topic_id
 RETURNING message_id;
 
 -- name: assign_topics :one

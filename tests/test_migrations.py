@@ -152,20 +152,29 @@ def test_new_migration_pair_is_numbered_and_depends_on_the_last(tmp_path: Path) 
         migrations.create("Add Flags", tmp_path)
 
 
-def test_metadata_and_token_count_migrations_on_a_populated_table(empty_database: str) -> None:
+def populated_before(url: str, migration: str, content: str) -> list[str]:
+    """Apply the migrations before ``migration``, then write a user, a conversation and 12,000
+    messages (they cross a backfill's batches of 5,000) whose content is the SQL expression
+    ``content`` of g, 1 to 12,000. Returns the migration ids from ``migration`` on."""
     ids = migrations.migration_ids()
-    first = next(n for n, i in enumerate(ids) if i.endswith("_message_metadata_columns"))
-    migrations.apply(empty_database, up_to=ids[first - 1])
-    with psycopg.connect(empty_database) as conn:
+    first = next(n for n, i in enumerate(ids) if i.endswith(f"_{migration}"))
+    migrations.apply(url, up_to=ids[first - 1])
+    with psycopg.connect(url) as conn:
         conn.execute("INSERT INTO users (email, name) VALUES ('old@example.com', 'Old')")
         conn.execute("INSERT INTO conversations (user_id) SELECT id FROM users")
-        # 12,000 rows cross the backfill's batches; 'é' is two UTF-8 bytes, '🙂' four.
         conn.execute(
             "INSERT INTO messages (conversation_id, user_id, role, content) "
-            "SELECT c.id, c.user_id, 'user', repeat('é', g % 7) || repeat('🙂', g % 3) || 'x' "
-            "FROM conversations AS c, generate_series(1, 12000) AS g"
+            f"SELECT c.id, c.user_id, 'user', {content} FROM conversations AS c, generate_series(1, 12000) AS g"
         )
-    applied = migrations.apply(empty_database, up_to=ids[first + 2])
+    return ids[first:]
+
+
+def test_metadata_and_token_count_migrations_on_a_populated_table(empty_database: str) -> None:
+    # 'é' is two UTF-8 bytes, '🙂' four.
+    later = populated_before(
+        empty_database, "message_metadata_columns", "repeat('é', g % 7) || repeat('🙂', g % 3) || 'x'"
+    )
+    applied = migrations.apply(empty_database, up_to=later[2])
     assert [i[5:] for i in applied] == [
         "message_metadata_columns",
         "message_metadata_backfill",
@@ -204,17 +213,9 @@ def test_metadata_and_token_count_migrations_on_a_populated_table(empty_database
 
 
 def test_topic_ids_copy_migrations_on_a_populated_table(empty_database: str) -> None:
-    ids = migrations.migration_ids()
-    first = next(n for n, i in enumerate(ids) if i.endswith("_message_topic_ids"))
-    migrations.apply(empty_database, up_to=ids[first - 1])
+    later = populated_before(empty_database, "message_topic_ids", "'m' || g")
     with psycopg.connect(empty_database) as conn:
-        conn.execute("INSERT INTO users (email, name) VALUES ('old@example.com', 'Old')")
-        conn.execute("INSERT INTO conversations (user_id) SELECT id FROM users")
-        # 12,000 messages cross the backfill's batches; every third has no tag, the rest one or two.
-        conn.execute(
-            "INSERT INTO messages (conversation_id, user_id, role, content) "
-            "SELECT c.id, c.user_id, 'user', 'm' || g FROM conversations AS c, generate_series(1, 12000) AS g"
-        )
+        # Every third message has no tag, the others one or two.
         conn.execute("INSERT INTO topics (name) VALUES ('a'), ('b')")
         conn.execute(
             "INSERT INTO message_topics (topic_id, message_id) "
@@ -223,7 +224,7 @@ def test_topic_ids_copy_migrations_on_a_populated_table(empty_database: str) -> 
         )
         deleted = conn.execute("SELECT min(id) FROM messages WHERE id % 3 = 2").fetchone()
         conn.execute("UPDATE messages SET deleted_at = now() WHERE id = %s", deleted)
-    applied = migrations.apply(empty_database, up_to=ids[first + 1])
+    applied = migrations.apply(empty_database, up_to=later[1])
     assert [i[5:] for i in applied] == ["message_topic_ids", "message_topic_ids_backfill"]
     with psycopg.connect(empty_database) as conn:
         copies: dict[int, list[int | None]] = dict(
