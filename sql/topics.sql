@@ -29,22 +29,16 @@ FROM topics
 WHERE name ~>=~ :prefix_from::text
   AND (:prefix_to::text IS NULL OR name ~<~ :prefix_to::text);
 
--- fragment: topic_ids_of_page
--- The topic ids of each message in the including statement's "page" (its id column), in one
--- lookup for all of them: an index-only scan of idx_message_topic (message_id, topic_id). A
--- message without topics has no row. Names come from topic_names, which each process asks only
--- for ids it has not seen (a topic is never renamed or deleted).
-SELECT mt.message_id, array_agg(mt.topic_id) AS topic_ids
-FROM message_topics AS mt
-WHERE mt.message_id = ANY (ARRAY(SELECT p.id FROM page AS p))
-GROUP BY mt.message_id
-
 -- name: tags_of_messages :many
--- The topic ids of these messages (a page a statement of its own has read).
-WITH page AS (
-    SELECT unnest(:message_ids::bigint[]) AS id
-)
-/*include topic_ids_of_page*/;
+-- The topic ids of these messages (ascending, as messages.topic_ids holds them), for rows that do
+-- not carry that copy (a post's replayed duplicates, a tagging's answer): an index-only scan of
+-- idx_message_topic (message_id, topic_id). A message without topics has no row. Names come from
+-- topic_names, which each process asks only for ids it has not seen (a topic is never renamed or
+-- deleted).
+SELECT mt.message_id, array_agg(mt.topic_id ORDER BY mt.topic_id) AS topic_ids
+FROM message_topics AS mt
+WHERE mt.message_id = ANY (:message_ids::bigint[])
+GROUP BY mt.message_id;
 
 -- name: topic_names :many
 SELECT id, name
