@@ -14,13 +14,14 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from service.settings import Pooler
+from service.topic_lists import TopicCache
 
 if typing.TYPE_CHECKING:
     # A plain connection (tests) or the pool's proxy for one (the service): the same calls.
@@ -57,18 +58,6 @@ def count_time(started: float) -> None:
     if timing is not None:
         timing.seconds += time.perf_counter() - started
         timing.statements += 1
-
-
-@dataclass(slots=True)
-class TopicCache:
-    """What this process has read of one database's topics (service/topics.py fills it). A topic is
-    never renamed or deleted, so reads look up only message_topics, for topic ids."""
-
-    # Topic names by id.
-    names: dict[int, str] = field(default_factory=dict)
-    # Each distinct tuple of topic ids a message carries, as its topics list (TopicRefs by name):
-    # built once and shared by every message that carries it, never modified.
-    lists: dict[tuple[int, ...], list[Any]] = field(default_factory=dict)
 
 
 class Database(abc.ABC):

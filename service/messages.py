@@ -27,7 +27,7 @@ from litestar.params import JSONBody, QueryParameter
 
 from service import topics
 from service.cursors import IdKey, TimeKey
-from service.db import Connection, Database, TopicCache
+from service.db import Connection, Database
 from service.errors import Conflict, Invalid, NotFound, problem_responses
 from service.fields import (
     MAX_BATCH,
@@ -47,7 +47,7 @@ from service.fields import (
 from service.pages import Page, Paging, rows_under_parent
 from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
-from service.topics import TopicRef
+from service.topic_lists import NONE, TopicCache, TopicRef
 
 
 class MessageQueries(QueryFile, file="messages"):
@@ -132,15 +132,15 @@ class Shape:
         # Rows sliced to plain tuples have no column names: "in" would look among their values.
         if isinstance(rows[0], asyncpg.Record) and "topic_ids" in rows[0]:
             column = list(rows[0].keys()).index("topic_ids")
-            cached, none = cache.lists, topics.NONE
-            try:  # the common case, in one pass: every set of topic ids seen before (else lists_of)
+            cached, none = cache.lists, NONE
+            try:  # in one pass, while every topic's name is known (else lists_of reads the names)
                 return [struct(*row[:width], cached[tuple(ids)] if (ids := row[column]) else none) for row in rows]
             except KeyError:
                 lists = await topics.lists_of(conn, cache, rows, column)
         else:
             ids = [row[id_column] for row in rows]
             found = await topics.topics_of(conn, cache, ids)
-            lists = [found.get(message_id, topics.NONE) for message_id in ids]
+            lists = [found.get(message_id, NONE) for message_id in ids]
         return [struct(*row[:width], refs) for row, refs in zip(rows, lists, strict=True)]
 
 
@@ -416,7 +416,7 @@ async def _insert(
         names = tuple(item.topics)
         refs = by_names.get(names)
         if refs is None:
-            refs = by_names[names] = topics.cached_list(cache, tuple(ids[name] for name in dict.fromkeys(names)))
+            refs = by_names[names] = cache.lists[tuple(sorted({ids[name] for name in names}))]
         message.topics = refs
         tags.extend((topic.id, message.id) for topic in refs)
     # begin_adding_messages told the trigger on these tags to expect them exactly when there are some.

@@ -17,13 +17,14 @@ from litestar.params import QueryParameter
 
 from service import messages
 from service.cursors import RankKey, TimeKey
-from service.db import Connection, Database, TopicCache
+from service.db import Connection, Database
 from service.errors import Invalid, problem_responses
 from service.fields import NO_NUL, RoleQuery, TimeQuery
 from service.pages import Page, Paging, estimate_each, estimate_rows
 from service.queries import Query, QueryFile
 from service.timestamps import as_utc, from_micros, to_micros
-from service.topics import TopicRef, lists_of, prefix_range
+from service.topic_lists import TopicCache, TopicRef
+from service.topics import lists_of, prefix_range
 
 
 class SearchQueries(QueryFile, file="search"):

@@ -12,11 +12,12 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from service.cursors import NameKey
-from service.db import Connection, Database, TopicCache
+from service.db import Connection, Database
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import MAX_BATCH, NO_NUL, Id, PathId, TopicName, TopicNames
 from service.pages import Page, Paging
 from service.queries import Query, QueryFile
+from service.topic_lists import NONE, TopicCache, TopicRef
 
 
 class TopicQueries(QueryFile, file="topics"):
@@ -35,59 +36,27 @@ class TopicQueries(QueryFile, file="topics"):
 sql = TopicQueries()
 
 
-class TopicRef(msgspec.Struct):
-    """A topic as a message lists it."""
-
-    id: int
-    name: str
-
-
-# The topics of a message without any: one list for all of them, never modified.
-NONE: list[TopicRef] = []
-# Distinct topic lists kept per database; past this many the cache starts over (a message's topics
-# are few of a small dimension, so this is rarely reached).
-MAX_CACHED_LISTS = 100_000
-
-
-def cached_list(cache: TopicCache, key: tuple[int, ...]) -> list[TopicRef]:
-    """The topics list (by name) of a message with these topic ids, whose names ``cache`` holds:
-    built once per process and database, then shared by every message that carries it."""
-    lists = cache.lists
-    refs = lists.get(key)
-    if refs is None:
-        if len(lists) >= MAX_CACHED_LISTS:
-            lists.clear()
-        names = cache.names
-        refs = lists[key] = sorted((TopicRef(topic_id, names[topic_id]) for topic_id in key), key=_by_name) or NONE
-    return refs
-
-
 async def lists_of(conn: Connection, cache: TopicCache, rows: Sequence[Any], column: str | int) -> list[list[TopicRef]]:
     """The topics list (by name) of each row, whose ``column`` holds its message's topic ids
     (NULL or empty: none).
 
-    A page's lookup is a dict access per message, with no objects to allocate (cached_list); names
-    the cache lacks are read with one statement.
+    A page's lookup is a dict access per message (the cache builds a list it has not seen);
+    names the cache lacks are read with one statement.
     """
     lists, names = cache.lists, cache.names
-    try:  # the common case: every set seen before
+    try:  # the common case: every topic's name known
         return [NONE if not (ids := row[column]) else lists[tuple(ids)] for row in rows]
     except KeyError:
         pass
-    keys = [() if not (ids := row[column]) else tuple(ids) for row in rows]
-    if unseen := {topic_id for key in keys if key not in lists for topic_id in key if topic_id not in names}:
-        names.update(await sql.topic_names.records(conn, topic_ids=list(unseen)))  # type: ignore[arg-type]
-    return [lists[key] if key in lists else cached_list(cache, key) for key in keys]
+    unseen = {topic_id for row in rows for topic_id in row[column] or () if topic_id not in names}
+    names.update(await sql.topic_names.records(conn, topic_ids=list(unseen)))  # type: ignore[arg-type]
+    return [NONE if not (ids := row[column]) else lists[tuple(ids)] for row in rows]
 
 
 async def topics_of(conn: Connection, cache: TopicCache, message_ids: Sequence[int]) -> dict[int, list[TopicRef]]:
     """The topics of these messages that have some, by message id: one lookup for them all."""
     rows = await sql.tags_of_messages.records(conn, message_ids=message_ids)
     return dict(zip([row[0] for row in rows], await lists_of(conn, cache, rows, 1), strict=True))
-
-
-def _by_name(ref: TopicRef) -> str:
-    return ref.name
 
 
 class Topic(msgspec.Struct):

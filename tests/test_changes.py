@@ -16,7 +16,8 @@ import asyncpg
 import httpx
 
 from service import messages, purge
-from service.db import Connection, TopicCache, configure_connection
+from service.db import Connection, configure_connection
+from service.topic_lists import TopicCache
 from tests.api import assert_problem, create_conversation, create_user, post_batch, serving
 
 Item = tuple[str, int, str]

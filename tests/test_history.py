@@ -13,8 +13,9 @@ import pytest
 
 from service import conversations, messages, purge
 from service.__main__ import main
-from service.db import Connection, TopicCache, configure_connection
+from service.db import Connection, configure_connection
 from service.errors import NotFound
+from service.topic_lists import TopicCache
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
 

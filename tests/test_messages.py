@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from service import messages
-from service.db import Connection, TopicCache, configure_connection
+from service.db import Connection, configure_connection
 from service.fields import MAX_CONTENT
+from service.topic_lists import TopicCache
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
 
 

@@ -10,8 +10,9 @@ import asyncpg
 import httpx
 import pytest
 
-from service import topics
-from service.db import Connection, TopicCache
+from service import topic_lists, topics
+from service.db import Connection
+from service.topic_lists import TopicCache
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch, serving
 
 
@@ -308,10 +309,10 @@ async def test_topic_lists_are_built_once_shared_and_bounded(conn: Connection, m
     assert [[ref.name for ref in refs] for refs in lists] == [["a", "b"], [], ["a", "b"], ["a"], []]
     # One list per distinct set of ids, shared.
     assert lists[0] is lists[2]
-    assert lists[1] is lists[4] is topics.NONE
+    assert lists[1] is lists[4] is topic_lists.NONE
     assert cache.names == {a: "a", b: "b"}
     # Full: the cache starts over, and answers as before.
-    monkeypatch.setattr(topics, "MAX_CACHED_LISTS", len(cache.lists))
+    monkeypatch.setattr(topic_lists, "MAX_CACHED_LISTS", len(cache.lists))
     [again] = await topics.lists_of(conn, cache, [{"topic_ids": [a, b]}], "topic_ids")
     assert [(ref.id, ref.name) for ref in again] == [(a, "a"), (b, "b")]
     assert list(cache.lists) == [(a, b)]
