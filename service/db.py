@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -135,43 +136,17 @@ class PoolDatabase(Database):
         self.in_use = 0
 
     def connection(self) -> typing.AsyncContextManager[Connection]:
-        return self._use(autocommit=False)
+        return _Use(self, autocommit=False)
 
     def primary(self, *, autocommit: bool = False) -> typing.AsyncContextManager[Connection]:
-        return self._use(autocommit=autocommit)
-
-    @asynccontextmanager
-    async def _use(self, *, autocommit: bool) -> AsyncIterator[Connection]:
-        bound = _request_connection.get()
-        if bound is not None and not autocommit:
-            # Inside the request's transaction: a savepoint, so a failed statement undoes only
-            # its own part, as it would on a connection of its own.
-            async with _transaction(bound):
-                yield bound
-            return
-        conn = await self._acquire()
-        statements_before = _statements_so_far()
-        try:
-            if self.timeout_per_transaction is None or autocommit:
-                yield conn
-            else:
-                async with _transaction(conn):
-                    await conn.execute(_SET_STATEMENT_TIMEOUT, self.timeout_per_transaction, True)
-                    yield conn
-            if self.after_use is not None:
-                await self.after_use(conn)
-        except BaseException as error:
-            _discard_if_broken(conn, error, retryable=statements_before == _statements_so_far())
-            raise
-        finally:
-            await self._release(conn)
+        return _Use(self, autocommit=autocommit)
 
     @asynccontextmanager
     async def request_transaction(self) -> AsyncIterator[Connection]:
         conn = await self._acquire()
         bound = _request_connection.set(conn)
         try:
-            async with _transaction(conn):
+            async with _Transaction(conn):
                 if self.timeout_per_transaction is not None:
                     await conn.execute(_SET_STATEMENT_TIMEOUT, self.timeout_per_transaction, True)
                 yield conn
@@ -210,19 +185,86 @@ class PoolDatabase(Database):
             self.in_use -= 1
 
 
-@asynccontextmanager
-async def _transaction(conn: Connection) -> AsyncIterator[None]:
+class _Use:
+    """One use of a PoolDatabase's connection (``connection()``, ``primary()``): a savepoint of
+    the request's transaction when there is one, else a pooled connection, in a transaction that
+    sets the statement timeout when a pooler needs that. A class rather than an
+    @asynccontextmanager: every request makes at least one use, and the generator machinery
+    cost it about 2 % of its CPU (BENCHMARKS.md)."""
+
+    __slots__ = ("_autocommit", "_conn", "_database", "_savepoint", "_statements_before", "_transaction")
+
+    def __init__(self, database: PoolDatabase, *, autocommit: bool) -> None:
+        self._database = database
+        self._autocommit = autocommit
+        self._savepoint: _Transaction | None = None
+        self._transaction: _Transaction | None = None
+
+    async def __aenter__(self) -> Connection:
+        bound = _request_connection.get()
+        if bound is not None and not self._autocommit:
+            # Inside the request's transaction: a savepoint, so a failed statement undoes only
+            # its own part, as it would on a connection of its own.
+            savepoint = _Transaction(bound)
+            await savepoint.__aenter__()
+            self._savepoint = savepoint
+            return bound
+        database = self._database
+        conn = self._conn = await database._acquire()
+        self._statements_before = _statements_so_far()
+        if database.timeout_per_transaction is not None and not self._autocommit:
+            try:
+                transaction = _Transaction(conn)
+                await transaction.__aenter__()
+                self._transaction = transaction
+                await conn.execute(_SET_STATEMENT_TIMEOUT, database.timeout_per_transaction, True)
+            except BaseException as error:
+                await self.__aexit__(type(error), error, error.__traceback__)
+                raise
+        return conn
+
+    async def __aexit__(
+        self, error_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._savepoint is not None:
+            await self._savepoint.__aexit__(error_type, error, traceback)
+            return
+        conn, database = self._conn, self._database
+        try:
+            if self._transaction is not None:
+                await self._transaction.__aexit__(error_type, error, traceback)
+            if error is None and database.after_use is not None:
+                await database.after_use(conn)
+        except BaseException as failure:
+            _discard_if_broken(conn, failure, retryable=self._statements_before == _statements_so_far())
+            raise
+        else:
+            if error is not None:
+                _discard_if_broken(conn, error, retryable=self._statements_before == _statements_so_far())
+        finally:
+            await database._release(conn)
+
+
+class _Transaction:
     """conn.transaction(), except that a connection that died inside it keeps its own error:
     asyncpg's would replace it with "cannot call Transaction.__aexit__(): connection is closed"."""
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        yield
-    except BaseException:
+
+    __slots__ = ("_transaction",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._transaction = conn.transaction()
+
+    async def __aenter__(self) -> None:
+        await self._transaction.start()
+
+    async def __aexit__(
+        self, error_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if error is None:
+            await self._transaction.commit()
+            return
         with contextlib.suppress(asyncpg.InterfaceError):  # the connection is gone: so is the transaction
-            await transaction.rollback()
-        raise
-    await transaction.commit()
+            await self._transaction.rollback()
 
 
 def _statements_so_far() -> int:

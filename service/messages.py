@@ -505,7 +505,7 @@ def time_of(row: asyncpg.Record) -> datetime:
     return moment
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs each page a call per field
 class ConversationList:
     """One request's view of a conversation's messages: its order, filters, fields and paging.
 

@@ -37,7 +37,7 @@ from service import db, replicas
 from service.auth import Token, authorize
 from service.errors import Invalid, ProblemError, RequestTimeout, UnsupportedMediaType
 from service.idempotency import Idempotency
-from service.observability import IN_PROGRESS, REQUEST_ID_HEADER, record_request, request_id, request_id_of
+from service.observability import REQUEST_ID_HEADER, record_request, request_id, request_id_of, requests_running
 
 access_log = logging.getLogger("freya.access")
 
@@ -88,7 +88,7 @@ class RequestPipeline(ASGIMiddleware):
                 message["headers"] = response_headers
             await send(message)
 
-        IN_PROGRESS.inc()
+        requests_running.count += 1
         try:
             principal = authorize(self.tokens, method, path, headers.get(b"authorization"))
             _require_plain_ids(scope)
@@ -97,8 +97,24 @@ class RequestPipeline(ASGIMiddleware):
                 _require_json(headers)
             freshness = replicas.begin_request(method, path, headers)
             key = self.idempotency.key_of(method, path, headers)
-            body = _Replayable(_bounded(receive, asyncio.get_running_loop().time() + self.read_timeout))
-            await self._run(scope, body, timed_send, next_app, timing, freshness, principal, key)
+            # Only a method with a body has one a handler reads: only that one needs the deadline
+            # and the recording for a retry.
+            body = (
+                _Replayable(_bounded(receive, asyncio.get_running_loop().time() + self.read_timeout))
+                if method in _WITH_BODY
+                else None
+            )
+            await self._run(
+                scope,
+                receive if body is None else body.receive,
+                body,
+                timed_send,
+                next_app,
+                timing,
+                freshness,
+                principal,
+                key,
+            )
         except HTTPException as refused:  # 401/403 here: answered by the app's handlers, outside us
             status = refused.status_code
             raise
@@ -106,7 +122,7 @@ class RequestPipeline(ASGIMiddleware):
             status = refused.status
             raise
         finally:
-            IN_PROGRESS.dec()
+            requests_running.count -= 1
             elapsed = time.perf_counter() - started
             record_request(method, scope.get("path_template", path), status, elapsed)
             if access_log.isEnabledFor(logging.INFO):  # the line's fields are not built for nothing
@@ -134,7 +150,8 @@ class RequestPipeline(ASGIMiddleware):
     async def _run(
         self,
         scope: Scope,
-        body: _Replayable,
+        receive: Receive,
+        body: _Replayable | None,
         send: Send,
         next_app: ASGIApp,
         timing: db.DatabaseTime,
@@ -153,19 +170,19 @@ class RequestPipeline(ASGIMiddleware):
             respond = _Attempt(send, timing, first=attempt == 1)
             try:
                 if key is not None:
-                    await self.idempotency.run(scope, body.receive, respond, next_app, principal, key)
+                    await self.idempotency.run(scope, receive, respond, next_app, principal, key)
                 elif self.replicated:
-                    await replicas.answer(freshness, scope, body.receive, respond, next_app)
+                    await replicas.answer(freshness, scope, receive, respond, next_app)
                 else:  # no replica can fail under a read, which answer would run again
-                    await next_app(scope, body.receive, respond)
+                    await next_app(scope, receive, respond)
             except Exception:
                 if attempt == 1 and timing.retryable:
-                    body.rewind()
+                    _rewind(body)
                     continue
                 state.response_started = respond.started
                 raise
             if respond.withheld:
-                body.rewind()
+                _rewind(body)
                 continue
             return
 
@@ -238,6 +255,11 @@ def _bounded(receive: Receive, deadline: float) -> Receive:
         return message
 
     return bounded
+
+
+def _rewind(body: _Replayable | None) -> None:
+    if body is not None:
+        body.rewind()
 
 
 class _Replayable:

@@ -514,18 +514,24 @@ def depths_for(size: int) -> list[int]:
     return sorted({0, *(d for d in (1_000, 10_000, 50_000, 100_000, 200_000) if d < deepest), min(deepest, 200_000)})
 
 
-def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server], duration: int) -> Result:
+def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server], duration: int, rounds: int) -> Result:
+    """One operation's figures. Against a reference app the sides run in ``rounds`` alternating
+    rounds (service, reference app, pgbench on ours, pgbench bare; again), each ``duration`` long:
+    this shared machine's speed drifts over minutes by more than the targets' margins, and a
+    drift then weighs on every side alike instead of on whichever ran last. Each side's figure
+    is its median round (rate, p50) and its worst round's p99; each ratio is the median of the
+    rounds' own ratios, all of them kept in ``extra["rounds"]``."""
     result = Result(operation.name, operation.description)
-    if operation.path:
-        result.service = run_wrk(
-            wrk,
-            servers["service"].base + operation.path,
-            operation.connections,
-            duration,
-            operation.script,
-            operation.env,
-        )
     if operation.reference == "copy":
+        if operation.path:
+            result.service = run_wrk(
+                wrk,
+                servers["service"].base + operation.path,
+                operation.connections,
+                duration,
+                operation.script,
+                operation.env,
+            )
         result.reference_name = "COPY"
         result.reference = copy_batches(url, operation.connections, duration)
         # The same batches with their tags (the service's batches tag every message): COPY of the
@@ -536,33 +542,76 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
             result.ratios["service/copy_with_tags"] = round(
                 result.service.requests_per_second / tagged.requests_per_second, 3
             )
-    elif operation.reference:
-        result.reference_name = operation.reference
-        result.reference = run_wrk(
-            wrk,
-            servers[operation.reference].base + operation.path,
-            operation.connections,
-            duration,
-            operation.script,
-            operation.env,
-        )
-    if operation.ours is not None:
-        result.pgbench = run_pgbench(url, operation.ours, operation.connections, duration)
-    if operation.bare is not None:
-        result.pgbench_bare = run_pgbench(url, operation.bare, operation.connections, duration)
+        if result.service:
+            result.ratios["service/reference"] = round(
+                result.service.requests_per_second / result.reference.requests_per_second, 3
+            )
+        return result
+    sides: dict[str, list[Measure]] = {}
+    for _ in range(rounds if operation.reference else 1):
+        if operation.path:
+            sides.setdefault("service", []).append(
+                run_wrk(
+                    wrk,
+                    servers["service"].base + operation.path,
+                    operation.connections,
+                    duration,
+                    operation.script,
+                    operation.env,
+                )
+            )
+        if operation.reference:
+            sides.setdefault("reference", []).append(
+                run_wrk(
+                    wrk,
+                    servers[operation.reference].base + operation.path,
+                    operation.connections,
+                    duration,
+                    operation.script,
+                    operation.env,
+                )
+            )
+        if operation.ours is not None:
+            sides.setdefault("pgbench", []).append(run_pgbench(url, operation.ours, operation.connections, duration))
+        if operation.bare is not None:
+            sides.setdefault("pgbench_bare", []).append(
+                run_pgbench(url, operation.bare, operation.connections, duration)
+            )
+    result.reference_name = operation.reference
+    for side, measures in sides.items():
+        setattr(result, side, _median_round(measures))
+    if len(next(iter(sides.values()), [])) > 1:
+        result.extra["rounds"] = [
+            {side: measures[i].requests_per_second for side, measures in sides.items()}
+            for i in range(len(next(iter(sides.values()))))
+        ]
 
-    def rate(m: Measure | None) -> float:
-        return m.requests_per_second if m else 0.0
+    def ratio(top: str, bottom: str) -> float | None:
+        """The median over rounds of top's rate ÷ bottom's (None when either side was not run)."""
+        if top not in sides or bottom not in sides:
+            return None
+        each = [a.requests_per_second / b.requests_per_second for a, b in zip(sides[top], sides[bottom], strict=True)]
+        return round(statistics.median(each), 3) if all(each) else None
 
-    sql_reference = result.pgbench_bare or result.pgbench
-    if result.service and rate(sql_reference):
-        result.ratios["service/pgbench_bare"] = round(rate(result.service) / rate(sql_reference), 3)
-    if result.service and result.reference and rate(result.reference):
-        result.ratios["service/reference"] = round(rate(result.service) / rate(result.reference), 3)
-    if result.pgbench_bare and rate(result.pgbench):
+    sql_reference = "pgbench_bare" if "pgbench_bare" in sides else "pgbench"
+    named = {
+        "service/pgbench_bare": ratio("service", sql_reference),
+        "service/reference": ratio("service", "reference"),
         # Per-call cost of our statement(s) relative to the bare SQL: > 1 costs PostgreSQL more.
-        result.ratios["statement_cost"] = round(rate(result.pgbench_bare) / rate(result.pgbench), 3)
+        "statement_cost": ratio("pgbench_bare", "pgbench"),
+    }
+    result.ratios.update({name: value for name, value in named.items() if value is not None})
     return result
+
+
+def _median_round(measures: list[Measure]) -> Measure:
+    """Rounds of one side as one figure: the median rate and p50, the worst p99, every error."""
+    return Measure(
+        statistics.median(m.requests_per_second for m in measures),
+        statistics.median(m.p50_ms for m in measures),
+        max(m.p99_ms for m in measures),
+        sum(m.errors for m in measures),
+    )
 
 
 def page_through_pgbouncer(
@@ -611,6 +660,9 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=seeding.DEFAULT_MESSAGES)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of an operation measured against a reference app"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="granian worker processes")
     parser.add_argument("--out", type=Path, default=Path(load_settings().data_dir) / "bench")
     parser.add_argument("--only", help="comma-separated operation names, e.g. page_50,batch_create_1000")
@@ -1019,7 +1071,7 @@ def main() -> int:
         for operation in operations:
             print(f"{operation.name} …", end=" ", flush=True)
             try:
-                result = measure(operation, wrk, url, servers, args.duration)
+                result = measure(operation, wrk, url, servers, args.duration, args.rounds)
             except (RuntimeError, subprocess.CalledProcessError) as error:
                 failures[operation.name] = str(error)
                 print(f"FAILED: {error}", flush=True)
@@ -1069,6 +1121,14 @@ def print_summary(results: list[Result], curve: list[dict[str, float]], failures
             f"{r.name:<24} {cells(r.service)} {cells(r.reference)} {cells(r.pgbench)} {cells(r.pgbench_bare)}  "
             + ", ".join(f"{k} {v:.2f}" for k, v in r.ratios.items())
         )
+    for r in results:
+        if rounds := r.extra.get("rounds"):
+            each = [f"{one['service'] / one['reference']:.2f}" for one in rounds if "reference" in one]
+            print(f"\n{r.name}, service ÷ reference app round by round: {', '.join(each)}", end="")
+            if all("pgbench_bare" in one for one in rounds):
+                bare = [f"{one['service'] / one['pgbench_bare']:.2f}" for one in rounds]
+                print(f"; ÷ pgbench bare: {', '.join(bare)}", end="")
+            print()
     by_name = {r.name: r for r in results}
     if "batch_create_1000" in by_name and by_name["batch_create_1000"].service:
         batch = by_name["batch_create_1000"]
