@@ -62,7 +62,7 @@ seed: $(STAMP) ## generate realistic data: make seed messages=1000000 seed=42 (t
 
 bench: $(STAMP) ## benchmark hot operations: service (wrk) vs the same SQL (pgbench); pgbouncer=1 adds the page via PgBouncer
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration)) $(if $(pgbouncer),--pgbouncer)
+	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration)) $(if $(rounds),--rounds $(rounds)) $(if $(pgbouncer),--pgbouncer)
 
 loadtest: $(STAMP) ## run the Locust mix against the running service (make run): duration=60s users=20; report under FREYA_DATA_DIR
 	$(BIN)/python -m pip install --quiet -e '.[load]'
