@@ -548,50 +548,61 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
             )
         return result
     sides: dict[str, list[Measure]] = {}
-    for _ in range(rounds if operation.reference else 1):
+
+    def through_http(side: str, server: str) -> None:
+        sides.setdefault(side, []).append(
+            run_wrk(
+                wrk,
+                servers[server].base + operation.path,
+                operation.connections,
+                duration,
+                operation.script,
+                operation.env,
+            )
+        )
+
+    def through_pgbench(side: str, script: str | None, seconds: int) -> None:
+        if script is not None:
+            sides.setdefault(side, []).append(run_pgbench(url, script, operation.connections, seconds))
+
+    if operation.reference:
+        for _ in range(rounds):
+            through_http("service", "service")
+            through_http("reference", operation.reference)
+            through_pgbench("pgbench", operation.ours, duration)
+            through_pgbench("pgbench_bare", operation.bare, duration)
+    else:
+        # The service once, whole (its latency targets read one run's p99); the two statements
+        # alternate in rounds that share the same time between them.
         if operation.path:
-            sides.setdefault("service", []).append(
-                run_wrk(
-                    wrk,
-                    servers["service"].base + operation.path,
-                    operation.connections,
-                    duration,
-                    operation.script,
-                    operation.env,
-                )
-            )
-        if operation.reference:
-            sides.setdefault("reference", []).append(
-                run_wrk(
-                    wrk,
-                    servers[operation.reference].base + operation.path,
-                    operation.connections,
-                    duration,
-                    operation.script,
-                    operation.env,
-                )
-            )
-        if operation.ours is not None:
-            sides.setdefault("pgbench", []).append(run_pgbench(url, operation.ours, operation.connections, duration))
-        if operation.bare is not None:
-            sides.setdefault("pgbench_bare", []).append(
-                run_pgbench(url, operation.bare, operation.connections, duration)
-            )
+            through_http("service", "service")
+        both = operation.ours is not None and operation.bare is not None
+        seconds = max(1, round(duration / rounds)) if both else duration
+        for _ in range(rounds if both else 1):
+            through_pgbench("pgbench", operation.ours, seconds)
+            through_pgbench("pgbench_bare", operation.bare, seconds)
     result.reference_name = operation.reference
     for side, measures in sides.items():
         setattr(result, side, _median_round(measures))
-    if len(next(iter(sides.values()), [])) > 1:
+    alternated = {side: measures for side, measures in sides.items() if len(measures) > 1}
+    if alternated:
         result.extra["rounds"] = [
-            {side: measures[i].requests_per_second for side, measures in sides.items()}
-            for i in range(len(next(iter(sides.values()))))
+            {side: measures[i].requests_per_second for side, measures in alternated.items()}
+            for i in range(min(len(measures) for measures in alternated.values()))
         ]
 
     def ratio(top: str, bottom: str) -> float | None:
-        """The median over rounds of top's rate ÷ bottom's (None when either side was not run)."""
+        """top's rate ÷ bottom's: the median of the rounds' own ratios when both ran in the same
+        rounds, else of the medians (None when either side was not run)."""
         if top not in sides or bottom not in sides:
             return None
-        each = [a.requests_per_second / b.requests_per_second for a, b in zip(sides[top], sides[bottom], strict=True)]
-        return round(statistics.median(each), 3) if all(each) else None
+        if len(sides[top]) != len(sides[bottom]):
+            rates = [_median_round(sides[top]).requests_per_second, _median_round(sides[bottom]).requests_per_second]
+            return round(rates[0] / rates[1], 3) if rates[1] else None
+        pairs = list(zip(sides[top], sides[bottom], strict=True))
+        if not all(b.requests_per_second for _, b in pairs):
+            return None
+        return round(statistics.median(a.requests_per_second / b.requests_per_second for a, b in pairs), 3)
 
     sql_reference = "pgbench_bare" if "pgbench_bare" in sides else "pgbench"
     named = {
@@ -1122,13 +1133,17 @@ def print_summary(results: list[Result], curve: list[dict[str, float]], failures
             + ", ".join(f"{k} {v:.2f}" for k, v in r.ratios.items())
         )
     for r in results:
-        if rounds := r.extra.get("rounds"):
-            each = [f"{one['service'] / one['reference']:.2f}" for one in rounds if "reference" in one]
+        rounds = r.extra.get("rounds", [])
+        if rounds and all("reference" in one for one in rounds):
+            each = [f"{one['service'] / one['reference']:.2f}" for one in rounds]
             print(f"\n{r.name}, service ÷ reference app round by round: {', '.join(each)}", end="")
             if all("pgbench_bare" in one for one in rounds):
                 bare = [f"{one['service'] / one['pgbench_bare']:.2f}" for one in rounds]
                 print(f"; ÷ pgbench bare: {', '.join(bare)}", end="")
             print()
+        if rounds and all("pgbench" in one and "pgbench_bare" in one for one in rounds):
+            costs = [f"{one['pgbench_bare'] / one['pgbench']:.2f}" for one in rounds]
+            print(f"{r.name}, statement_cost round by round: {', '.join(costs)}")
     by_name = {r.name: r for r in results}
     if "batch_create_1000" in by_name and by_name["batch_create_1000"].service:
         batch = by_name["batch_create_1000"]
