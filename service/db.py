@@ -190,7 +190,7 @@ class _Use:
     the request's transaction when there is one, else a pooled connection, in a transaction that
     sets the statement timeout when a pooler needs that. A class rather than an
     @asynccontextmanager: every request makes at least one use, and the generator machinery
-    cost it about 2 % of its CPU (BENCHMARKS.md)."""
+    cost it about 1 % of its CPU (BENCHMARKS.md)."""
 
     __slots__ = ("_autocommit", "_conn", "_database", "_savepoint", "_statements_before", "_transaction")
 
@@ -230,18 +230,18 @@ class _Use:
             await self._savepoint.__aexit__(error_type, error, traceback)
             return
         conn, database = self._conn, self._database
+        failure = error  # the block's, or the commit's or after_use's when they raise
         try:
             if self._transaction is not None:
                 await self._transaction.__aexit__(error_type, error, traceback)
             if error is None and database.after_use is not None:
                 await database.after_use(conn)
-        except BaseException as failure:
-            _discard_if_broken(conn, failure, retryable=self._statements_before == _statements_so_far())
+        except BaseException as raised:
+            failure = raised
             raise
-        else:
-            if error is not None:
-                _discard_if_broken(conn, error, retryable=self._statements_before == _statements_so_far())
         finally:
+            if failure is not None:
+                _discard_if_broken(conn, failure, retryable=self._statements_before == _statements_so_far())
             await database._release(conn)
 
 

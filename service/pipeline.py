@@ -24,6 +24,7 @@ import logging
 import re
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import cast
 
 from litestar.enums import ScopeType
@@ -97,24 +98,8 @@ class RequestPipeline(ASGIMiddleware):
                 _require_json(headers)
             freshness = replicas.begin_request(method, path, headers)
             key = self.idempotency.key_of(method, path, headers)
-            # Only a method with a body has one a handler reads: only that one needs the deadline
-            # and the recording for a retry.
-            body = (
-                _Replayable(_bounded(receive, asyncio.get_running_loop().time() + self.read_timeout))
-                if method in _WITH_BODY
-                else None
-            )
-            await self._run(
-                scope,
-                receive if body is None else body.receive,
-                body,
-                timed_send,
-                next_app,
-                timing,
-                freshness,
-                principal,
-                key,
-            )
+            receive, rewind = self._body(method, receive)
+            await self._run(scope, receive, rewind, timed_send, next_app, timing, freshness, principal, key)
         except HTTPException as refused:  # 401/403 here: answered by the app's handlers, outside us
             status = refused.status_code
             raise
@@ -147,11 +132,19 @@ class RequestPipeline(ASGIMiddleware):
                 )
             request_id.reset(context)
 
+    def _body(self, method: str, receive: Receive) -> tuple[Receive, Callable[[], None]]:
+        """The route's receive, and how a retry reads the body again. Only a method with a body
+        has one a handler reads: only that one needs the deadline (a 408) and the recording."""
+        if method not in _WITH_BODY:
+            return receive, _nothing_to_rewind
+        body = _Replayable(_bounded(receive, asyncio.get_running_loop().time() + self.read_timeout))
+        return body.receive, body.rewind
+
     async def _run(
         self,
         scope: Scope,
         receive: Receive,
-        body: _Replayable | None,
+        rewind: Callable[[], None],
         send: Send,
         next_app: ASGIApp,
         timing: db.DatabaseTime,
@@ -177,12 +170,12 @@ class RequestPipeline(ASGIMiddleware):
                     await next_app(scope, receive, respond)
             except Exception:
                 if attempt == 1 and timing.retryable:
-                    _rewind(body)
+                    rewind()
                     continue
                 state.response_started = respond.started
                 raise
             if respond.withheld:
-                _rewind(body)
+                rewind()
                 continue
             return
 
@@ -257,9 +250,8 @@ def _bounded(receive: Receive, deadline: float) -> Receive:
     return bounded
 
 
-def _rewind(body: _Replayable | None) -> None:
-    if body is not None:
-        body.rewind()
+def _nothing_to_rewind() -> None:
+    """A request without a body (a GET) has nothing to read again on a retry."""
 
 
 class _Replayable:
