@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
@@ -11,18 +15,19 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import QueryParameter
 
-from service.db import Database
+from service import messages
+from service.db import Connection, Database
 from service.errors import Invalid, NotFound, problem_responses
-from service.fields import PathId, RoleQuery
-from service.messages import FieldsQuery, Message, parse_fields
+from service.fields import PathId, Role, RoleQuery
+from service.messages import FieldsQuery, Message, Shape, parse_fields, time_of
+from service.pages import rows_under_parent
 from service.queries import Query, QueryFile
 
 MAX_CONTEXT_TOKENS = 1_000_000
 
 
 class ContextQueries(QueryFile, file="context"):
-    plan_for_this_conversation: Query
-    context_window: Query
+    system_messages: Query
 
 
 sql = ContextQueries()
@@ -132,23 +137,151 @@ class ContextController(Controller):
         fields: FieldsQuery = None,
     ) -> ContextWindow:
         shape = parse_fields(fields)
-        params: dict[str, Any] = {"max_tokens": max_tokens, "include_system": include_system, "role": role}
-        async with db.connection() as conn, conn.transaction(readonly=True):
-            await sql.plan_for_this_conversation.val(conn)
-            rows = await shape.query(sql.context_window).records(conn, conversation_id=conversation_id, **params)
-            if not rows:
+        async with db.connection() as conn:
+            window = await read_window(
+                conn, shape, conversation_id, max_tokens, include_system=include_system, role=role
+            )
+            if window is None:
                 raise NotFound(f"conversation {conversation_id} does not exist")
-            # Every row carries the totals (a lone row with a NULL sort_id: no messages to show).
-            system_tokens, truncated = rows[0]["system_tokens"], rows[0]["truncated"]
-            if system_tokens > max_tokens:
-                raise Invalid(
-                    f"the conversation's system messages alone take {system_tokens:,} tokens, more than "
-                    f"max_tokens={max_tokens:,}; raise max_tokens or ask with include_system=false",
-                    field="max_tokens",
-                    status=422,
-                )
-            if rows[0]["sort_id"] is None:
-                rows = []
+            rows, tokens, truncated = window
             items = await shape.build(conn, db.topics, rows, "sort_id")
-        # tokens is selected outside the fields= list: the total does not depend on the fields chosen.
-        return ContextWindow(items=items, total_tokens=sum(row["tokens"] for row in rows), truncated=truncated)
+        return ContextWindow(items=items, total_tokens=tokens, truncated=truncated)
+
+
+# PostgreSQL cannot stop a scan at a running sum (a window's run condition stops row_number() or
+# count(), not sum()), so the window reads the newest messages a chunk at a time, each a keyset
+# page (the statement a conversation's page runs, with each row's token count and role), and
+# Python sums them: PostgreSQL reads about the rows it answers, with no second fetch of them and
+# no plan of its own. A chunk too short costs one more statement, which costs PostgreSQL about
+# what 80 rows do; one too long reads rows nobody gets. So a chunk is sized for the tokens left at
+# the tokens a message seen so far, and a tenth more; the first, at what recent windows saw.
+_READ_LEAST, _READ_MOST = 16, 1_000
+# Conversations have a system prompt or a few: one chunk, usually of one row.
+_SYSTEM_READ = 16
+
+
+def _rows_for(tokens: int, tokens_each: float) -> int:
+    """How many messages to read for ``tokens`` more at ``tokens_each`` a message."""
+    return min(_READ_MOST, max(_READ_LEAST, math.ceil(tokens / max(tokens_each, 1.0) * 1.1)))
+
+
+class _Pace:
+    """Tokens a message, as this process's recent windows found them (a moving average, starting
+    from a guess): what a window's first chunk is sized by."""
+
+    __slots__ = ("tokens_each",)
+
+    def __init__(self) -> None:
+        self.tokens_each = 64.0
+
+    def saw(self, tokens: int, messages: int) -> None:
+        if messages:
+            self.tokens_each += (tokens / messages - self.tokens_each) / 4
+
+
+_PACE = _Pace()
+
+
+@dataclass(slots=True)
+class _Fitted:
+    rows: list[asyncpg.Record]
+    tokens: int
+    # The tokens with the first row that did not fit (None: every row fitted, to the end).
+    overflow: int | None
+
+
+async def _fit(
+    conn: Connection,
+    query: Query,
+    params: dict[str, Any],
+    position_after: Callable[[asyncpg.Record | None], dict[str, Any]],
+    budget: int,
+    first_read: int,
+    *,
+    skip_system: bool,
+) -> _Fitted | None:
+    """``query``'s rows in its order, read a chunk at a time from after the previous chunk's last
+    row (``position_after``), while their token counts sum to at most ``budget``; ``skip_system``
+    passes system messages over (a window with include_system has them already). None: no such
+    conversation."""
+    rows: list[asyncpg.Record] = []
+    tokens = 0
+    position = position_after(None)
+    read = first_read
+    while True:
+        found = rows_under_parent(await query.records(conn, **params, **position, limit=read), "sort_id")
+        if found is None:
+            return None
+        for row in found:
+            if skip_system and row["window_role"] == "system":
+                continue
+            if tokens + row["window_tokens"] > budget:
+                return _Fitted(rows, tokens, tokens + row["window_tokens"])
+            tokens += row["window_tokens"]
+            rows.append(row)
+        if len(found) <= read:  # no limit + 1st row: the conversation ends here
+            return _Fitted(rows, tokens, None)
+        position = position_after(found[-1])
+        read = _rows_for(budget - tokens, tokens / len(rows) if rows else _PACE.tokens_each)
+
+
+def _before(row: asyncpg.Record | None) -> dict[str, Any]:
+    """A newest-first page's position just older than ``row`` (None: the newest message)."""
+    return (
+        {"before_ts": None, "before_id": None}
+        if row is None
+        else {"before_ts": time_of(row), "before_id": row["sort_id"]}
+    )
+
+
+def _after(row: asyncpg.Record | None) -> dict[str, Any]:
+    """An oldest-first page's position just newer than ``row`` (None: the oldest message)."""
+    return (
+        {"after_ts": None, "after_id": None} if row is None else {"after_ts": time_of(row), "after_id": row["sort_id"]}
+    )
+
+
+async def read_window(
+    conn: Connection, shape: Shape, conversation_id: int, max_tokens: int, *, include_system: bool, role: Role | None
+) -> tuple[list[asyncpg.Record], int, bool] | None:
+    """The window's rows in the answer's order (``shape``'s, as a page's rows), their tokens, and
+    whether older messages were left out; None: no such conversation. Each chunk is a statement of
+    its own: a window posted to meanwhile is the one its first chunk saw (the next chunks read
+    older messages only)."""
+    system: list[asyncpg.Record] = []
+    left = max_tokens
+    if include_system:
+        found = await _fit(
+            conn,
+            shape.query(sql.system_messages, window=True),
+            {"conversation_id": conversation_id},
+            _after,
+            max_tokens,
+            _SYSTEM_READ,
+            skip_system=False,
+        )
+        if found is None:
+            return None
+        if found.overflow is not None:
+            raise Invalid(
+                f"the conversation's system messages alone take more than max_tokens={max_tokens:,} "
+                f"(at least {found.overflow:,} tokens); raise max_tokens or ask with include_system=false",
+                field="max_tokens",
+                status=422,
+            )
+        system, left = found.rows, max_tokens - found.tokens
+        if role == "system":  # every message the walk could take is in the system part already
+            return system, found.tokens, False
+    walked = await _fit(
+        conn,
+        shape.query(messages.sql.list_messages_newest_first, window=True),
+        {"conversation_id": conversation_id, "role": role, "since": None, "until": None, "offset": 0},
+        _before,
+        left,
+        _rows_for(left, _PACE.tokens_each),
+        skip_system=include_system,
+    )
+    if walked is None:
+        return None
+    _PACE.saw(walked.tokens, len(walked.rows))
+    return [*system, *walked.rows[::-1]], max_tokens - left + walked.tokens, walked.overflow is not None

@@ -111,15 +111,18 @@ class Shape:
         """How many leading values of a row are the message's columns."""
         return len(COLUMNS) if self.columns is None else len(self.columns)
 
-    def query(self, query: Query) -> Query:
+    def query(self, query: Query, *, window: bool = False) -> Query:
         """``query`` selecting this shape's columns, and of its parts: topics (the rows' topic_ids)
         only when asked for; sort_ts only when "timestamp" is not selected (the time sort key is
-        then that column: see time_of)."""
-        projected = self._queries.get(query.label)
+        then that column: see time_of); window (each row's token count and role) with ``window``."""
+        key = f"{query.label} window" if window else query.label
+        projected = self._queries.get(key)
         if projected is None:
             columns = frozenset(COLUMNS) if self.columns is None else self.columns
             parts = ({"topics"} if self.topics else set()) | ({"sort_ts"} if "timestamp" not in columns else set())
-            projected = self._queries[query.label] = query.project(columns | (parts & query.parts))
+            if window:
+                parts.add("window")
+            projected = self._queries[key] = query.project(columns | (parts & query.parts))
         return projected
 
     async def build(self, conn: Connection, cache: TopicCache, rows: Sequence[Any], id_column: str | int) -> list[Any]:
@@ -498,6 +501,22 @@ def _time_key(row: asyncpg.Record, *, before: bool = False) -> TimeKey:
     return TimeKey(to_micros(time_of(row)), row["sort_id"], before)
 
 
+def around_halves(limit: int) -> tuple[int, int]:
+    """How many of an anchored page's ``limit`` messages come before its anchor in the list's
+    order and how many after (the extra one of an even limit after)."""
+    before = (limit - 1) // 2
+    return before, limit - 1 - before
+
+
+def around_rows(limit: int, order: Literal["desc", "asc"]) -> dict[str, int]:
+    """list_messages_around's row counts for each side: its half, and one more that says whether
+    more follow (newest first, the newer side comes before the anchor)."""
+    before, after = around_halves(limit)
+    if order == "desc":
+        return {"newer_rows": before + 1, "older_rows": after + 1}
+    return {"older_rows": before + 1, "newer_rows": after + 1}
+
+
 def time_of(row: asyncpg.Record) -> datetime:
     """A page row's time sort key: its sort_ts when the statement selects one (fields= without
     timestamp), else its timestamp."""
@@ -545,13 +564,16 @@ class ConversationList:
     async def around(self, conn: Connection, message_id: int) -> MessagePage | None:
         """Up to ``limit`` messages centred on ``message_id`` in the list's order: half before it,
         half after, the other side filling in where one runs short. None: no such conversation."""
-        limit = self.paging.limit
+        wanted_before, wanted_after = around_halves(self.paging.limit)
         rows = await self.shape.query(sql.list_messages_around).records(
-            conn, **self.filters, around=message_id, limit=limit
+            conn, **self.filters, around=message_id, **around_rows(self.paging.limit, self.order)
         )
         if not rows:
-            return None
-        if rows[0]["sort_id"] is None:
+            # Which 404: the conversation's first page (of one row) tells whether it exists.
+            query, position = _conversation_page_query(self.order, None)
+            first = await self.shape.query(query).records(conn, **self.filters, **position, limit=0, offset=0)
+            if rows_under_parent(first, "sort_id") is None:
+                return None
             raise NotFound(f"message {message_id} is not in conversation {self.filters['conversation_id']}")
         [anchor] = [row for row in rows if row["side"] == 0]
         if not anchor["listed"]:
@@ -564,14 +586,27 @@ class ConversationList:
         newer = [row for row in rows if row["side"] == 1]
         older = [row for row in rows if row["side"] == -1][::-1]
         leading, trailing = (newer, older) if self.order == "desc" else (older, newer)
-        wanted_before = (limit - 1) // 2
-        wanted_after = limit - 1 - wanted_before
+        # Near an end of the list one side runs short and the other fills in: read on from that
+        # side's farthest row, as the page beyond it (rarely needed, so not paid on every page).
+        if len(leading) < wanted_before and len(trailing) > wanted_after:
+            trailing += await self._beyond(conn, trailing[-1], self.order, wanted_before - len(leading))
+        elif len(trailing) < wanted_after and len(leading) > wanted_before:
+            backward: Literal["desc", "asc"] = "asc" if self.order == "desc" else "desc"
+            leading += await self._beyond(conn, leading[-1], backward, wanted_after - len(trailing))
         take_before = min(len(leading), wanted_before + max(0, wanted_after - len(trailing)))
         take_after = min(len(trailing), wanted_after + max(0, wanted_before - len(leading)))
         page_rows = [*leading[:take_before][::-1], anchor, *trailing[:take_after]]
         return await self._envelope(
             conn, page_rows, more_before=len(leading) > take_before, more_after=len(trailing) > take_after
         )
+
+    async def _beyond(
+        self, conn: Connection, row: asyncpg.Record, walk: Literal["desc", "asc"], count: int
+    ) -> list[asyncpg.Record]:
+        """Up to ``count`` + 1 rows after ``row`` walking ``walk``, nearest first."""
+        query, position = _conversation_page_query(walk, _time_key(row))
+        found = await self.shape.query(query).records(conn, **self.filters, **position, limit=count, offset=0)
+        return rows_under_parent(found, "sort_id") or []
 
     async def _envelope(
         self, conn: Connection, rows: Sequence[asyncpg.Record], *, more_before: bool, more_after: bool

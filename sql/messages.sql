@@ -131,8 +131,11 @@ m.conversation_id = :conversation_id
 -- What a page statement returns of its CTE "page": the message's columns, the sort key (sort_ts,
 -- sort_id) its cursors are made of, and the message's topic ids (message_fields). sort_ts is a
 -- marked part: a projection that selects "timestamp" leaves it out (decoding a time twice is a
--- fifth of what the rows cost the client); so is topic_ids, which fields= can leave out.
-SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*end part*/m.id AS sort_id/*part topics*/, m.topic_ids/*end part*/
+-- fifth of what the rows cost the client); so is topic_ids, which fields= can leave out. The
+-- part window is what the context window sums and skips by, whatever fields= selects; pages
+-- leave it out.
+SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*end part*/m.id AS sort_id/*part topics*/, m.topic_ids/*end part*//*part window*/,
+       m.token_count AS window_tokens, m.role AS window_role/*end part*/
 FROM page AS m
 
 -- name: get_messages_by_client_ids :many
@@ -205,26 +208,29 @@ WITH page AS (
 ORDER BY m."timestamp", m.id;
 
 -- name: list_messages_around :many
--- The messages around :around (an anchored page): the anchor (side 0), up to :limit messages just
--- older (side -1, newest first) and up to :limit just newer (side 1, oldest first), in the page's
--- filters; the caller keeps about half of each side and knows from the rest whether more follow.
+-- The messages around :around (an anchored page): the anchor (side 0), up to :older_rows messages
+-- just older (side -1, newest first) and up to :newer_rows just newer (side 1, oldest first), in
+-- the page's filters: about half a page each, plus one that says whether more follow, so the
+-- statement reads the rows of one page, not of two (the caller reads on where one side runs short).
 -- Each side is a keyset range of idx_message_live_timestamp starting at the anchor, like a list
 -- page, and stopping at since or until (a listed anchor is inside them).
--- Rows: the message's columns, the sort key (sort_ts a part, as in page_rows), the side, and
--- listed (the anchor passes the filters), and its topic ids (a part, as in page_rows).
--- No row at all: no such conversation; one row with a NULL sort_id: the message is not in it.
-SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*end part*/m.id AS sort_id, m.side, a.listed/*part topics*/,
-       m.topic_ids/*end part*/
-FROM conversations AS c
-LEFT JOIN LATERAL (
-    SELECT m."timestamp", m.id, (/*include page_filters*/) AS listed
+-- Rows: the message's columns, the sort key (sort_ts a part, as in page_rows), its topic ids (a
+-- part, as in page_rows, at the same place: a page read on from a side joins these rows), the
+-- side, and listed (the anchor passes the filters).
+-- No row: the message is not a live message of this conversation. The conversation is not read:
+-- a live message's conversation is live (deleting a conversation deletes its messages), and only
+-- the caller's 404 needs to know which of the two is missing.
+SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*end part*/m.id AS sort_id/*part topics*/,
+       m.topic_ids/*end part*/, m.side, a.listed
+FROM (
+    SELECT /*include message_fields*/, (/*include page_filters*/) AS listed
     FROM messages AS m
-    WHERE m.id = :around AND m.conversation_id = c.id AND m.deleted_at IS NULL
-) AS a ON true
-LEFT JOIN LATERAL (
+    WHERE m.id = :around AND m.conversation_id = :conversation_id AND m.deleted_at IS NULL
+) AS a
+CROSS JOIN LATERAL (
+    -- The anchor as found above (not fetched again).
     SELECT 0 AS side, /*include message_fields*/
-    FROM messages AS m
-    WHERE m.id = a.id
+    FROM (SELECT a.*) AS m
     UNION ALL
     (SELECT -1, /*include message_fields*/
      FROM messages AS m
@@ -233,7 +239,7 @@ LEFT JOIN LATERAL (
        AND m."timestamp" <= a."timestamp"
        AND (m."timestamp", m.id) < (a."timestamp", a.id)
      ORDER BY m."timestamp" DESC, m.id DESC
-     LIMIT :limit)
+     LIMIT :older_rows)
     UNION ALL
     (SELECT 1, /*include message_fields*/
      FROM messages AS m
@@ -242,9 +248,8 @@ LEFT JOIN LATERAL (
        AND m."timestamp" >= a."timestamp"
        AND (m."timestamp", m.id) > (a."timestamp", a.id)
      ORDER BY m."timestamp", m.id
-     LIMIT :limit)
-) AS m ON true
-WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+     LIMIT :newer_rows)
+) AS m
 ORDER BY m."timestamp", m.id;
 
 -- name: list_topic_messages :many

@@ -62,6 +62,29 @@ async def test_a_page_centred_on_a_message(client: httpx.AsyncClient, chat: dict
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize(("limit", "role"), [(2, None), (5, None), (8, None), (5, "user")])
+async def test_every_anchor_centres_its_page_and_the_short_side_is_filled(
+    client: httpx.AsyncClient, chat: dict[str, Any], order: str, limit: int, role: str | None
+) -> None:
+    """Each side is read half a page deep; where one runs short the other reads on (a second
+    statement), so every anchor, from either end to the middle, gives the page the list implies."""
+    filters = {"order": order, **({"role": role} if role else {})}
+    listed = [item["id"] for item in await all_pages(client, chat["path"], limit=7, **filters)]
+    wanted_before = (limit - 1) // 2
+    wanted_after = limit - 1 - wanted_before
+    for at, anchor in enumerate(listed):
+        before, after = at, len(listed) - at - 1
+        take_before = min(before, wanted_before + max(0, wanted_after - after))
+        take_after = min(after, wanted_after + max(0, wanted_before - before))
+        page = await get(client, chat["path"], around=anchor, limit=limit, **filters)
+        assert ids_of(page) == listed[at - take_before : at + 1 + take_after], (at, page)
+        assert (page["prev_cursor"] is not None, page["next_cursor"] is not None) == (
+            take_before < before,
+            take_after < after,
+        ), (at, page)
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
 @pytest.mark.parametrize("limit", [1, 2, 3, 6])
 @pytest.mark.parametrize("role", [None, "user"])
 async def test_paging_outward_both_ways_gives_the_list_exactly(
@@ -104,9 +127,16 @@ async def test_a_prev_cursor_returns_the_previous_page(client: httpx.AsyncClient
 async def test_bad_anchors(client: httpx.AsyncClient, chat: dict[str, Any]) -> None:
     other = await create_conversation(client, (await create_user(client, "bo@example.com"))["id"])
     elsewhere = (await post_batch(client, other["id"], [{"role": "user", "content": "x"}]))[0]["message"]["id"]
-    assert_problem(await client.get(chat["path"], params={"around": elsewhere}), 404)
-    assert_problem(await client.get(chat["path"], params={"around": 10**12}), 404)
-    assert_problem(await client.get("/v1/conversations/999999/messages", params={"around": chat["ids"][0]}), 404)
+    not_here = f"is not in conversation {chat['id']}"
+    assert not_here in assert_problem(await client.get(chat["path"], params={"around": elsewhere}), 404)["detail"]
+    assert not_here in assert_problem(await client.get(chat["path"], params={"around": 10**12}), 404)["detail"]
+    unknown = await client.get("/v1/conversations/999999/messages", params={"around": chat["ids"][0]})
+    assert "conversation 999999 does not exist" in assert_problem(unknown, 404)["detail"]
+    # A deleted conversation's messages are deleted with it: its anchors are gone, and so is it.
+    other_path = f"/v1/conversations/{other['id']}"
+    assert (await client.delete(other_path)).status_code == 204
+    gone = await client.get(f"{other_path}/messages", params={"around": elsewhere})
+    assert f"conversation {other['id']} does not exist" in assert_problem(gone, 404)["detail"]
     # ids[1] is an assistant message: not in the role=user list.
     assert_problem(await client.get(chat["path"], params={"around": chat["ids"][1], "role": "user"}), 422, "around")
     assert_problem(await client.get(chat["path"], params={"around": chat["ids"][1], "offset": 0}), 400, "around")

@@ -11,9 +11,11 @@ import pytest
 
 from service import context
 from service.db import Connection
+from service.fields import Role
+from service.messages import FULL
 from tests.api import assert_problem, create_conversation, create_user, post_batch
 from tests.conftest import RUN_ID, connection_in_transaction, seeded_database
-from tests.test_plans import no_seq_scan_of, walk
+from tests.test_plans import PAGE_READS, index_scans, no_seq_scan_of, pages_read, plans
 
 
 @pytest.fixture
@@ -143,47 +145,47 @@ async def huge_conn(huge_url: str) -> AsyncIterator[Connection]:
         yield connection
 
 
+async def rows_fetched(conn: Connection) -> tuple[int, int]:
+    """messages' rows fetched through indexes and its sequential scans so far in this transaction."""
+    row = await conn.fetchrow(
+        "SELECT idx_tup_fetch, seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'messages'::regclass"
+    )
+    assert row is not None
+    return row["idx_tup_fetch"], row["seq_scan"]
+
+
 async def test_the_window_reads_what_it_answers_not_the_conversation(huge_conn: Connection) -> None:
     conversation_id = await huge_conn.fetchval("SELECT id FROM conversations WHERE title = 'huge'")
     assert await huge_conn.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", conversation_id) == HUGE
-    query = context.sql.context_window
-    for max_tokens, role in ((2_000, None), (20_000, None), (20_000, "user"), (200_000, None)):
-        params = {"conversation_id": conversation_id, "max_tokens": max_tokens, "include_system": True, "role": role}
-        rows = await query.records(huge_conn, **params)
-        answered = sum(1 for row in rows if row["role"] != "system")
-        analysed = await huge_conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + query.sql, *query.args(params))
-        nodes = list(walk(analysed[0]["Plan"]))
-        # EXPLAIN gives rows per loop; the walk runs its index scan once per chunk.
-        read = sum(
-            (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
-            for n in nodes
-            if n.get("Index Name") == "idx_message_live_timestamp"
-        )
-        system_read = sum(n["Actual Rows"] for n in nodes if n.get("Index Name") == "idx_message_system")
-        assert system_read == HUGE // 50_000
-        assert no_seq_scan_of(nodes, "messages"), nodes
-        # The walk reads the answer and at most one chunk (128 messages) beyond it, plus in each
-        # chunk the incremental sort's read-ahead (at least 32 rows, then whole timestamps: ten
-        # messages per timestamp here). With role=user it also steps over the other half.
+    cases: list[tuple[int, Role | None]] = [(2_000, None), (20_000, None), (20_000, "user"), (200_000, None)]
+    for max_tokens, role in cases:
+        # The first read is sized by the windows read before: once by this conversation's.
+        await context.read_window(huge_conn, FULL, conversation_id, max_tokens, include_system=True, role=role)
+        fetched_before, scans_before = await rows_fetched(huge_conn)
+        window = await context.read_window(huge_conn, FULL, conversation_id, max_tokens, include_system=True, role=role)
+        fetched_after, scans_after = await rows_fetched(huge_conn)
+        assert window is not None
+        rows, tokens, truncated = window
+        assert truncated
+        assert tokens <= max_tokens
+        system = sum(1 for row in rows if row["role"] == "system")
+        assert system == HUGE // 50_000
+        answered = len(rows) - system
+        # The walk reads the answer and a tenth more (its messages' sizes are even here); with
+        # role=user it also steps over the other half. The system part: its rows and one more.
         per_answer = 2 if role else 1
-        chunks = answered // 128 + 2
-        assert answered * per_answer <= read <= (answered + 128) * per_answer + 42 * chunks, (max_tokens, role, read)
+        walked = fetched_after - fetched_before - (system + 1)
+        assert answered * per_answer <= walked <= (answered * 1.25 + 20) * per_answer, (max_tokens, role, walked)
+        assert scans_after == scans_before, "a sequential scan of messages"
         assert answered < HUGE // 10
-    # Only custom plans: the generic plan of a prepared statement takes every conversation for a
-    # small one and sorts all of this one (a bitmap scan of 250,000 rows: 13,800 pages against 630).
-    # The service therefore plans each window for its values (test_each_window_is_planned_for_its_values).
 
 
-async def test_each_window_is_planned_for_its_values(
-    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
-) -> None:
-    await post(client, chat["id"], ("user", 10), ("assistant", 20), ("user", 30))
-    # PostgreSQL switches a prepared statement to its generic plan after five custom ones.
-    for _ in range(8):
-        assert len((await window(client, chat["context"], max_tokens=100))["items"]) == 3
-    plans_made = await conn.fetchrow(
-        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE $1",
-        f"-- {context.sql.context_window.label}%",
-    )
-    assert plans_made is not None
-    assert (plans_made["generic_plans"], plans_made["custom_plans"]) == (0, 8)
+async def test_the_system_part_reads_its_partial_index(huge_conn: Connection) -> None:
+    conversation_id = await huge_conn.fetchval("SELECT id FROM conversations WHERE title = 'huge'")
+    query = FULL.query(context.sql.system_messages, window=True)
+    params = {"conversation_id": conversation_id, "after_ts": None, "after_id": None, "limit": 16}
+    # Prepared statements switch to a generic plan after five runs: both plans read the index.
+    for nodes in await plans(huge_conn, query, analyze=True, **params):
+        assert "idx_message_system" in index_scans(nodes), nodes
+        assert no_seq_scan_of(nodes, "messages")
+        assert pages_read(nodes) <= PAGE_READS, pages_read(nodes)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import asyncpg
@@ -42,6 +42,7 @@ from service import messages as message_queries
 from service import seed as seeding
 from service.admin import run_maintenance
 from service.cursors import CursorCodec, TimeKey
+from service.db import Connection
 from service.pages import estimate_rows
 from service.queries import Query
 from service.settings import PROJECT_ROOT, load_settings
@@ -391,6 +392,47 @@ class Operation:
 def bare_script(sql: str, variables: dict[str, str] | None = None) -> str:
     sets = "".join(f"\\set {name} {expression}\n" for name, expression in (variables or {}).items())
     return sets + sql.rstrip().rstrip(";") + ";\n"
+
+
+class _Recording:
+    """A connection that keeps each statement run through it, its arguments written in as literals
+    (pgbench then runs what the service ran)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.statements: list[str] = []
+
+    async def fetch(self, text: str, *args: Any) -> list[asyncpg.Record]:
+        for number in range(len(args), 0, -1):
+            text = text.replace(f"${number}", literal(args[number - 1]))
+        self.statements.append(bare_script(text))
+        return await self.conn.fetch(text)
+
+
+def window_script(url: str, conversation_id: int, max_tokens: int) -> tuple[str, int]:
+    """The statements a running service runs for this context window (include_system=false), for
+    pgbench, and how many messages it answers. The window is read a few times first: a service
+    sizes a window's first chunk by the windows it read before."""
+
+    async def record() -> tuple[str, int]:
+        conn = await asyncpg.connect(url)
+        try:
+            for _ in range(20):
+                recording = _Recording(conn)
+                window = await context.read_window(
+                    cast(Connection, recording),
+                    message_queries.FULL,
+                    conversation_id,
+                    max_tokens,
+                    include_system=False,
+                    role=None,
+                )
+        finally:
+            await conn.close()
+        assert window is not None
+        return "".join(recording.statements), len(window[0])
+
+    return asyncio.run(record())
 
 
 # Candidates for a scoped search's word: the seed's least frequent vocabulary words, then its rare
@@ -833,16 +875,16 @@ def main() -> int:
             f"JOIN topics AS t ON t.id = mt.topic_id WHERE m.{matches} GROUP BY t.name ORDER BY count(*) DESC LIMIT 20"
         )
     )
-    # The context window: how many messages 4,000 tokens hold, so the bare SQL can return the same rows.
-    window = {"conversation_id": whale, "max_tokens": 4000, "include_system": False, "role": None}
-    with psycopg.connect(url) as conn:
-        window_size = len(conn.execute(pgbench_script(context.sql.context_window, window)).fetchall())
+    # The context window: the statements it runs, and how many messages 4,000 tokens hold, so the
+    # bare SQL can return the same rows.
+    window_ours, window_size = window_script(url, whale, 4000)
 
     def around_side(before: bool) -> str:
+        """One side of the anchored page's bare SQL, from the anchor's position, which it looks up."""
         compare, direction = ("<", "DESC") if before else (">=", "ASC")
         return (
-            f"SELECT {columns} FROM messages WHERE conversation_id = {whale} "
-            f'AND ("timestamp", id) {compare} ({literal(deep[0])}, {deep[1]}) '
+            f"SELECT {columns}, topic_ids FROM messages WHERE conversation_id = {whale} "
+            f'AND ("timestamp", id) {compare} (SELECT "timestamp", id FROM messages WHERE id = {deep[1]}) '
             f'ORDER BY "timestamp" {direction}, id {direction} LIMIT 25'
         )
 
@@ -978,13 +1020,11 @@ def main() -> int:
             "context_window",
             f"newest messages of the largest conversation within 4,000 tokens ({window_size}), oldest first",
             f"/v1/conversations/{whale}/context?max_tokens=4000&include_system=false",
-            # As the service runs it: planned for its values, in a read-only transaction.
-            "BEGIN READ ONLY;\n"
-            + pgbench_script(context.sql.plan_for_this_conversation, {})
-            + pgbench_script(context.sql.context_window, window)
-            + "COMMIT;\n",
+            # As the service runs it: a chunk of the newest messages at a time (see service/context.py).
+            window_ours,
+            # The same rows: with include_system=false system messages are walked like the others.
             bare_script(
-                f"SELECT {columns} FROM messages WHERE conversation_id = {whale} AND role <> 'system' "
+                f"SELECT {columns}, topic_ids FROM messages WHERE conversation_id = {whale} "
                 f'ORDER BY "timestamp" DESC, id DESC LIMIT {window_size}'
             ),
         ),
@@ -992,7 +1032,11 @@ def main() -> int:
             "around_page",
             f"50 messages centred on one {depth:,} deep in the largest conversation",
             f"/v1/conversations/{whale}/messages?limit=50&around={deep[1]}",
-            pgbench_script(message_queries.sql.list_messages_around, {**page_params, "around": deep[1]}),
+            pgbench_script(
+                message_queries.sql.list_messages_around,
+                {**page_params, "around": deep[1], **message_queries.around_rows(50, "desc")},
+            ),
+            # The same rows for the same request, which names the anchor by its id only.
             bare_script(f"({around_side(True)}) UNION ALL ({around_side(False)})"),
         ),
         Operation(
