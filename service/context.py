@@ -219,7 +219,7 @@ async def _fit(
                 return _Fitted(rows, tokens, tokens + row["window_tokens"])
             tokens += row["window_tokens"]
             rows.append(row)
-        if len(found) <= read:  # no limit + 1st row: the conversation ends here
+        if len(found) <= read:  # not the one row past the chunk: the conversation ends here
             return _Fitted(rows, tokens, None)
         position = position_after(found[-1])
         read = _rows_for(budget - tokens, tokens / len(rows) if rows else _PACE.tokens_each)
@@ -249,7 +249,7 @@ async def read_window(
     its own: a window posted to meanwhile is the one its first chunk saw (the next chunks read
     older messages only)."""
     system: list[asyncpg.Record] = []
-    left = max_tokens
+    system_tokens = 0
     if include_system:
         found = await _fit(
             conn,
@@ -269,9 +269,10 @@ async def read_window(
                 field="max_tokens",
                 status=422,
             )
-        system, left = found.rows, max_tokens - found.tokens
+        system, system_tokens = found.rows, found.tokens
         if role == "system":  # every message the walk could take is in the system part already
-            return system, found.tokens, False
+            return system, system_tokens, False
+    left = max_tokens - system_tokens
     walked = await _fit(
         conn,
         shape.query(messages.sql.list_messages_newest_first, window=True),
@@ -284,4 +285,4 @@ async def read_window(
     if walked is None:
         return None
     _PACE.saw(walked.tokens, len(walked.rows))
-    return [*system, *walked.rows[::-1]], max_tokens - left + walked.tokens, walked.overflow is not None
+    return [*system, *walked.rows[::-1]], system_tokens + walked.tokens, walked.overflow is not None
