@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
@@ -19,7 +18,7 @@ from service import messages
 from service.db import Connection, Database
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import PathId, Role, RoleQuery
-from service.messages import FieldsQuery, Message, Shape, parse_fields, time_of
+from service.messages import FieldsQuery, Message, Shape, page_position, parse_fields, time_key
 from service.pages import rows_under_parent
 from service.queries import Query, QueryFile
 
@@ -194,19 +193,19 @@ async def _fit(
     conn: Connection,
     query: Query,
     params: dict[str, Any],
-    position_after: Callable[[asyncpg.Record | None], dict[str, Any]],
+    order: Literal["desc", "asc"],
     budget: int,
     first_read: int,
     *,
     skip_system: bool,
 ) -> _Fitted | None:
-    """``query``'s rows in its order, read a chunk at a time from after the previous chunk's last
-    row (``position_after``), while their token counts sum to at most ``budget``; ``skip_system``
+    """``query``'s rows walking ``order`` by time, read a chunk at a time from after the previous
+    chunk's last row, while their token counts sum to at most ``budget``; ``skip_system``
     passes system messages over (a window with include_system has them already). None: no such
     conversation."""
     rows: list[asyncpg.Record] = []
     tokens = 0
-    position = position_after(None)
+    position = page_position(order, None)
     read = first_read
     while True:
         found = rows_under_parent(await query.records(conn, **params, **position, limit=read), "sort_id")
@@ -221,24 +220,8 @@ async def _fit(
             rows.append(row)
         if len(found) <= read:  # not the one row past the chunk: the conversation ends here
             return _Fitted(rows, tokens, None)
-        position = position_after(found[-1])
+        position = page_position(order, time_key(found[-1]))
         read = _rows_for(budget - tokens, tokens / len(rows) if rows else _PACE.tokens_each)
-
-
-def _before(row: asyncpg.Record | None) -> dict[str, Any]:
-    """A newest-first page's position just older than ``row`` (None: the newest message)."""
-    return (
-        {"before_ts": None, "before_id": None}
-        if row is None
-        else {"before_ts": time_of(row), "before_id": row["sort_id"]}
-    )
-
-
-def _after(row: asyncpg.Record | None) -> dict[str, Any]:
-    """An oldest-first page's position just newer than ``row`` (None: the oldest message)."""
-    return (
-        {"after_ts": None, "after_id": None} if row is None else {"after_ts": time_of(row), "after_id": row["sort_id"]}
-    )
 
 
 async def read_window(
@@ -255,7 +238,7 @@ async def read_window(
             conn,
             shape.query(sql.system_messages, window=True),
             {"conversation_id": conversation_id},
-            _after,
+            "asc",
             max_tokens,
             _SYSTEM_READ,
             skip_system=False,
@@ -277,7 +260,7 @@ async def read_window(
         conn,
         shape.query(messages.sql.list_messages_newest_first, window=True),
         {"conversation_id": conversation_id, "role": role, "since": None, "until": None, "offset": 0},
-        _before,
+        "desc",
         left,
         _rows_for(left, _PACE.tokens_each),
         skip_system=include_system,

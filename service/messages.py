@@ -466,12 +466,19 @@ def _deleted_duplicate(items: Sequence[MessageCreate], indexes: list[int], *, in
     )
 
 
-def _conversation_page_query(order: Literal["desc", "asc"], after: TimeKey | None) -> tuple[Query, dict[str, Any]]:
-    """The page query for this order, with the cursor's position as its parameters."""
+def page_position(order: Literal["desc", "asc"], after: TimeKey | None) -> dict[str, Any]:
+    """A time-ordered page statement's keyset parameters walking ``order`` from just past
+    ``after`` (None: from the start)."""
     moment, message_id = (from_micros(after.micros), after.id) if after else (None, None)
     if order == "desc":
-        return sql.list_messages_newest_first, {"before_ts": moment, "before_id": message_id}
-    return sql.list_messages_oldest_first, {"after_ts": moment, "after_id": message_id}
+        return {"before_ts": moment, "before_id": message_id}
+    return {"after_ts": moment, "after_id": message_id}
+
+
+def _conversation_page_query(order: Literal["desc", "asc"], after: TimeKey | None) -> tuple[Query, dict[str, Any]]:
+    """The page query for this order, with the cursor's position as its parameters."""
+    query = sql.list_messages_newest_first if order == "desc" else sql.list_messages_oldest_first
+    return query, page_position(order, after)
 
 
 async def read_page(
@@ -497,7 +504,7 @@ class MessagePage(Page[Message]):
     prev_cursor: str | None = None
 
 
-def _time_key(row: asyncpg.Record, *, before: bool = False) -> TimeKey:
+def time_key(row: asyncpg.Record, *, before: bool = False) -> TimeKey:
     return TimeKey(to_micros(time_of(row)), row["sort_id"], before)
 
 
@@ -604,7 +611,7 @@ class ConversationList:
         self, conn: Connection, row: asyncpg.Record, walk: Literal["desc", "asc"], count: int
     ) -> list[asyncpg.Record]:
         """Up to ``count`` + 1 rows after ``row`` walking ``walk``, nearest first."""
-        query, position = _conversation_page_query(walk, _time_key(row))
+        query, position = _conversation_page_query(walk, time_key(row))
         found = await self.shape.query(query).records(conn, **self.filters, **position, limit=count, offset=0)
         return rows_under_parent(found, "sort_id") or []
 
@@ -614,7 +621,7 @@ class ConversationList:
         items = await self.shape.build(conn, self.db.topics, rows, "sort_id")
         if not rows:
             return MessagePage(items=items)
-        first, last = _time_key(rows[0], before=True), _time_key(rows[-1])
+        first, last = time_key(rows[0], before=True), time_key(rows[-1])
         return MessagePage(
             items=items,
             next_cursor=self.paging.cursor_to(self.scope, last) if more_after else None,
