@@ -56,13 +56,15 @@ class Page(msgspec.Struct, Generic[T]):
     total: int | msgspec.UnsetType = msgspec.UNSET
 
 
-def rows_under_parent(rows: Sequence[asyncpg.Record], key: str) -> list[asyncpg.Record] | None:
-    """The page rows of a statement that reads a parent (a user, a conversation, a topic) as the
-    outer side of a LEFT JOIN to its page: no row at all means no parent (None), a single row whose
-    ``key`` is NULL an empty page. One statement then answers both "which rows" and "does it exist"."""
+def rows_under_parent(rows: list[asyncpg.Record], key: str) -> list[asyncpg.Record] | None:
+    """The page rows of a statement that returns its page with its parent's marker (a user's, a
+    conversation's, a topic's, a message's): one row whose ``key`` is NULL, there when the parent
+    exists, first in a descending page and last in an ascending one (where the statement's ORDER BY
+    puts NULLs). No row at all means no parent (None). One statement then answers both "which
+    rows" and "does it exist", and PostgreSQL merges the marker in rather than sorting the page."""
     if not rows:
         return None
-    return [] if rows[0][key] is None else list(rows)
+    return rows[1:] if rows[0][key] is None else rows[:-1]
 
 
 class Paging:

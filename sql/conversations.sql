@@ -1,21 +1,25 @@
+-- fragment: conversation_columns
+-- The conversation object as the API shows it, in the order of the Conversation Struct.
+c.id, c.user_id, c.title, c.created_at, c.updated_at, c.message_count, c.metadata
+
 -- name: create_conversation :one
 -- A new conversation; a user_id with no user fails its foreign key (a 422).
-INSERT INTO conversations (user_id, title, metadata)
+INSERT INTO conversations AS c (user_id, title, metadata)
 VALUES (:user_id, :title, :metadata::jsonb)
-RETURNING id, user_id, title, created_at, updated_at, message_count, metadata;
+RETURNING /*include conversation_columns*/;
 
 -- name: get_conversation :one
-SELECT id, user_id, title, created_at, updated_at, message_count, metadata
-FROM conversations
-WHERE id = :conversation_id AND deleted_at IS NULL;
+SELECT /*include conversation_columns*/
+FROM conversations AS c
+WHERE c.id = :conversation_id AND c.deleted_at IS NULL;
 
 -- name: update_conversation :one
 -- Sets the title when set_title (null clears it), and replaces metadata unless it is NULL.
-UPDATE conversations
-SET title = CASE WHEN :set_title::boolean THEN :title::text ELSE title END,
-    metadata = coalesce(:metadata::jsonb, metadata)
-WHERE id = :conversation_id AND deleted_at IS NULL
-RETURNING id, user_id, title, created_at, updated_at, message_count, metadata;
+UPDATE conversations AS c
+SET title = CASE WHEN :set_title::boolean THEN :title::text ELSE c.title END,
+    metadata = coalesce(:metadata::jsonb, c.metadata)
+WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+RETURNING /*include conversation_columns*/;
 
 -- name: delete_conversation :val
 -- Marks a live conversation deleted; migration 0023's trigger marks its live messages deleted
@@ -38,22 +42,26 @@ RETURNING id;
 -- A user's conversations, most recently active first: keyset after (before_updated_at, before_id)
 -- when a cursor is given, else from the top (NULLs become +infinity so the plan has one shape),
 -- skipping :offset rows for offset pages; limit + 1 rows, the extra one says more follow. Served
--- in order by idx_conversation_live_user_updated (live conversations only). The user is the outer side of the join: no row at
--- all means no such user, one row of NULLs an empty page.
-SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, c.message_count, c.metadata
-FROM users AS u
-LEFT JOIN LATERAL (
-    SELECT id, user_id, title, created_at, updated_at, message_count, metadata
-    FROM conversations
-    WHERE user_id = :user_id
-      AND deleted_at IS NULL
-      AND updated_at <= coalesce(:before_updated_at::timestamptz, 'infinity')
-      AND (updated_at, id) < (coalesce(:before_updated_at::timestamptz, 'infinity'),
-                              coalesce(:before_id::bigint, 9223372036854775807))
-    ORDER BY updated_at DESC, id DESC
-    LIMIT :limit::integer + 1 OFFSET :offset
-) AS c ON true
-WHERE u.id = :user_id
+-- in order by idx_conversation_live_user_updated (live conversations only). The user's marker comes
+-- first (as a conversation's in messages.list_messages_newest_first): one row of NULLs when the
+-- user exists, none when it does not.
+SELECT /*include conversation_columns*/
+FROM (
+    (SELECT /*include conversation_columns*/
+     FROM conversations AS c
+     WHERE c.user_id = :user_id
+       AND c.deleted_at IS NULL
+       AND c.updated_at <= coalesce(:before_updated_at::timestamptz, 'infinity')
+       AND (c.updated_at, c.id) < (coalesce(:before_updated_at::timestamptz, 'infinity'),
+                                   coalesce(:before_id::bigint, 9223372036854775807))
+     ORDER BY c.updated_at DESC, c.id DESC
+     LIMIT :limit::integer + 1 OFFSET :offset)
+    UNION ALL
+    SELECT /*include conversation_columns*/
+    FROM users AS u
+    LEFT JOIN conversations AS c ON false
+    WHERE u.id = :user_id
+) AS c
 ORDER BY c.updated_at DESC, c.id DESC;
 
 -- name: count_user_conversations :val

@@ -138,6 +138,20 @@ SELECT /*include message_columns*/, /*part sort_ts*/m."timestamp" AS sort_ts, /*
        m.token_count AS window_tokens, m.role AS window_role/*end part*/
 FROM page AS m
 
+-- fragment: conversation_marker
+-- A page statement's other half (UNION ALL with its page): one row of NULLs when the conversation
+-- is live, so one statement answers both "which rows" and "does it exist" (service/pages.py's
+-- rows_under_parent): no row at all means no such conversation. Its NULL sort key puts it first
+-- in a descending page and last in an ascending one, so the statement's ORDER BY merges the two
+-- halves (a Merge Append) instead of sorting the page again, as it did when the conversation was
+-- the outer side of a join to the page (for a context window's 182 rows, a seventh of the cost).
+-- The page half does not read the conversation: a live message's conversation is live (deleting
+-- a conversation deletes its messages).
+SELECT /*include message_fields*/
+FROM conversations AS c
+LEFT JOIN messages AS m ON false
+WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+
 -- name: get_messages_by_client_ids :many
 -- The stored messages of a conversation with these client_msg_ids (the duplicates a post repeats),
 -- and whether each is deleted.
@@ -161,48 +175,41 @@ WHERE m.id = :message_id AND m.deleted_at IS NULL;
 -- deleted messages are not in its way. A cursor's position is inside the filters it was made with.
 -- since is inclusive; role filters. limit + 1 rows: the extra one says another
 -- page follows. Each row ends with the sort key (sort_ts, sort_id) the next cursor is made of,
--- then the message's topic ids: one lookup for the whole page in the same statement (no second
--- round trip), left out when fields= leaves topics out.
--- The conversation is the outer side of the join, so an unknown conversation is no row at all
--- and an existing one with an empty page is one row of NULLs: no second statement to tell them apart.
+-- then the message's topic ids, left out when fields= leaves topics out. The conversation's
+-- marker (conversation_marker) comes first.
 WITH page AS (
-    SELECT m.*
-    FROM conversations AS c
-    LEFT JOIN LATERAL (
-        SELECT /*include message_fields*/
-        FROM messages AS m
-        WHERE /*include live_messages*/
-          AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
-          AND m."timestamp" <= coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity')
-          AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity'),
-                                       coalesce(:before_id::bigint,
-                                                CASE WHEN :until::timestamptz IS NULL THEN 9223372036854775807 END, 0))
-        ORDER BY m."timestamp" DESC, m.id DESC
-        LIMIT :limit::integer + 1 OFFSET :offset
-    ) AS m ON true
-    WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+    (SELECT /*include message_fields*/
+     FROM messages AS m
+     WHERE /*include live_messages*/
+       AND m."timestamp" >= coalesce(:since::timestamptz, '-infinity')
+       AND m."timestamp" <= coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity')
+       AND (m."timestamp", m.id) < (coalesce(:before_ts::timestamptz, :until::timestamptz, 'infinity'),
+                                    coalesce(:before_id::bigint,
+                                             CASE WHEN :until::timestamptz IS NULL THEN 9223372036854775807 END, 0))
+     ORDER BY m."timestamp" DESC, m.id DESC
+     LIMIT :limit::integer + 1 OFFSET :offset)
+    UNION ALL
+    /*include conversation_marker*/
 )
 /*include page_rows*/
 ORDER BY m."timestamp" DESC, m.id DESC;
 
 -- name: list_messages_oldest_first :many
 -- The same page walked the other way, oldest first: from (after_ts, after_id), else from since
--- (inclusive: (since, 0) comes before every id of that instant), up to until.
+-- (inclusive: (since, 0) comes before every id of that instant), up to until. The conversation's
+-- marker comes last.
 WITH page AS (
-    SELECT m.*
-    FROM conversations AS c
-    LEFT JOIN LATERAL (
-        SELECT /*include message_fields*/
-        FROM messages AS m
-        WHERE /*include live_messages*/
-          AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
-          AND m."timestamp" >= coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity')
-          AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity'),
-                                       coalesce(:after_id::bigint, 0))
-        ORDER BY m."timestamp", m.id
-        LIMIT :limit::integer + 1 OFFSET :offset
-    ) AS m ON true
-    WHERE c.id = :conversation_id AND c.deleted_at IS NULL
+    (SELECT /*include message_fields*/
+     FROM messages AS m
+     WHERE /*include live_messages*/
+       AND m."timestamp" < coalesce(:until::timestamptz, 'infinity')
+       AND m."timestamp" >= coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity')
+       AND (m."timestamp", m.id) > (coalesce(:after_ts::timestamptz, :since::timestamptz, '-infinity'),
+                                    coalesce(:after_id::bigint, 0))
+     ORDER BY m."timestamp", m.id
+     LIMIT :limit::integer + 1 OFFSET :offset)
+    UNION ALL
+    /*include conversation_marker*/
 )
 /*include page_rows*/
 ORDER BY m."timestamp", m.id;
@@ -257,20 +264,26 @@ ORDER BY m."timestamp", m.id;
 -- the message_topics primary key (topic_id, message_id) first, walked backwards, and only those
 -- messages are then fetched by primary key: a page costs its own size at any depth, and however
 -- many newer messages carry other topics (a merge join along messages_pkey would walk them all).
--- The topic is the outer side, as in list_messages_newest_first: no row means no such topic.
-SELECT /*include message_columns*/, page.message_id AS sort_id/*part topics*/, m.topic_ids/*end part*/
-FROM topics AS t
-LEFT JOIN LATERAL (
-    SELECT mt.message_id
-    FROM message_topics AS mt
-    WHERE mt.topic_id = t.id
-      AND mt.message_id < coalesce(:before_id::bigint, 9223372036854775807)
-    ORDER BY mt.message_id DESC
-    LIMIT :limit::integer + 1 OFFSET :offset
-) AS page ON true
-LEFT JOIN messages AS m ON m.id = page.message_id
-WHERE t.id = :topic_id
-ORDER BY page.message_id DESC;
+-- The topic's marker comes first, as a conversation's does in list_messages_newest_first: one row
+-- of NULLs when the topic exists, none when it does not.
+SELECT /*include message_columns*/, m.id AS sort_id/*part topics*/, m.topic_ids/*end part*/
+FROM (
+    (SELECT /*include message_fields*/
+     FROM (SELECT mt.message_id
+           FROM message_topics AS mt
+           WHERE mt.topic_id = :topic_id
+             AND mt.message_id < coalesce(:before_id::bigint, 9223372036854775807)
+           ORDER BY mt.message_id DESC
+           LIMIT :limit::integer + 1 OFFSET :offset) AS page
+     JOIN messages AS m ON m.id = page.message_id
+     ORDER BY m.id DESC)
+    UNION ALL
+    SELECT /*include message_fields*/
+    FROM topics AS t
+    LEFT JOIN messages AS m ON false
+    WHERE t.id = :topic_id
+) AS m
+ORDER BY m.id DESC;
 
 -- name: count_topic_messages :val
 SELECT count(*)

@@ -90,6 +90,15 @@ def no_per_row_subplan(nodes: list[dict[str, Any]]) -> bool:
     return not any(n.get("Parent Relationship") == "SubPlan" for n in nodes)
 
 
+def sorted_again(nodes: list[dict[str, Any]], table: str) -> bool:
+    """Whether the plan sorts rows it read from ``table``: a page comes out of its index in order,
+    and its parent's one-row marker is merged in (a Merge Append), not the page sorted again."""
+    return any(
+        n["Node Type"] in ("Sort", "Incremental Sort") and any(d.get("Relation Name") == table for d in walk(n))
+        for n in nodes
+    )
+
+
 def tagged_messages(select: str) -> str:
     """An INSERT of the messages ``select`` gives (conversation_id, user_id, role, content, ts), as
     add_messages writes them: each with its copy of its topic ids (migration 0030), topic-(id % 100)."""
@@ -203,6 +212,7 @@ async def test_conversation_pages_use_the_live_timestamp_index_at_any_depth(
             )
             assert no_seq_scan_of(nodes, "messages"), nodes
             assert no_per_row_subplan(nodes), nodes
+            assert not sorted_again(nodes, "messages"), nodes
 
 
 async def test_fields_projection_keeps_the_plan(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
@@ -230,6 +240,7 @@ async def test_a_topics_messages_use_the_message_topics_primary_key(
             assert no_seq_scan_of(nodes, "messages")
             assert no_per_row_subplan(nodes), nodes
             assert no_seq_scan_of(nodes, "message_topics")
+            assert not sorted_again(nodes, "message_topics"), nodes
 
 
 async def test_a_users_conversations_use_an_index(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
@@ -250,6 +261,7 @@ async def test_a_users_conversations_use_an_index(seeded_conn: Connection, seede
             if user_id == seeded["user_id"]:
                 # 3,000 conversations: read in order along the index, a page at a time.
                 assert "idx_conversation_live_user_updated" in used
+                assert not sorted_again(nodes, "conversations"), nodes
 
 
 async def test_one_message_uses_its_primary_key(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
