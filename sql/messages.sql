@@ -144,7 +144,8 @@ FROM page AS m
 -- rows_under_parent): no row at all means no such conversation. Its NULL sort key puts it first
 -- in a descending page and last in an ascending one, so the statement's ORDER BY merges the two
 -- halves (a Merge Append) instead of sorting the page again, as it did when the conversation was
--- the outer side of a join to the page (for a context window's 182 rows, a seventh of the cost).
+-- the outer side of a join to the page (BENCHMARKS.md: it matters for long pages, such as a
+-- context window's 182 rows).
 -- The page half does not read the conversation: a live message's conversation is live (deleting
 -- a conversation deletes its messages).
 SELECT /*include message_fields*/
