@@ -64,7 +64,13 @@ def rows_under_parent(rows: list[asyncpg.Record], key: str) -> list[asyncpg.Reco
     rows" and "does it exist", and PostgreSQL merges the marker in rather than sorting the page."""
     if not rows:
         return None
-    return rows[1:] if rows[0][key] is None else rows[:-1]
+    if rows[0][key] is None:
+        return rows[1:]
+    if rows[-1][key] is None:
+        return rows[:-1]
+    # Page rows without their parent's marker: the parent is gone in this statement's snapshot,
+    # which its page statement's invariants rule out; answer as for no parent, not a page short.
+    return None
 
 
 class Paging:

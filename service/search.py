@@ -350,6 +350,7 @@ async def search_messages_txn(
         if facets:
             counts.facets = await _facets(conn, filters, facets)
     # A row is the message's columns, its rank, its highlight and its topic ids (migration 0030).
+    # The row past the page (limit + 1, dropped by Paging.page) has no highlight: none is made for it.
     width = len(messages.COLUMNS)
     counts.items = [
         MessageHit(*row[:width], refs, row[width], row[width + 1])  # type: ignore[call-arg]

@@ -132,6 +132,28 @@ async def test_a_conversation_comes_back_with_the_messages_deleted_with_it_only(
     )
 
 
+async def test_a_page_whose_conversation_is_gone_is_a_404_not_a_page_short(
+    client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
+) -> None:
+    """A page statement tells an existing conversation by its marker row, and its messages do not
+    read the conversation (a live message's conversation is live). Should that ever not hold (here:
+    the conversation deleted with its triggers off, its messages left live), the answer is the 404
+    of a missing conversation, never a page with a message dropped in the marker's place."""
+    conversation_id = chat["conversation"]["id"]
+    for order in ("desc", "asc"):
+        listed = await client.get(f"/v1/conversations/{conversation_id}/messages", params={"order": order})
+        assert len(listed.json()["items"]) == len(chat["messages"])
+    # Rolled back with the test's transaction, which the app shares.
+    await conn.execute("ALTER TABLE conversations DISABLE TRIGGER USER")
+    await conn.execute("UPDATE conversations SET deleted_at = now() WHERE id = $1", conversation_id)
+    await conn.execute("ALTER TABLE conversations ENABLE TRIGGER USER")
+    assert await conn.fetchval(
+        "SELECT count(*) FROM messages WHERE conversation_id = $1 AND deleted_at IS NULL", conversation_id
+    ) == len(chat["messages"])
+    for order in ("desc", "asc"):
+        assert_problem(await client.get(f"/v1/conversations/{conversation_id}/messages", params={"order": order}), 404)
+
+
 async def test_a_repeated_client_msg_id_of_a_deleted_message_is_a_conflict(
     client: httpx.AsyncClient, conn: Connection, chat: dict[str, Any]
 ) -> None:
