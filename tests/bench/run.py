@@ -220,12 +220,20 @@ def literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def with_values(text: str, values: list[str]) -> str:
+    """``text`` with its placeholders $1, $2, … replaced by ``values`` (the highest first, so $1
+    is not taken for the start of $10)."""
+    for number in range(len(values), 0, -1):
+        text = text.replace(f"${number}", values[number - 1])
+    return text
+
+
 def pgbench_script(query: Query, params: dict[str, Any], variables: dict[str, str] | None = None) -> str:
     """The query's own SQL with its parameters as literals, or as pgbench variables (``:name``)."""
-    text = query.sql
-    for number, name in reversed(list(enumerate(query.params, start=1))):
-        value = f":{name}" if variables and name in variables else literal(params[name])
-        text = text.replace(f"${number}", value)
+    text = with_values(
+        query.sql,
+        [f":{name}" if variables and name in variables else literal(params[name]) for name in query.params],
+    )
     sets = "".join(f"\\set {name} {expression}\n" for name, expression in (variables or {}).items())
     return sets + text.rstrip().rstrip(";") + ";\n"
 
@@ -407,8 +415,7 @@ class _Recording:
         self.statements: list[str] = []
 
     async def fetch(self, text: str, *args: Any) -> list[asyncpg.Record]:
-        for number in range(len(args), 0, -1):
-            text = text.replace(f"${number}", literal(args[number - 1]))
+        text = with_values(text, [literal(arg) for arg in args])
         self.statements.append(bare_script(text))
         return await self.conn.fetch(text)
 
