@@ -47,6 +47,7 @@ from service.pages import estimate_rows
 from service.queries import Query
 from service.settings import PROJECT_ROOT, load_settings
 from service.timestamps import to_micros
+from tests.bench import cpu
 
 LOAD = PROJECT_ROOT / "tests" / "load"
 BENCH_DATABASE = "freya_bench"
@@ -69,6 +70,8 @@ class Measure:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    # CPU milliseconds per request by tier ("postgres", "server"; cpu.py), where measured.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -567,29 +570,53 @@ def depths_for(size: int) -> list[int]:
     return sorted({0, *(d for d in (1_000, 10_000, 50_000, 100_000, 200_000) if d < deepest), min(deepest, 200_000)})
 
 
-def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server], duration: int, rounds: int) -> Result:
+def measure(
+    operation: Operation,
+    wrk: str,
+    url: str,
+    servers: dict[str, Server],
+    duration: int,
+    rounds: int,
+    postgres: int | None,
+) -> Result:
     """One operation's figures. Against a reference app the sides run in ``rounds`` alternating
     rounds (service, reference app, pgbench on ours, pgbench bare; again), each ``duration`` long:
     this shared machine's speed drifts over minutes by more than the targets' margins, and a
     drift then weighs on every side alike instead of on whichever ran last. Each side's figure
     is its median round (rate, p50) and its worst round's p99; each ratio is the median of the
-    rounds' own ratios, all of them kept in ``extra["rounds"]``."""
+    rounds' own ratios, all of them kept in ``extra["rounds"]``. ``postgres``: the PostgreSQL
+    server's process when it runs on this machine, whose CPU per request each HTTP and COPY run
+    reports (with the answering server's)."""
     result = Result(operation.name, operation.description)
+
+    def metered(run: Callable[[], Measure], server: Server | None = None) -> Measure:
+        """run()'s figures with the CPU each request cost PostgreSQL and ``server``."""
+        roots = {} if postgres is None else {"postgres": postgres}
+        if server is not None:
+            roots["server"] = server.process.pid
+        before = cpu.tree_seconds(roots)
+        measured = run()
+        measured.cpu_ms = cpu.ms_per_call(before, cpu.tree_seconds(roots), measured.requests_per_second * duration)
+        return measured
+
     if operation.reference == "copy":
         if operation.path:
-            result.service = run_wrk(
-                wrk,
-                servers["service"].base + operation.path,
-                operation.connections,
-                duration,
-                operation.script,
-                operation.env,
+            result.service = metered(
+                lambda: run_wrk(
+                    wrk,
+                    servers["service"].base + operation.path,
+                    operation.connections,
+                    duration,
+                    operation.script,
+                    operation.env,
+                ),
+                servers["service"],
             )
         result.reference_name = "COPY"
-        result.reference = copy_batches(url, operation.connections, duration)
+        result.reference = metered(lambda: copy_batches(url, operation.connections, duration))
         # The same batches with their tags (the service's batches tag every message): COPY of the
         # messages with ids drawn first, then COPY of their message_topics rows.
-        tagged = copy_batches(url, operation.connections, duration, tag="batch")
+        tagged = metered(lambda: copy_batches(url, operation.connections, duration, tag="batch"))
         result.extra["copy_with_tags"] = asdict(tagged)
         if result.service:
             result.ratios["service/copy_with_tags"] = round(
@@ -608,13 +635,16 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
                 wrk, servers[server].base + operation.path, operation.connections, 2, operation.script, operation.env
             )
         sides.setdefault(side, []).append(
-            run_wrk(
-                wrk,
-                servers[server].base + operation.path,
-                operation.connections,
-                duration,
-                operation.script,
-                operation.env,
+            metered(
+                lambda: run_wrk(
+                    wrk,
+                    servers[server].base + operation.path,
+                    operation.connections,
+                    duration,
+                    operation.script,
+                    operation.env,
+                ),
+                servers[server],
             )
         )
 
@@ -673,12 +703,15 @@ def measure(operation: Operation, wrk: str, url: str, servers: dict[str, Server]
 
 
 def _median_round(measures: list[Measure]) -> Measure:
-    """Rounds of one side as one figure: the median rate and p50, the worst p99, every error."""
+    """Rounds of one side as one figure: the median rate, p50 and CPU per request, the worst p99,
+    every error."""
+    tiers = dict.fromkeys(name for m in measures for name in m.cpu_ms)
     return Measure(
         statistics.median(m.requests_per_second for m in measures),
         statistics.median(m.p50_ms for m in measures),
         max(m.p99_ms for m in measures),
         sum(m.errors for m in measures),
+        {name: statistics.median(m.cpu_ms[name] for m in measures if name in m.cpu_ms) for name in tiers},
     )
 
 
@@ -757,6 +790,7 @@ def main() -> int:
             depth - 1,
         )
         max_id = scalar(conn, "SELECT max(id) FROM messages")
+        postgres = cpu.postgres_server(scalar(conn, "SELECT pg_backend_pid()"))
         top_topic = scalar(conn, "SELECT topic_id FROM message_topics GROUP BY topic_id ORDER BY count(*) DESC LIMIT 1")
         busiest_user = scalar(conn, "SELECT user_id FROM conversations GROUP BY user_id ORDER BY count(*) DESC LIMIT 1")
         conversation_count = scalar(conn, "SELECT count(*) FROM conversations")
@@ -1142,7 +1176,7 @@ def main() -> int:
         for operation in operations:
             print(f"{operation.name} …", end=" ", flush=True)
             try:
-                result = measure(operation, wrk, url, servers, args.duration, args.rounds)
+                result = measure(operation, wrk, url, servers, args.duration, args.rounds, postgres)
             except (RuntimeError, subprocess.CalledProcessError) as error:
                 failures[operation.name] = str(error)
                 print(f"FAILED: {error}", flush=True)
@@ -1175,6 +1209,25 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def print_cpu(results: list[Result]) -> None:
+    """CPU milliseconds per request of PostgreSQL and of the answering server, side by side."""
+    measured = [r for r in results if r.service and r.service.cpu_ms]
+    if not measured:
+        return
+    print("\nCPU per request, ms (from /proc): PostgreSQL + the answering server")
+
+    def cells(m: Measure | None) -> str:
+        if m is None or not m.cpu_ms:
+            return f"{'-':>17}"
+        return " + ".join(
+            f"{m.cpu_ms[tier]:>7.3f}" if tier in m.cpu_ms else f"{'-':>7}" for tier in ("postgres", "server")
+        )
+
+    print(f"  {'operation':<24} {'service':>17}   {'reference':>17}")
+    for r in measured:
+        print(f"  {r.name:<24} {cells(r.service)}   {cells(r.reference)}")
+
+
 def print_summary(results: list[Result], curve: list[dict[str, float]], failures: dict[str, str]) -> None:
     def cells(m: Measure | None) -> str:
         return (
@@ -1204,6 +1257,7 @@ def print_summary(results: list[Result], curve: list[dict[str, float]], failures
         if rounds and all("pgbench" in one and "pgbench_bare" in one for one in rounds):
             costs = [f"{one['pgbench_bare'] / one['pgbench']:.2f}" for one in rounds]
             print(f"{r.name}, statement_cost round by round: {', '.join(costs)}")
+    print_cpu(results)
     by_name = {r.name: r for r in results}
     if "batch_create_1000" in by_name and by_name["batch_create_1000"].service:
         batch = by_name["batch_create_1000"]
@@ -1213,6 +1267,18 @@ def print_summary(results: list[Result], curve: list[dict[str, float]], failures
             print(f"COPY of the same batches: {batch.reference.requests_per_second * 1000:,.0f} messages/s")
         if tagged := batch.extra.get("copy_with_tags"):
             print(f"COPY of the same batches with their tags: {tagged['requests_per_second'] * 1000:,.0f} messages/s")
+        if postgres_ms := batch.service.cpu_ms.get("postgres"):
+            # However little the service spent, PostgreSQL's own CPU caps the rate on these cores.
+            ceiling = (os.cpu_count() or 1) * 1000 / postgres_ms * 1000
+            copies = {
+                "COPY": batch.reference.cpu_ms if batch.reference else {},
+                "with tags": (tagged or {}).get("cpu_ms", {}),
+            }
+            listed = ", ".join(f"{name} {ms['postgres']:.1f} ms" for name, ms in copies.items() if "postgres" in ms)
+            print(
+                f"PostgreSQL's CPU per batch of 1,000: {postgres_ms:.1f} ms ({listed}); on "
+                f"{os.cpu_count()} cores that alone allows at most {ceiling:,.0f} messages/s"
+            )
     if curve:
         print("\nOFFSET vs keyset, median ms per 50-message page:")
         for point in curve:
