@@ -60,14 +60,14 @@ purge-idempotency-keys: $(STAMP) ## delete idempotency keys past FREYA_IDEMPOTEN
 seed: $(STAMP) ## generate realistic data: make seed messages=1000000 seed=42 (the defaults)
 	$(FREYA) seed $(if $(messages),--messages $(messages)) $(if $(seed),--seed $(seed))
 
-bench: $(STAMP) ## benchmark hot operations: service (wrk) vs the same SQL (pgbench); pgbouncer=1 adds the page via PgBouncer
+bench: $(STAMP) ## benchmark hot operations: service (wrk) vs the same SQL (pgbench); only=page_50,message_by_id for some; pgbouncer=1 adds the page via PgBouncer
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration)) $(if $(rounds),--rounds $(rounds)) $(if $(pgbouncer),--pgbouncer)
+	$(BIN)/python -m tests.bench.run $(if $(messages),--messages $(messages)) $(if $(duration),--duration $(duration)) $(if $(rounds),--rounds $(rounds)) $(if $(only),--only $(only)) $(if $(pgbouncer),--pgbouncer)
 
 loadtest: $(STAMP) ## run the Locust mix against the running service (make run): duration=60s users=20; report under FREYA_DATA_DIR
 	$(BIN)/python -m pip install --quiet -e '.[load]'
 	@mkdir -p $(DATA_DIR)
-	$(BIN)/locust -f tests/load/locustfile.py --headless -u $(or $(users),20) -r 5 -t $(or $(duration),60s) --host $(or $(host),http://127.0.0.1:8000) --csv $(DATA_DIR)/loadtest --html $(DATA_DIR)/loadtest.html
+	$(BIN)/locust -f tests/load/locustfile.py --headless -u $(or $(users),20) -r 5 -t $(or $(duration),60s) --host $(or $(host),http://127.0.0.1:$(or $(FREYA_PORT),8000)) --csv $(DATA_DIR)/loadtest --html $(DATA_DIR)/loadtest.html
 
 db-shell: $(STAMP) ## open psql on the service database
 	$(FREYA) db-shell

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib.metadata
 import multiprocessing
 import os
@@ -40,10 +41,13 @@ def claim_port(host: str, port: int) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
+        except socket.gaierror as error:
+            raise SettingsError(f"invalid setting: FREYA_HOST={host}: {error.strerror}") from None
         except OSError as error:
-            raise PortInUseError(
-                f"cannot serve on {host}:{port}: {error.strerror} (is another instance running?)"
-            ) from None
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise SettingsError(f"invalid setting: FREYA_HOST={host} is not an address of this machine") from None
+            hint = " (is another instance running?)" if error.errno == errno.EADDRINUSE else ""
+            raise PortInUseError(f"cannot serve on {host}:{port}: {error.strerror}{hint}") from None
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -306,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(settings, args)
+    except SettingsError as error:  # a setting only a command's work finds unusable (FREYA_HOST, FREYA_DATA_DIR)
+        print(f"freya: {error}", file=sys.stderr)
+        return 2
     except PortInUseError as error:
         print(f"freya: {error}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 
 SYSTEM_USER = "embedded_postgres"
 SERVICE_DATABASE = "freya"
@@ -231,7 +231,14 @@ def database_url(settings: Settings) -> str:
     """FREYA_DATABASE_URL when set; otherwise the embedded server (started if it is not running)."""
     if settings.database_url is not None:
         return settings.database_url
-    server = EmbeddedPostgres(Path(settings.data_dir))
+    data_dir = Path(settings.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SettingsError(f"invalid setting: FREYA_DATA_DIR={data_dir}: {error.strerror}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise SettingsError(f"invalid setting: FREYA_DATA_DIR={data_dir} is not writable")
+    server = EmbeddedPostgres(data_dir)
     server.start()
     with psycopg.connect(server.url(), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (SERVICE_DATABASE,)).fetchone()

@@ -27,8 +27,8 @@ from service.fields import MAX_ID, NO_NUL
 _BEARER = {
     "type": "http",
     "scheme": "bearer",
-    "description": "A service token of FREYA_API_TOKENS (needed only when it is set). GET and HEAD need "
-    "the read scope, other methods write, /v1/admin admin.",
+    "description": "A service token of FREYA_API_TOKENS (needed only when it is set). GET, HEAD and "
+    "OPTIONS need the read scope, other methods write, /v1/admin admin.",
 }
 
 _NOTES = {

@@ -31,7 +31,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     # One granian worker process per core, as production runs it (1 is for debugging).
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = min(64, os.cpu_count() or 1)
-    # Small pools win: the Python process, not PostgreSQL, is the bottleneck (ARCHITECTURE.md).
+    # Small pools win: a worker's Python, not PostgreSQL, is the bottleneck of a request (BENCHMARKS.md).
     pool_min_size: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
     pool_max_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
     # Seconds a request waits for a free connection before it gets a 503.

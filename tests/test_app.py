@@ -155,6 +155,29 @@ def test_cli_refuses_a_bad_setting(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert "FREYA_PORT" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("environ", "command", "named"),
+    [
+        # Only serving resolves the host, and only the embedded server needs the data directory.
+        ({"FREYA_HOST": "no-such-host.invalid"}, "serve", "FREYA_HOST=no-such-host.invalid"),
+        ({"FREYA_HOST": "192.0.2.1"}, "serve", "FREYA_HOST=192.0.2.1 is not an address of this machine"),
+        ({"FREYA_DATA_DIR": "/proc/freya"}, "db-url", "FREYA_DATA_DIR=/proc/freya"),
+    ],
+)
+def test_cli_refuses_a_setting_its_command_cannot_use(
+    environ: dict[str, str],
+    command: str,
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("FREYA_DATABASE_URL", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main([command]) == 2
+    assert named in capsys.readouterr().err
+
+
 def test_cli_migrate_and_status(
     fresh_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
