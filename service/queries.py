@@ -190,12 +190,15 @@ def _project(query: Query, names: frozenset[str]) -> Query:
         raise KeyError(", ".join(unknown))
     start, end = query.sql.index(COLUMNS_START), query.sql.index(COLUMNS_END) + len(COLUMNS_END)
     chosen = ", ".join(text for name, text in query.columns if name in names)
-    rest = query.sql[end:]
-    if not chosen and rest.startswith(","):  # nothing chosen: the separator after the list goes too
+
+    def settle(text: str) -> str:
+        return _PART.sub(lambda part: part.group("text") if part.group("name") in names else "", text)
+
+    rest = settle(query.sql[end:])
+    # Nothing chosen: the separator after the list goes too (a kept part may start with it).
+    if not chosen and rest.startswith(","):
         rest = rest[1:]
-    sql = _PART.sub(
-        lambda part: part.group("text") if part.group("name") in names else "", query.sql[:start] + chosen + rest
-    )
+    sql = settle(query.sql[:start]) + chosen + rest
     # Its parts are settled: kept ones are plain text now, and there is nothing left to leave out.
     return dataclasses.replace(query, sql=sql, parts=frozenset())
 
