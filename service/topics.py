@@ -27,6 +27,7 @@ class TopicQueries(QueryFile, file="topics"):
     count_topics: Query
     tags_of_messages: Query
     topic_names: Query
+    lock_message_for_tagging: Query
     replace_message_topics: Query
     add_message_topics: Query
     remove_message_topic: Query
@@ -182,8 +183,13 @@ class MessageTopicsController(Controller):
     async def replace_topics(
         self, message_id: PathId, data: JSONBody[TopicList], db: NamedDependency[Database]
     ) -> list[TopicRef]:
-        async with db.connection() as conn:
-            found = await sql.replace_message_topics.val(conn, message_id=message_id, topics=data.topics)
+        async with db.connection() as conn, conn.transaction():
+            # Locked first, by a statement of its own: the replacement then sees every tag written
+            # before it (sql/topics.sql), and the answer is its own set even under concurrent writes.
+            locked = await sql.lock_message_for_tagging.val(conn, message_id=message_id)
+            found = bool(locked) and await sql.replace_message_topics.val(
+                conn, message_id=message_id, topics=data.topics
+            )
             return await _topics_after_tagging(conn, db.topics, found, message_id)
 
     @post(status_code=200, summary="Add topics to a message", responses=problem_responses(400, 404))

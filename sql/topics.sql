@@ -45,9 +45,18 @@ SELECT id, name
 FROM topics
 WHERE id = ANY (:topic_ids::bigint[]);
 
+-- name: lock_message_for_tagging :val
+-- The first statement of replacing a message's tags (service/topics.py): true when the message
+-- is live, now locked as replace_message_topics locks it. On its own, so that the replacement's
+-- snapshot (READ COMMITTED: one per statement) is taken after the lock is granted: it then sees
+-- the tags of every tagging that held the lock before. In one statement the DELETE read the tags
+-- as they were when it started, before it waited, and two concurrent replacements left the union
+-- of both sets.
+SELECT true FROM messages WHERE id = :message_id AND deleted_at IS NULL FOR NO KEY UPDATE;
+
 -- name: replace_message_topics :val
 -- Sets a message's topics to exactly :topics (creating missing ones); false, and nothing is
--- written, when the message does not exist.
+-- written, when the message does not exist. Run after lock_message_for_tagging, in its transaction.
 WITH message AS (
     -- A concurrent delete (which sets tags aside) waits for this tagging, or this tagging sees
     -- the message deleted. FOR NO KEY UPDATE, the lock the trigger of migration 0030 takes to

@@ -231,6 +231,26 @@ async def test_concurrent_tag_writes_to_a_message_leave_its_copy_as_its_tags(fre
         await connection.close()
 
 
+async def test_concurrent_replacements_leave_one_of_the_sets(fresh_database: Callable[[], str]) -> None:
+    """PUT sets exactly its topics: of replacements racing on one message, the last one's set
+    stays (they left the union of their sets, each DELETE blind to the tags committed while it
+    waited for the message's lock), and each answers its own set."""
+    async with serving(fresh_database()) as live_client:
+        user = await create_user(live_client)
+        conversation = await create_conversation(live_client, user["id"])
+        [item] = await post_batch(live_client, conversation["id"], [{"role": "user", "content": "contested"}])
+        path = f"/v1/messages/{item['message']['id']}/topics"
+        sets = [{f"first-{n}", f"second-{n}"} for n in range(12)]
+        for _ in range(3):
+            answers = await asyncio.gather(*(live_client.put(path, json={"topics": sorted(s)}) for s in sets))
+            assert [{topic["name"] for topic in answer.json()} for answer in answers] == sets
+            final = {
+                topic["name"]
+                for topic in (await live_client.get(f"/v1/messages/{item['message']['id']}")).json()["topics"]
+            }
+            assert final in sets
+
+
 async def test_concurrent_requests_create_one_topic(fresh_database: Callable[[], str]) -> None:
     async with serving(fresh_database()) as live_client:
         await _race_topic_creation(live_client)
