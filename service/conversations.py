@@ -24,6 +24,7 @@ class ConversationQueries(QueryFile, file="conversations"):
     get_conversation: Query
     update_conversation: Query
     delete_conversation: Query
+    lock_conversation: Query
     restore_conversation: Query
     list_user_conversations: Query
     count_user_conversations: Query
@@ -127,10 +128,13 @@ class ConversationsController(Controller):
     )
     async def restore_conversation(self, conversation_id: PathId, db: NamedDependency[Database]) -> Conversation:
         async with db.connection() as conn, conn.transaction():
+            # Locked by a statement of its own first, so the restore and the read see every
+            # delete committed before (sql/conversations.sql).
+            if await sql.lock_conversation.val(conn, conversation_id=conversation_id) is None:
+                raise NotFound(f"conversation {conversation_id} does not exist (or was purged)")
             await sql.restore_conversation.val(conn, conversation_id=conversation_id)
             restored = await sql.get_conversation.one(conn, Conversation, conversation_id=conversation_id)
-        if restored is None:
-            raise NotFound(f"conversation {conversation_id} does not exist (or was purged)")
+        assert restored is not None  # locked, and live now
         return restored
 
 

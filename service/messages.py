@@ -64,6 +64,7 @@ class MessageQueries(QueryFile, file="messages"):
     update_message: Query
     update_messages: Query
     delete_message: Query
+    lock_conversation_of_message: Query
     restore_message: Query
 
 
@@ -821,14 +822,16 @@ class MessagesController(Controller):
     )
     async def restore_message(self, message_id: PathId, db: NamedDependency[Database]) -> Message:
         async with db.connection() as conn, conn.transaction():
+            # Its conversation locked by a statement of its own first (as restoring a conversation
+            # does: sql/conversations.sql), so the restore and the read see every delete before.
+            if await sql.lock_conversation_of_message.val(conn, message_id=message_id) is None:
+                raise NotFound(f"message {message_id} does not exist (or was purged)")
             outcome = await sql.restore_message.one(conn, _Restored, message_id=message_id)
             assert outcome is not None
             if outcome.conversation_deleted:
                 raise Conflict(f"message {message_id} belongs to a deleted conversation: restore the conversation")
             rows = await sql.get_message.records(conn, message_id=message_id)
-            if not rows:
-                raise NotFound(f"message {message_id} does not exist (or was purged)")
-            [message] = await with_topics(conn, db.topics, rows)
+            [message] = await with_topics(conn, db.topics, rows)  # locked, and live now
         return message
 
 

@@ -30,9 +30,19 @@ SET deleted_at = now()
 WHERE id = :conversation_id AND deleted_at IS NULL
 RETURNING id;
 
+-- name: lock_conversation :val
+-- The first statement of a restore (of the conversation, or of one of its messages: see
+-- messages.lock_conversation_of_message): its row locked, as deleting it or one of its messages
+-- locks it, so none of those commits until the restore's transaction ends. On its own, so the
+-- statements after it take their snapshots (READ COMMITTED) once the lock is granted and see
+-- every delete committed before: one statement that locked and then restored or read saw the
+-- rows as they were before it waited, missed such a delete, and answered a 404 for a deleted,
+-- restorable row. The conversation's id; none when it does not exist.
+SELECT c.id FROM conversations AS c WHERE c.id = :conversation_id FOR NO KEY UPDATE;
+
 -- name: restore_conversation :val
 -- Brings a deleted conversation back, with the messages deleted with it (by trigger; not those
--- deleted before it). No row when it does not exist or is not deleted.
+-- deleted before it). No row when it does not exist or is not deleted. After lock_conversation.
 UPDATE conversations
 SET deleted_at = NULL
 WHERE id = :conversation_id AND deleted_at IS NOT NULL

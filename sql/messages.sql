@@ -357,6 +357,13 @@ FROM conversation AS c
 WHERE m.id = :message_id AND m.conversation_id = c.id AND m.deleted_at IS NULL
 RETURNING m.id;
 
+-- name: lock_conversation_of_message :val
+-- The first statement of restoring a message: conversations.lock_conversation for the message's
+-- conversation (its id; none when the message does not exist).
+SELECT c.id FROM conversations AS c
+WHERE c.id = (SELECT m.conversation_id FROM messages AS m WHERE m.id = :message_id)
+FOR NO KEY UPDATE;
+
 -- name: restore_message :one
 -- Brings a deleted message back, tags included (by trigger). conversation_deleted: its
 -- conversation is deleted, so it stays deleted (a 409); restored: it was deleted and is live again.

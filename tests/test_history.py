@@ -16,7 +16,7 @@ from service.__main__ import main
 from service.db import Connection, configure_connection
 from service.errors import NotFound
 from service.topic_lists import TopicCache
-from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
+from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch, serving
 
 
 @pytest.fixture
@@ -371,3 +371,29 @@ def test_make_purge_honours_the_retention_settings(
     monkeypatch.setenv("FREYA_CHANGES_RETENTION_DAYS", "-1")
     assert main(["purge"]) == 2
     assert "FREYA_CHANGES_RETENTION_DAYS" in capsys.readouterr().err
+
+
+async def test_a_restore_racing_deletes_never_answers_404(fresh_database: Callable[[], str]) -> None:
+    """Restore is safe to retry whatever else runs: an existing conversation or message is never
+    "does not exist". (It read the row back in a statement of its own, after its restore had
+    missed a delete committed while it waited for the lock: a 404 for a deleted, restorable row.)"""
+    async with serving(fresh_database()) as live_client:
+        user = await create_user(live_client)
+        conversation = await create_conversation(live_client, user["id"])
+        [item] = await post_batch(live_client, conversation["id"], [{"role": "user", "content": "contested"}])
+        targets = {
+            "conversation": f"/v1/conversations/{conversation['id']}",
+            "message": f"/v1/messages/{item['message']['id']}",
+        }
+        for path in targets.values():
+
+            async def delete_often(path: str = path) -> None:
+                for _ in range(60):
+                    # 404: deleted already (and not restored since).
+                    assert (await live_client.delete(path)).status_code in {204, 404}
+
+            async def restore_often(path: str = path) -> list[int]:
+                return [(await live_client.post(f"{path}/restore")).status_code for _ in range(60)]
+
+            _, statuses = await asyncio.gather(delete_often(), restore_often())
+            assert set(statuses) == {200}, statuses
