@@ -322,9 +322,17 @@ WITH input AS (
                 :token_counts_estimated::boolean[])
         AS u (id, content, role, metadata, token_count, token_count_estimated)
 ),
+live AS (
+    -- Locked in id order (as assign_topics locks them), before the UPDATE (whose filter reads
+    -- missing first): two bulk edits listing the same messages in different orders queue
+    -- instead of deadlocking. The lock rechecks deleted_at on the newest version.
+    SELECT m.id FROM messages AS m
+    WHERE m.id IN (SELECT id FROM input) AND m.deleted_at IS NULL
+    ORDER BY m.id
+    FOR NO KEY UPDATE
+),
 missing AS (
-    SELECT i.id FROM input AS i
-    WHERE NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.id = i.id AND m.deleted_at IS NULL)
+    SELECT i.id FROM input AS i WHERE i.id NOT IN (SELECT l.id FROM live AS l)
 ),
 updated AS (
     UPDATE messages AS m

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -16,7 +16,7 @@ from service import messages
 from service.db import Connection, configure_connection
 from service.fields import MAX_CONTENT
 from service.topic_lists import TopicCache
-from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
+from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch, serving
 
 
 @pytest.fixture
@@ -487,14 +487,15 @@ async def test_each_field_alone_on_every_read_that_takes_fields(
     assert single.json() == expected
     assert_problem(await client.get("/v1/messages/999999999", params={"fields": field}), 404, None)
     conversation = chat["messages"]
-    for path, params in [
+    reads: list[tuple[str, dict[str, str | int]]] = [
         (conversation, {}),
         (conversation, {"order": "asc"}),
         (conversation, {"offset": 0}),
         (conversation, {"around": created["id"]}),
         (conversation.replace("/messages", "/context"), {"max_tokens": 1000}),
         (f"/v1/topics/{topic_id}/messages", {}),
-    ]:
+    ]
+    for path, params in reads:
         response = await client.get(path, params={"fields": field, **params})
         assert response.status_code == 200, (path, params, response.text)
         assert response.json()["items"] == [expected], (path, params)
@@ -678,3 +679,26 @@ def test_fields_whitelist_comes_from_the_query() -> None:
     )
     with pytest.raises(KeyError, match="secret"):
         messages.sql.get_message.project(["id", "secret"])
+
+
+async def test_bulk_edits_of_the_same_messages_in_opposite_orders_both_succeed(
+    fresh_database: Callable[[], str],
+) -> None:
+    """Each bulk edit locks its messages in id order whatever order it lists them in: two that
+    list the same messages the other way round queue instead of deadlocking (a 503 each time)."""
+    async with serving(fresh_database()) as live_client:
+        user = await create_user(live_client)
+        conversation = await create_conversation(live_client, user["id"])
+        posted = await post_batch(live_client, conversation["id"], [{"role": "user", "content": "v0"}] * 300)
+        ids = [item["message"]["id"] for item in posted]
+        for round_number in range(1, 4):
+
+            def edit(order: list[int], side: str, round_number: int = round_number) -> Awaitable[httpx.Response]:
+                updates = [{"id": i, "content": f"{side} {round_number}"} for i in order]
+                return live_client.patch("/v1/messages", json={"updates": updates})
+
+            answers = await asyncio.gather(edit(ids, "up"), edit(ids[::-1], "down"))
+            assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        # One of the two edits of the last round is every message's content (the later one's).
+        last = await all_pages(live_client, f"/v1/conversations/{conversation['id']}/messages", fields="content")
+        assert len({m["content"] for m in last}) == 1
