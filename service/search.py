@@ -41,6 +41,9 @@ class SearchQueries(QueryFile, file="search"):
 sql = SearchQueries()
 
 MAX_QUERY = 1000
+# Ranking and highlighting work grows with the query's words (a phrase's above all): a bound that
+# keeps one search's cost bounded, as web search engines bound theirs.
+MAX_QUERY_WORDS = 32
 # Ranking scores every message it ranks, so sort=rank ranks a bounded set: the newest RANK_WINDOW
 # matches. A search with fewer matches ranks them all.
 RANK_WINDOW = 1000
@@ -57,7 +60,7 @@ SearchText = Annotated[
         min_length=1,
         max_length=MAX_QUERY,
         pattern=NO_NUL,
-        description='Web-search syntax: words, "quoted phrases", or, -excluded',
+        description=f'Web-search syntax: words, "quoted phrases", or, -excluded; at most {MAX_QUERY_WORDS} words',
     ),
 ]
 Sort = Annotated[
@@ -257,6 +260,8 @@ def _search_text(q: str) -> str:
     """
     if not q.strip():
         raise Invalid("the search query is empty", field="q")
+    if len(_WORD.findall(q)) > MAX_QUERY_WORDS:
+        raise Invalid(f"the search query has more than {MAX_QUERY_WORDS} words", field="q")
     return _NOT_RUN.sub(lambda run: " -" if run.group().count("-") % 2 else " ", q)
 
 

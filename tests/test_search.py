@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from service import migrations
 from service.db import Connection
-from service.search import MAX_QUERY, RANK_WINDOW
+from service.search import MAX_QUERY, MAX_QUERY_WORDS, RANK_WINDOW
 from service.search import sql as search_sql
 from service.topics import prefix_range
 from tests.api import all_pages, assert_problem, create_conversation, create_user, post_batch
@@ -228,6 +228,8 @@ async def test_a_cursor_of_another_search_is_400(client: httpx.AsyncClient, corp
         ({"q": ""}, "q"),
         ({"q": "   "}, "q"),
         ({"q": "x" * (MAX_QUERY + 1)}, "q"),
+        ({"q": "word " * (MAX_QUERY_WORDS + 1)}, "q"),
+        ({"q": '"' + "a b " * MAX_QUERY_WORDS + '"'}, "q"),
         ({"q": "a\u0000b"}, "q"),
         ({"q": "x", "sort": "best"}, "sort"),
         ({"q": "x", "limit": 0}, "limit"),
@@ -269,6 +271,35 @@ async def test_a_run_of_nots_means_what_it_says(client: httpx.AsyncClient, corpu
 
     assert await found("-" * 40 + "lisbon") == await found("lisbon") != set()  # even: they cancel out
     assert await found("lisbon " + "-" * 41 + "train") == await found("lisbon -train")
+
+
+async def test_a_query_of_the_most_words_is_answered(client: httpx.AsyncClient) -> None:
+    assert (await client.get(SEARCH, params={"q": "word " * MAX_QUERY_WORDS})).status_code == 200
+
+
+async def test_a_long_message_is_highlighted_where_a_query_word_first_occurs(client: httpx.AsyncClient) -> None:
+    """A highlight reads 5,000 characters of a long message (migration 0032): from 1,000 before the
+    first occurrence of a query word's stem, else from the message's start."""
+    user = await create_user(client)
+    conversation = await create_conversation(client, user["id"])
+    filler = "lorem ipsum dolor sit amet " * 700  # 18,900 characters without a query word
+    await post_batch(
+        client,
+        conversation["id"],
+        [
+            {"role": "assistant", "content": filler + "then the quokkas waved at the travellers " + filler},
+            {"role": "assistant", "content": filler + "and everyone was happy " + filler},
+            {"role": "user", "content": "a short note on quokkas"},
+        ],
+    )
+    scope = {"conversation_id": conversation["id"]}
+    highlights = {len(hit["content"]) > 5000: hit["highlight"] for hit in await search(client, q="quokka", **scope)}
+    assert "<b>quokkas</b> waved" in highlights[True]
+    assert highlights[False].endswith("short note on <b>quokkas</b>")
+    # "happi", the stem of happy, is not in the text: the window is the start, with no match in it.
+    [happy] = await search(client, q="happy", **scope)
+    assert "<b>" not in happy["highlight"]
+    assert happy["highlight"].startswith("lorem ipsum")
 
 
 async def test_ten_kilobytes_of_text_is_a_clean_400(client: httpx.AsyncClient) -> None:
