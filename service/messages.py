@@ -692,7 +692,7 @@ class ConversationMessagesController(Controller):
         fields: FieldsQuery = None,
         around: Around = None,
     ) -> MessagePage:
-        since, until = as_utc(since), as_utc(until)
+        since, until = as_utc(since, "since"), as_utc(until, "until")
         filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}
         scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
         if around is not None and (paging.cursor is not None or not paging.keyset):

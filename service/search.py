@@ -443,7 +443,7 @@ class SearchController(Controller):
         until: TimeQuery = None,
         facets: FacetsQuery = None,
     ) -> MessageSearchPage:
-        since, until = as_utc(since), as_utc(until)
+        since, until = as_utc(since, "since"), as_utc(until, "until")
         filters: dict[str, Any] = {
             "q": index_query(_search_text(q)),
             "conversation_id": conversation_id,

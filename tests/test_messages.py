@@ -501,6 +501,15 @@ async def test_each_field_alone_on_every_read_that_takes_fields(
         assert response.json()["items"] == [expected], (path, params)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("since", "0001-01-01T00:00:00+01:00"), ("until", "9999-12-31T23:00:00-01:00")]
+)
+async def test_a_time_beyond_the_years_1_to_9999_in_utc_is_400(
+    client: httpx.AsyncClient, chat: dict[str, Any], name: str, value: str
+) -> None:
+    assert_problem(await client.get(chat["messages"], params={name: value}), 400, name)
+
+
 @pytest.mark.parametrize("fields", ["content,secret", "", "content,,role", "CONTENT", "*"])
 async def test_unknown_fields_are_400(client: httpx.AsyncClient, chat: dict[str, Any], fields: str) -> None:
     assert_problem(await client.get(chat["messages"], params={"fields": fields}), 400, "fields")

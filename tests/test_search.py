@@ -237,6 +237,9 @@ async def test_a_cursor_of_another_search_is_400(client: httpx.AsyncClient, corp
         ({"q": "x", "conversation_id": "c"}, "conversation_id"),
         ({"q": "x", "role": "robot"}, "role"),
         ({"q": "x", "until": "soon"}, "until"),
+        # Valid RFC 3339 times whose UTC is outside the years 1 to 9999.
+        ({"q": "x", "since": "0001-01-01T00:00:00+01:00"}, "since"),
+        ({"q": "x", "until": "9999-12-31T23:00:00-01:00"}, "until"),
     ],
 )
 async def test_bad_searches_are_400(client: httpx.AsyncClient, params: dict[str, Any], field: str) -> None:
