@@ -273,6 +273,8 @@ def _explain(message: str) -> str:
 def _field_error(item: dict[str, Any]) -> dict[str, Any]:
     message = str(item.get("message", ""))
     key = item.get("key")
+    if key == "data" and message == "'data'":  # Litestar's KeyError text when there is no body at all
+        return {"field": "body", "message": "is required: a JSON object", "source": "body"}
     field = None if key in (None, "data") else str(key).removeprefix("$.")
     # msgspec names a nested path at the end of the message: "... - at `$.messages[3].content`".
     if " - at `$" in message:

@@ -122,6 +122,12 @@ async def test_undecodable_bodies_are_400(client: httpx.AsyncClient, body: bytes
         assert detail in assert_problem(response, 400, "body")["detail"]
 
 
+async def test_a_missing_body_is_a_400_that_says_so(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/users", "/v1/conversations/1/messages", "/v1/conversations/1/messages/batch"):
+        response = await client.post(path, headers={"Content-Type": "application/json"})
+        assert assert_problem(response, 400, "body")["detail"] == "body: is required: a JSON object"
+
+
 @pytest.mark.parametrize("media_type", ["text/plain", "application/xml", "application/x-www-form-urlencoded"])
 async def test_a_json_body_of_another_media_type_is_415(
     client: httpx.AsyncClient, conn: Connection, media_type: str
