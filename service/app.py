@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import Controller, Litestar, Request, Response, get, route
@@ -17,6 +17,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.openapi import OpenAPIConfig
+from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import (
@@ -49,7 +50,7 @@ from service.messages import ConversationMessagesController, MessagesController,
 from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
 from service.openapi import OpenAPIJson
 from service.pages import paging_provider
-from service.pipeline import RequestPipeline
+from service.pipeline import HEAD_AS_GET, RequestPipeline
 from service.queries import prepare_all, queries_of
 from service.revisions import RevisionsController
 from service.search import SearchController
@@ -87,6 +88,31 @@ SERVED_QUERIES = (
 async def unknown_route(request: Request[Any, Any, Any]) -> None:
     """Any other path: routed here so that it passes the pipeline (token check first, then 404)."""
     raise errors.NotFound(f"no route {request.url.path}")
+
+
+class FreyaApp(Litestar):
+    """Litestar, answering HEAD as GET without the body (RFC 9110 9.3.2: the same status and
+    headers, Content-Length included). Litestar routes HEAD apart from GET, and would answer it
+    with a 405 on every GET route; the rewrite happens before its router sees the request."""
+
+    async def __call__(
+        self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive, send: Send | LifeSpanSend
+    ) -> None:
+        fields = cast("dict[str, Any]", scope)
+        if fields["type"] == "http" and fields["method"] == "HEAD":
+            fields["method"] = "GET"
+            fields[HEAD_AS_GET] = True
+            send = _without_body(cast("Send", send))
+        await super().__call__(scope, receive, send)
+
+
+def _without_body(send: Send) -> Send:
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
 
 
 class MetricsController(Controller):
@@ -180,7 +206,7 @@ def create_app(settings: Settings, database: db.Database | None = None) -> Lites
         database: db.Database = state.database  # the test's, or the one pool_lifespan opened
         return database
 
-    return Litestar(
+    return FreyaApp(
         route_handlers=[
             HealthController,
             UsersController,

@@ -28,14 +28,16 @@ PostgreSQL message text reaches a client: constraint failures are explained by c
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 from typing import Any, ClassVar
 
 import asyncpg
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.types import ExceptionHandlersMap
@@ -124,7 +126,8 @@ def problem(
 
 class JsonBodyRequest(Request[Any, Any, Any]):
     """Litestar's request, with the body-decoding failures msgspec does not report as such
-    (bytes that are not UTF-8, nesting past its recursion limit) answered as the 400 they are."""
+    (bytes that are not UTF-8, nesting past its recursion limit) answered as the 400 they are,
+    and a number no double holds answered naming where it stands."""
 
     async def json(self) -> Any:
         try:
@@ -133,6 +136,40 @@ class JsonBodyRequest(Request[Any, Any, Any]):
             raise Invalid("the body is not valid UTF-8", field="body") from None
         except RecursionError:
             raise Invalid("the body's JSON is nested too deeply", field="body") from None
+        except SerializationException as error:
+            if not str(error).startswith("Number out of range"):
+                raise
+            field = out_of_range_number(await self.body())
+        raise Invalid("is out of range: a JSON number must fit a 64-bit float (at most about 1.8e308)", field=field)
+
+
+class _OutOfRange:
+    """Stands in for a JSON number too large for a double while its place is looked for."""
+
+
+def out_of_range_number(body: bytes) -> str:
+    """Where the first number of ``body`` too large for a double stands, as a field name
+    (``metadata.n``, ``messages[2].metadata.x``); ``body`` when that cannot be told. msgspec says
+    only ``$[...][1][...]``: it does not keep object keys on this path."""
+    marker = _OutOfRange()
+
+    def parse_float(text: str) -> Any:
+        return marker if math.isinf(float(text)) else 0.0
+
+    def find(value: Any, path: str) -> str | None:
+        if value is marker:
+            return path or "body"
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            inner = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+            if (found := find(item, inner)) is not None:
+                return found
+        return None
+
+    try:
+        return find(json.loads(body, parse_float=parse_float), "") or "body"
+    except (ValueError, RecursionError):  # what msgspec refused for another reason as well
+        return "body"
 
 
 class FieldError(msgspec.Struct):

@@ -42,6 +42,9 @@ from service.observability import REQUEST_ID_HEADER, record_request, request_id,
 
 access_log = logging.getLogger("freya.access")
 
+# Set in the scope of a HEAD request, which the app routes as the GET it answers (app.FreyaApp):
+# logs and metrics still name it HEAD.
+HEAD_AS_GET = "freya.head_as_get"
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _PLAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 _TIME_FILTERS = frozenset({"since", "until"})
@@ -108,28 +111,7 @@ class RequestPipeline(ASGIMiddleware):
             raise
         finally:
             requests_running.count -= 1
-            elapsed = time.perf_counter() - started
-            record_request(method, scope.get("path_template", path), status, elapsed)
-            if access_log.isEnabledFor(logging.INFO):  # the line's fields are not built for nothing
-                duration_ms, db_ms = round(elapsed * 1000, 1), round(timing.seconds * 1000, 1)
-                access_log.info(
-                    "%s %s %d %.1fms db=%.1fms",
-                    method,
-                    path,
-                    status,
-                    duration_ms,
-                    db_ms,
-                    # Separate keys in JSON logs (the request id is on every record already).
-                    extra={
-                        "fields": {
-                            "method": method,
-                            "path": path,
-                            "status": status,
-                            "duration_ms": duration_ms,
-                            "db_ms": db_ms,
-                        }
-                    },
-                )
+            _account(scope, method, status, time.perf_counter() - started, timing)
             request_id.reset(context)
 
     def _body(self, method: str, receive: Receive) -> tuple[Receive, Callable[[], None]]:
@@ -180,6 +162,34 @@ class RequestPipeline(ASGIMiddleware):
             return
 
 
+def _account(scope: Scope, method: str, status: int, elapsed: float, timing: db.DatabaseTime) -> None:
+    """The answered request in /metrics and in one access log line."""
+    path = scope["path"]
+    if HEAD_AS_GET in scope:
+        method = "HEAD"
+    record_request(method, scope.get("path_template", path), status, elapsed)
+    if access_log.isEnabledFor(logging.INFO):  # the line's fields are not built for nothing
+        duration_ms, db_ms = round(elapsed * 1000, 1), round(timing.seconds * 1000, 1)
+        access_log.info(
+            "%s %s %d %.1fms db=%.1fms",
+            method,
+            path,
+            status,
+            duration_ms,
+            db_ms,
+            # Separate keys in JSON logs (the request id is on every record already).
+            extra={
+                "fields": {
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "db_ms": db_ms,
+                }
+            },
+        )
+
+
 def _with_every_method(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Allow: every method of the path. Litestar's own OPTIONS answer names only the methods of
     the first handler registered on it (DELETE alone for GET, PATCH and DELETE on one path)."""
@@ -188,6 +198,8 @@ def _with_every_method(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list
     if not routes:
         return headers
     methods = set().union(*(route.methods for route in routes))
+    if "GET" in methods:
+        methods.add("HEAD")  # answered as the GET (app.FreyaApp)
     allow = ", ".join(sorted(methods)).encode()
     return [(name, value) for name, value in headers if name.lower() != b"allow"] + [(b"allow", allow)]
 

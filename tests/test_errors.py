@@ -122,6 +122,25 @@ async def test_undecodable_bodies_are_400(client: httpx.AsyncClient, body: bytes
         assert detail in assert_problem(response, 400, "body")["detail"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/users", b'{"email": "a@example.com", "name": "A", "metadata": {"n": 1e999}}', "metadata.n"),
+        ("/v1/users", b"-1e400", "body"),
+        (
+            "/v1/conversations/1/messages/batch",
+            b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b", "token_count": 2e308}]}',
+            "messages[1].token_count",
+        ),
+    ],
+)
+async def test_a_number_no_double_holds_is_a_400_naming_its_field(
+    client: httpx.AsyncClient, path: str, body: bytes, field: str
+) -> None:
+    response = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert "out of range" in assert_problem(response, 400, field)["detail"]
+
+
 async def test_a_missing_body_is_a_400_that_says_so(client: httpx.AsyncClient) -> None:
     for path in ("/v1/users", "/v1/conversations/1/messages", "/v1/conversations/1/messages/batch"):
         response = await client.post(path, headers={"Content-Type": "application/json"})
@@ -157,4 +176,23 @@ async def test_time_filters_are_rfc3339(client: httpx.AsyncClient, until: str) -
 
 async def test_options_lists_every_method_of_the_path(client: httpx.AsyncClient) -> None:
     response = await client.options("/v1/users/2")
-    assert response.headers["allow"] == "DELETE, GET, OPTIONS, PATCH"
+    assert response.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH"
+
+
+async def test_head_answers_as_get_without_the_body(client: httpx.AsyncClient) -> None:
+    user = await create_user(client)
+    conversation = await create_conversation(client, user["id"])
+    for path in (f"/v1/users/{user['id']}", f"/v1/conversations/{conversation['id']}/messages", "/health/live"):
+        got, head = await client.get(path), await client.head(path)
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+        assert head.headers["content-type"] == got.headers["content-type"]
+    missing = await client.head("/v1/users/999999")
+    assert missing.status_code == 404
+    assert missing.content == b""
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    # Only GET routes answer HEAD: a write's path still refuses it.
+    refused = await client.head(f"/v1/conversations/{conversation['id']}/messages/batch")
+    assert refused.status_code == 405
+    assert refused.content == b""

@@ -166,3 +166,26 @@ def test_slow_and_broken_bodies_taken_port_and_forged_log_lines(fresh_database: 
     assert still.status_code == 200
     assert "/v1/users/1\\nforged-line 400" in output
     assert not [line for line in output.splitlines() if line.startswith("forged-line")]
+
+
+def test_head_over_http_keeps_the_connection_framed(fresh_database: Callable[[], str]) -> None:
+    """A HEAD answer over TCP carries GET's Content-Length but no body: the next request on the
+    same keep-alive connection must still read its own answer, not the withheld bytes."""
+    process, base = start_service(fresh_database(), FREYA_LOG_LEVEL="INFO")
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            user = http.post("/v1/users", json={"email": "head@example.com", "name": "H"}).json()
+            head = http.head(f"/v1/users/{user['id']}")
+            got = http.get(f"/v1/users/{user['id']}")
+            missing = http.head("/v1/users/999999")
+            again = http.get("/health/live")
+    finally:
+        output = stop(process)
+    assert head.status_code == got.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(got.content))
+    assert got.json() == user
+    assert missing.status_code == 404
+    assert missing.content == b""
+    assert again.status_code == 200
+    assert f"HEAD /v1/users/{user['id']} 200" in output
