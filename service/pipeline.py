@@ -49,7 +49,8 @@ _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _PLAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 _TIME_FILTERS = frozenset({"since", "until"})
 # RFC 3339 date-time; without an offset it is taken as UTC (the API's documented leniency).
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
+# Any number of fraction digits (RFC 3339 sets no limit): they are rounded to PostgreSQL's microseconds.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
 
 
 class RequestPipeline(ASGIMiddleware):

@@ -174,6 +174,17 @@ async def test_time_filters_are_rfc3339(client: httpx.AsyncClient, until: str) -
     assert_problem(response, 400, "until")
 
 
+async def test_time_filters_take_any_number_of_fraction_digits(client: httpx.AsyncClient) -> None:
+    user = await create_user(client)
+    conversation = await create_conversation(client, user["id"])
+    await client.post(f"/v1/conversations/{conversation['id']}/messages", json={"role": "user", "content": "hi"})
+    path = f"/v1/conversations/{conversation['id']}/messages"
+    for since, listed in (("2000-01-01T00:00:00.123456789012Z", 1), ("2999-12-31T23:59:59.9999999+01:00", 0)):
+        response = await client.get(path, params={"since": since})
+        assert response.status_code == 200, response.text
+        assert len(response.json()["items"]) == listed
+
+
 async def test_options_lists_every_method_of_the_path(client: httpx.AsyncClient) -> None:
     response = await client.options("/v1/users/2")
     assert response.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH"
