@@ -2,6 +2,7 @@
 
 1. the request id (observability) is set for logs and echoed as ``X-Request-ID``;
 2. the token check (auth) names the caller or answers 401/403, before any database work;
+   path ids must be plain integers, query values UTF-8 and time filters RFC 3339 (a 400);
 3. a JSON body must say so: a write under /v1 with a body of another media type is a 415;
 4. the request's freshness (replicas): a GET of the API may run on a replica, no staler than its
    Freya-Read-After; a successful write answers the primary's position in that header;
@@ -97,7 +98,7 @@ class RequestPipeline(ASGIMiddleware):
         try:
             principal = authorize(self.tokens, method, path, headers.get(b"authorization"))
             _require_plain_ids(scope)
-            _require_rfc3339_times(scope)
+            _require_sane_query(scope)
             if method in _WITH_BODY and path.startswith("/v1/"):
                 _require_json(headers)
             freshness = replicas.begin_request(method, path, headers)
@@ -213,10 +214,19 @@ def _require_plain_ids(scope: Scope) -> None:
             raise Invalid(f"{name} must be a positive decimal integer", field=name)
 
 
-def _require_rfc3339_times(scope: Scope) -> None:
-    """Time filters (since, until) are RFC 3339 times: a lenient parser would also take 0.5 or
-    1e9 as seconds since the epoch."""
+def _require_sane_query(scope: Scope) -> None:
+    """Query values are UTF-8 once percent-decoded (Litestar would replace what is not, and search
+    for U+FFFD), and time filters (since, until) are RFC 3339 times: a lenient parser would also
+    take 0.5 or 1e9 as seconds since the epoch. A plain ASCII query without either costs two scans."""
     query = scope.get("query_string", b"")
+    if b"%" in query or not query.isascii():
+        for pair in query.split(b"&"):
+            raw_name, _, raw_value = pair.partition(b"=")
+            try:
+                urllib.parse.unquote_to_bytes(raw_value).decode()
+            except UnicodeDecodeError:
+                field = urllib.parse.unquote_plus(raw_name.decode("latin-1"))
+                raise Invalid(f"{field} is not UTF-8 once percent-decoded", field=field) from None
     if b"since=" not in query and b"until=" not in query:
         return
     for name, value in urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True):

@@ -174,6 +174,12 @@ async def test_time_filters_are_rfc3339(client: httpx.AsyncClient, until: str) -
     assert_problem(response, 400, "until")
 
 
+async def test_query_values_must_be_utf8(client: httpx.AsyncClient) -> None:
+    for query, field in (("q=%FF%FE", "q"), ("q=ok&role=%C3", "role"), ("q%20text=%ED%A0%80", "q text")):
+        assert_problem(await client.get(f"/v1/search/messages?{query}"), 400, field)
+    assert (await client.get("/v1/search/messages?q=caf%C3%A9")).status_code == 200
+
+
 async def test_time_filters_take_any_number_of_fraction_digits(client: httpx.AsyncClient) -> None:
     user = await create_user(client)
     conversation = await create_conversation(client, user["id"])
