@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from service.cursors import TimeKey
-from service.db import Database
+from service.db import Connection, Database, retrying_rollbacks
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import Id, Metadata, PathId, Title, metadata_problem
 from service.pages import Page, Paging, rows_under_parent
@@ -116,7 +116,9 @@ class ConversationsController(Controller):
     )
     async def delete_conversation(self, conversation_id: PathId, db: NamedDependency[Database]) -> None:
         async with db.connection() as conn:
-            deleted = await sql.delete_conversation.val(conn, conversation_id=conversation_id)
+            deleted = await retrying_rollbacks(
+                conn, lambda: sql.delete_conversation.val(conn, conversation_id=conversation_id)
+            )
         if deleted is None:
             raise NotFound(f"conversation {conversation_id} does not exist")
 
@@ -127,15 +129,19 @@ class ConversationsController(Controller):
         responses=problem_responses(400, 404),
     )
     async def restore_conversation(self, conversation_id: PathId, db: NamedDependency[Database]) -> Conversation:
-        async with db.connection() as conn, conn.transaction():
+
+        async def restore(conn: Connection) -> Conversation:
             # Locked by a statement of its own first, so the restore and the read see every
             # delete committed before (sql/conversations.sql).
             if await sql.lock_conversation.val(conn, conversation_id=conversation_id) is None:
                 raise NotFound(f"conversation {conversation_id} does not exist (or was purged)")
             await sql.restore_conversation.val(conn, conversation_id=conversation_id)
             restored = await sql.get_conversation.one(conn, Conversation, conversation_id=conversation_id)
-        assert restored is not None  # locked, and live now
-        return restored
+            assert restored is not None  # locked, and live now
+            return restored
+
+        async with db.connection() as conn:
+            return await retrying_rollbacks(conn, lambda: restore(conn))
 
 
 class UserConversationsController(Controller):

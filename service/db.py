@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -59,6 +59,42 @@ def count_time(started: float) -> None:
     if timing is not None:
         timing.seconds += time.perf_counter() - started
         timing.statements += 1
+
+
+T = TypeVar("T")
+
+# How often a write runs when PostgreSQL keeps rolling it back to break a deadlock (each time
+# after its deadlock_timeout, 1 s by default) before the request answers 503 "retry it".
+WRITE_ATTEMPTS = 3
+
+
+def _no_race(error: asyncpg.PostgresError) -> bool:
+    return False
+
+
+async def retrying_rollbacks(
+    conn: Connection,
+    work: Callable[[], Awaitable[T]],
+    *,
+    lost_race: Callable[[asyncpg.PostgresError], bool] = _no_race,
+) -> T:
+    """``work()`` in a transaction of its own (a savepoint inside the request's), run again when
+    PostgreSQL rolled it back to break a deadlock (or a serialization failure): it was undone
+    whole, and the transaction it collided with has gone on since. Writes that lock rows other
+    writes lock too, in another order, need it: a conversation's delete locks its messages in the
+    order it finds them, a bulk edit or a topic assignment in id order. ``lost_race``: another
+    error that means the same (a concurrent insert of the same unique key), and is retried too.
+    """
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                return await work()
+        except asyncpg.PostgresError as error:
+            if attempt == WRITE_ATTEMPTS or not (
+                isinstance(error, asyncpg.TransactionRollbackError) or lost_race(error)
+            ):
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class Database(abc.ABC):

@@ -27,7 +27,7 @@ from litestar.params import JSONBody, QueryParameter
 
 from service import topics
 from service.cursors import IdKey, TimeKey
-from service.db import Connection, Database
+from service.db import Connection, Database, retrying_rollbacks
 from service.errors import Conflict, Invalid, NotFound, problem_responses
 from service.fields import (
     MAX_BATCH,
@@ -69,10 +69,6 @@ class MessageQueries(QueryFile, file="messages"):
 
 
 sql = MessageQueries()
-
-# How often add_messages runs its transaction when it loses a race (a client_msg_id, or a deadlock,
-# if rare, when concurrent batches create the same new topics in different orders).
-_ATTEMPTS = 3
 
 
 class Message(msgspec.Struct):
@@ -277,18 +273,14 @@ async def add_messages(
     nothing is written.
     """
     check_metadata([item.metadata for item in items], lambda i: f"messages[{i}].metadata" if in_batch else "metadata")
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            async with conn.transaction():
-                return await _add(conn, cache, conversation_id, items, in_batch=in_batch)
-        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError) as error:
-            # A concurrent request stored one of our client_msg_ids first (begin_adding_messages'
-            # snapshot predates its commit), or created new topics in another order: the transaction
-            # is rolled back whole, and run again it sees the other request's rows.
-            lost_race = getattr(error, "constraint_name", None) == _CLIENT_MSG_ID_INDEX
-            if attempt == _ATTEMPTS or not (lost_race or isinstance(error, asyncpg.DeadlockDetectedError)):
-                raise
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    # Run again when a concurrent request stored one of our client_msg_ids first (begin_adding_messages'
+    # snapshot predates its commit), or created new topics in another order (a deadlock): the
+    # transaction is rolled back whole, and run again it sees the other request's rows.
+    return await retrying_rollbacks(
+        conn,
+        lambda: _add(conn, cache, conversation_id, items, in_batch=in_batch),
+        lost_race=lambda error: getattr(error, "constraint_name", None) == _CLIENT_MSG_ID_INDEX,
+    )
 
 
 class _Begun(msgspec.Struct):
@@ -785,15 +777,18 @@ class MessagesController(Controller):
         _check_bulk_updates(data.updates)
         counts = [token_count_of(u.content, u.token_count) for u in data.updates]
         async with db.connection() as conn:
-            outcome = await sql.update_messages.one(
+            outcome = await retrying_rollbacks(
                 conn,
-                _BulkOutcome,
-                ids=[u.id for u in data.updates],
-                contents=[u.content for u in data.updates],
-                roles=[u.role for u in data.updates],
-                metadata=[u.metadata for u in data.updates],
-                token_counts=[tokens for tokens, _ in counts],
-                token_counts_estimated=[estimated for _, estimated in counts],
+                lambda: sql.update_messages.one(
+                    conn,
+                    _BulkOutcome,
+                    ids=[u.id for u in data.updates],
+                    contents=[u.content for u in data.updates],
+                    roles=[u.role for u in data.updates],
+                    metadata=[u.metadata for u in data.updates],
+                    token_counts=[tokens for tokens, _ in counts],
+                    token_counts_estimated=[estimated for _, estimated in counts],
+                ),
             )
         assert outcome is not None
         if outcome.missing:

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from service.cursors import NameKey
-from service.db import Connection, Database
+from service.db import Connection, Database, retrying_rollbacks
 from service.errors import Invalid, NotFound, problem_responses
 from service.fields import MAX_BATCH, NO_NUL, Id, PathId, TopicName, TopicNames
 from service.pages import Page, Paging
@@ -162,8 +162,9 @@ class TopicsController(Controller):
     )
     async def assign(self, data: JSONBody[TopicAssignment], db: NamedDependency[Database]) -> Assigned:
         async with db.connection() as conn:
-            outcome = await sql.assign_topics.one(
-                conn, _AssignOutcome, message_ids=data.message_ids, topics=data.topics
+            outcome = await retrying_rollbacks(
+                conn,
+                lambda: sql.assign_topics.one(conn, _AssignOutcome, message_ids=data.message_ids, topics=data.topics),
             )
         assert outcome is not None
         if outcome.missing:

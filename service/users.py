@@ -9,7 +9,7 @@ from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from service.db import Database
+from service.db import Database, retrying_rollbacks
 from service.errors import NotFound, problem_responses
 from service.fields import Email, EmailQuery, PathId, PersonName
 from service.pages import Page
@@ -91,6 +91,6 @@ class UsersController(Controller):
     )
     async def delete_user(self, user_id: PathId, db: NamedDependency[Database]) -> None:
         async with db.connection() as conn:
-            deleted = await sql.delete_user.val(conn, user_id=user_id)
+            deleted = await retrying_rollbacks(conn, lambda: sql.delete_user.val(conn, user_id=user_id))
         if deleted is None:
             raise NotFound(f"user {user_id} does not exist")

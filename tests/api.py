@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import asyncpg
 import httpx
 import msgspec
 
@@ -82,6 +84,19 @@ async def serving(database_url: str, **overrides: Any) -> AsyncIterator[httpx.As
     transport = httpx.ASGITransport(app=cast(Any, app))
     async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://freya.test") as http:
         yield http
+
+
+async def until_the_service_waits_on_a_lock(conn: asyncpg.Connection[Any]) -> None:
+    """Returns once one of the service's connections waits on a row lock (the test's, typically)."""
+    for _ in range(200):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND application_name = 'freya-backend'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no connection of the service waited on a lock")
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import pytest
 from service.app import create_app
 from service.db import Connection
 from service.settings import Settings
-from tests.api import assert_problem, create_conversation, create_user, serving
+from tests.api import assert_problem, create_conversation, create_user, serving, until_the_service_waits_on_a_lock
 from tests.conftest import client_for
 
 
@@ -50,15 +50,7 @@ async def test_an_exhausted_pool_is_503_with_retry_after(fresh_database: Callabl
                 await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user["id"])
                 # The one connection waits on the lock; the next request finds the pool empty.
                 stuck = asyncio.create_task(http.patch(f"/v1/users/{user['id']}", json={"name": "Waits"}))
-                for _ in range(200):
-                    waiting = await blocker.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND application_name = 'freya-backend'"
-                    )
-                    if waiting:
-                        break
-                    await asyncio.sleep(0.05)
-                assert waiting, "the pool's connection never reached the lock"
+                await until_the_service_waits_on_a_lock(blocker)
                 busy = await asyncio.wait_for(http.get(f"/v1/users/{user['id']}"), timeout=10)
             await stuck
         finally:
@@ -91,15 +83,7 @@ async def test_a_batch_racing_the_delete_of_its_conversation_is_404(fresh_databa
                         json={"messages": [{"role": "user", "content": "late"}]},
                     )
                 )
-                for _ in range(200):
-                    waiting = await deleter.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND application_name = 'freya-backend'"
-                    )
-                    if waiting:
-                        break
-                    await asyncio.sleep(0.05)
-                assert waiting, "the batch never waited on the deleted conversation"
+                await until_the_service_waits_on_a_lock(deleter)
         finally:
             await deleter.close()
         response = await batch
