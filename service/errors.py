@@ -140,7 +140,7 @@ class JsonBodyRequest(Request[Any, Any, Any]):
             if not str(error).startswith("Number out of range"):
                 raise
             field = out_of_range_number(await self.body())
-        raise Invalid("is out of range: a JSON number must fit a 64-bit float (at most about 1.8e308)", field=field)
+        raise Invalid(f"{field} is out of range: a JSON number must fit a 64-bit float (about ±1.8e308)", field=field)
 
 
 class _OutOfRange:
