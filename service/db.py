@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import random
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,6 +67,8 @@ T = TypeVar("T")
 # How often a write runs when PostgreSQL keeps rolling it back to break a deadlock (each time
 # after its deadlock_timeout, 1 s by default) before the request answers 503 "retry it".
 WRITE_ATTEMPTS = 3
+# Seconds before the second run (twice that before the third), give or take half.
+RETRY_PAUSE = 0.02
 
 
 def _no_race(error: asyncpg.PostgresError) -> bool:
@@ -87,13 +90,17 @@ async def retrying_rollbacks(
     """
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            async with conn.transaction():
+            async with _Transaction(conn):
                 return await work()
         except asyncpg.PostgresError as error:
             if attempt == WRITE_ATTEMPTS or not (
                 isinstance(error, asyncpg.TransactionRollbackError) or lost_race(error)
             ):
                 raise
+        # Not at once: the transaction that won is only now being woken, and a retry that takes
+        # the same locks before it does deadlocks with it again. Random, so that two writers
+        # rolled back together do not come back together.
+        await asyncio.sleep(RETRY_PAUSE * attempt * (0.5 + random.random()))  # noqa: S311 - not a secret
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 

@@ -32,6 +32,8 @@ import json
 import logging
 import math
 import re
+import sys
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import asyncpg
@@ -127,7 +129,7 @@ def problem(
 class JsonBodyRequest(Request[Any, Any, Any]):
     """Litestar's request, with the body-decoding failures msgspec does not report as such
     (bytes that are not UTF-8, nesting past its recursion limit) answered as the 400 they are,
-    and a number no double holds answered naming where it stands."""
+    and a number out of range answered naming where it stands."""
 
     async def json(self) -> Any:
         try:
@@ -137,24 +139,40 @@ class JsonBodyRequest(Request[Any, Any, Any]):
         except RecursionError:
             raise Invalid("the body's JSON is nested too deeply", field="body") from None
         except SerializationException as error:
-            if not str(error).startswith("Number out of range"):
+            if not str(error).startswith(("Number out of range", "Integer value out of range")):
                 raise
             field = out_of_range_number(await self.body())
-        raise Invalid(f"{field} is out of range: a JSON number must fit a 64-bit float (about ±1.8e308)", field=field)
+        raise Invalid(
+            f"{field} is a number out of range: a float must be within about ±1.8e308, an integer "
+            f"at most {sys.get_int_max_str_digits():,} digits long",
+            field=field,
+        )
+
+
+# The largest body whose out-of-range number is looked for: the search parses it once more, in
+# Python, on the event loop (about 25 ms for this much); beyond it the answer names the body.
+LOCATE_NUMBERS_UP_TO = 256 * 1024
 
 
 class _OutOfRange:
-    """Stands in for a JSON number too large for a double while its place is looked for."""
+    """Stands in for a JSON number out of range while its place is looked for."""
 
 
 def out_of_range_number(body: bytes) -> str:
-    """Where the first number of ``body`` too large for a double stands, as a field name
-    (``metadata.n``, ``messages[2].metadata.x``); ``body`` when that cannot be told. msgspec says
-    only ``$[...][1][...]``: it does not keep object keys on this path."""
+    """Where the first number of ``body`` that no double holds (``1e999``), or that has more
+    digits than Python converts, stands, as a field name (``metadata.n``,
+    ``messages[2].metadata.x``); ``body`` when that cannot be told. msgspec says only
+    ``$[...][1][...]``: it does not keep object keys on this path."""
+    if len(body) > LOCATE_NUMBERS_UP_TO:
+        return "body"
     marker = _OutOfRange()
+    digits = sys.get_int_max_str_digits()
 
     def parse_float(text: str) -> Any:
         return marker if math.isinf(float(text)) else 0.0
+
+    def parse_int(text: str) -> Any:
+        return marker if len(text.lstrip("-")) > digits else 0
 
     def find(value: Any, path: str) -> str | None:
         if value is marker:
@@ -167,7 +185,7 @@ def out_of_range_number(body: bytes) -> str:
         return None
 
     try:
-        return find(json.loads(body, parse_float=parse_float), "") or "body"
+        return find(json.loads(body, parse_float=parse_float, parse_int=parse_int), "") or "body"
     except (ValueError, RecursionError):  # what msgspec refused for another reason as well
         return "body"
 
@@ -335,14 +353,24 @@ def on_validation_error(request: Request[Any, Any, Any], exc: ValidationExceptio
     return problem(400, "Invalid request", "invalid-request", detail or str(exc.detail), errors=errors, request=request)
 
 
+def allow_header(methods: Iterable[str]) -> str:
+    """An Allow header's value: the methods, sorted, and HEAD wherever GET is (app.FreyaApp
+    answers a HEAD as its GET, which Litestar's own lists do not know)."""
+    allowed = set(methods)
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return ", ".join(sorted(allowed))
+
+
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
     if status >= 500:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     title = _STATUS_TITLES.get(status, "Error")
-    return problem(
-        status, title, title.lower().replace(" ", "-"), str(exc.detail), headers=exc.headers, request=request
-    )
+    headers = dict(exc.headers or {})
+    for name in [name for name in headers if name.lower() == "allow"]:  # a 405's (the router spells it allow)
+        headers["Allow"] = allow_header(method.strip() for method in headers.pop(name).split(","))
+    return problem(status, title, title.lower().replace(" ", "-"), str(exc.detail), headers=headers, request=request)
 
 
 def on_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:

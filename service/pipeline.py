@@ -37,7 +37,7 @@ from litestar.utils.scope.state import ScopeState
 
 from service import db, replicas
 from service.auth import Token, authorize
-from service.errors import Invalid, ProblemError, RequestTimeout, UnsupportedMediaType
+from service.errors import Invalid, ProblemError, RequestTimeout, UnsupportedMediaType, allow_header
 from service.idempotency import Idempotency
 from service.observability import REQUEST_ID_HEADER, record_request, request_id, request_id_of, requests_running
 
@@ -50,8 +50,10 @@ _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _PLAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 _TIME_FILTERS = frozenset({"since", "until"})
 # RFC 3339 date-time; without an offset it is taken as UTC (the API's documented leniency).
-# Any number of fraction digits (RFC 3339 sets no limit): they are rounded to PostgreSQL's microseconds.
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
+# At most microseconds, what PostgreSQL keeps: a finer fraction would be rounded, and could round
+# a since or an until across the message it should leave out.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?$")
+_RAW_NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 
 class RequestPipeline(ASGIMiddleware):
@@ -199,10 +201,7 @@ def _with_every_method(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list
     routes = [r for r in scope["litestar_app"].routes if isinstance(r, HTTPRoute) and r.path_format == template]
     if not routes:
         return headers
-    methods = set().union(*(route.methods for route in routes))
-    if "GET" in methods:
-        methods.add("HEAD")  # answered as the GET (app.FreyaApp)
-    allow = ", ".join(sorted(methods)).encode()
+    allow = allow_header(set().union(*(route.methods for route in routes))).encode()
     return [(name, value) for name, value in headers if name.lower() != b"allow"] + [(b"allow", allow)]
 
 
@@ -216,10 +215,16 @@ def _require_plain_ids(scope: Scope) -> None:
 
 def _require_sane_query(scope: Scope) -> None:
     """Query values are UTF-8 once percent-decoded (Litestar would replace what is not, and search
-    for U+FFFD), and time filters (since, until) are RFC 3339 times: a lenient parser would also
-    take 0.5 or 1e9 as seconds since the epoch. A plain ASCII query without either costs two scans."""
+    for U+FFFD), and UTF-8 sent raw, unescaped, is escaped here (Litestar would read it as Latin-1).
+    Time filters (since, until) are RFC 3339 times to the microsecond: a lenient parser would take
+    0.5 or 1e9 as seconds since the epoch, and would round a finer fraction, moving an inclusive
+    since or an exclusive until across a message. A plain ASCII query without a percent sign or a
+    time filter costs three scans."""
     query = scope.get("query_string", b"")
-    if b"%" in query or not query.isascii():
+    if not query.isascii():
+        query = scope["query_string"] = _RAW_NON_ASCII.sub(lambda byte: b"%%%02X" % byte[0][0], query)
+    escaped = b"%" in query
+    if escaped:
         for pair in query.split(b"&"):
             raw_name, _, raw_value = pair.partition(b"=")
             try:
@@ -227,11 +232,15 @@ def _require_sane_query(scope: Scope) -> None:
             except UnicodeDecodeError:
                 field = urllib.parse.unquote_plus(raw_name.decode("latin-1"))
                 raise Invalid(f"{field} is not UTF-8 once percent-decoded", field=field) from None
-    if b"since=" not in query and b"until=" not in query:
+    # An escaped query may spell a filter's name escaped (%73ince): parsed whole then.
+    if not escaped and b"since=" not in query and b"until=" not in query:
         return
     for name, value in urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         if name in _TIME_FILTERS and not _RFC3339.match(value):
-            raise Invalid(f"{name} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z", field=name)
+            raise Invalid(
+                f"{name} must be an RFC 3339 time with at most 6 fraction digits, e.g. 2026-01-31T12:00:00Z",
+                field=name,
+            )
 
 
 def _require_json(headers: dict[bytes, bytes]) -> None:

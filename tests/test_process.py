@@ -168,9 +168,10 @@ def test_slow_and_broken_bodies_taken_port_and_forged_log_lines(fresh_database: 
     assert not [line for line in output.splitlines() if line.startswith("forged-line")]
 
 
-def test_head_over_http_keeps_the_connection_framed(fresh_database: Callable[[], str]) -> None:
+def test_head_and_raw_utf8_queries_over_http(fresh_database: Callable[[], str]) -> None:
     """A HEAD answer over TCP carries GET's Content-Length but no body: the next request on the
-    same keep-alive connection must still read its own answer, not the withheld bytes."""
+    same keep-alive connection must still read its own answer, not the withheld bytes. A query
+    sent with its UTF-8 unescaped (as some clients do) means what it spells, not its Latin-1."""
     process, base = start_service(fresh_database(), FREYA_LOG_LEVEL="INFO")
     try:
         with httpx.Client(base_url=base, timeout=10) as http:
@@ -179,6 +180,11 @@ def test_head_over_http_keeps_the_connection_framed(fresh_database: Callable[[],
             got = http.get(f"/v1/users/{user['id']}")
             missing = http.head("/v1/users/999999")
             again = http.get("/health/live")
+            conversation = http.post("/v1/conversations", json={"user_id": user["id"]}).json()
+            http.post(f"/v1/conversations/{conversation['id']}/messages", json={"role": "user", "content": "un café"})
+        found = raw_request(
+            base, "GET /v1/search/messages?q=café HTTP/1.1\r\nHost: freya\r\nConnection: close\r\n\r\n".encode(), b""
+        )
     finally:
         output = stop(process)
     assert head.status_code == got.status_code == 200
@@ -189,3 +195,5 @@ def test_head_over_http_keeps_the_connection_framed(fresh_database: Callable[[],
     assert missing.content == b""
     assert again.status_code == 200
     assert f"HEAD /v1/users/{user['id']} 200" in output
+    assert found.startswith(b"HTTP/1.1 200"), found
+    assert "un café".encode() in found
