@@ -83,9 +83,9 @@ async def retrying_rollbacks(
 ) -> T:
     """``work()`` in a transaction of its own (a savepoint inside the request's), run again when
     PostgreSQL rolled it back to break a deadlock (or a serialization failure): it was undone
-    whole, and the transaction it collided with has gone on since. Writes that lock rows other
-    writes lock too, in another order, need it: a conversation's delete locks its messages in the
-    order it finds them, a bulk edit or a topic assignment in id order. ``lost_race``: another
+    whole, and the transaction it collided with has gone on since. Writes that lock many rows
+    need it: the service's own take conversations before messages and messages in id order, but a
+    transaction of anyone else's (an operator's, a migration's) may not. ``lost_race``: another
     error that means the same (a concurrent insert of the same unique key), and is retried too.
     """
     for attempt in range(1, WRITE_ATTEMPTS + 1):

@@ -21,6 +21,8 @@ class UserQueries(QueryFile, file="users"):
     get_user: Query
     find_users_by_email: Query
     update_user: Query
+    lock_conversations_of_user: Query
+    lock_messages_of_user: Query
     delete_user: Query
 
 
@@ -91,6 +93,14 @@ class UsersController(Controller):
     )
     async def delete_user(self, user_id: PathId, db: NamedDependency[Database]) -> None:
         async with db.connection() as conn:
-            deleted = await retrying_rollbacks(conn, lambda: sql.delete_user.val(conn, user_id=user_id))
+
+            async def erase() -> int | None:
+                # Conversations, then messages, then the user: the order other writes lock them in.
+                await sql.lock_conversations_of_user.exec(conn, user_id=user_id)
+                await sql.lock_messages_of_user.exec(conn, user_id=user_id)
+                erased: int | None = await sql.delete_user.val(conn, user_id=user_id)
+                return erased
+
+            deleted = await retrying_rollbacks(conn, erase)
         if deleted is None:
             raise NotFound(f"user {user_id} does not exist")

@@ -23,8 +23,29 @@ SET email = coalesce(lower(:email::text), email),
 WHERE id = :user_id
 RETURNING id, email, name, created_at;
 
+-- name: lock_conversations_of_user :exec
+-- An erasure's first statement: the conversations it deletes (the user's) or recounts (those the
+-- user wrote in), locked in id order before any message and before the user. A post locks its
+-- conversation and then, checking its foreign key, the user: an erasure that deleted the user
+-- first and reached that conversation through the cascade could deadlock with it.
+SELECT FROM conversations AS c
+WHERE c.user_id = :user_id
+   OR c.id IN (SELECT m.conversation_id FROM messages AS m WHERE m.user_id = :user_id)
+ORDER BY c.id
+FOR UPDATE;
+
+-- name: lock_messages_of_user :exec
+-- Then the messages it deletes, in id order, as a bulk edit or a topic assignment locks theirs
+-- (the cascade deletes them in the order its scans find them).
+SELECT FROM messages AS m
+WHERE m.user_id = :user_id
+   OR m.conversation_id IN (SELECT c.id FROM conversations AS c WHERE c.user_id = :user_id)
+ORDER BY m.id
+FOR UPDATE;
+
 -- name: delete_user :val
--- Cascades to the user's conversations, their messages and their tags.
+-- Cascades to the user's conversations, their messages and their tags. After
+-- lock_conversations_of_user and lock_messages_of_user.
 DELETE FROM users
 WHERE id = :user_id
 RETURNING id;
