@@ -250,6 +250,7 @@ async def read_window(
                 f"the conversation's system messages alone take more than max_tokens={max_tokens:,} "
                 f"(at least {found.overflow:,} tokens); raise max_tokens or ask with include_system=false",
                 field="max_tokens",
+                source="query",
                 status=422,
             )
         system, system_tokens = found.rows, found.tokens

@@ -62,7 +62,7 @@ _PATCH_ANSWERS = problem_responses(400, 404)
 
 def _check_metadata(metadata: dict[str, Any] | msgspec.UnsetType) -> None:
     if isinstance(metadata, dict) and (problem := metadata_problem(metadata)) is not None:
-        raise Invalid(f"metadata: {problem}", field="metadata")
+        raise Invalid(f"metadata: {problem}", field="metadata", source="body")
 
 
 class ConversationsController(Controller):
@@ -94,7 +94,7 @@ class ConversationsController(Controller):
         self, conversation_id: PathId, data: JSONBody[ConversationUpdate], db: NamedDependency[Database]
     ) -> Conversation:
         if data.title is msgspec.UNSET and data.metadata is msgspec.UNSET:
-            raise Invalid("give title, metadata or both", field="title")
+            raise Invalid("give title, metadata or both", field="title", source="body")
         _check_metadata(data.metadata)
         async with db.connection() as conn:
             updated = await sql.update_conversation.one(

@@ -82,19 +82,21 @@ class CursorCodec:
             encoded_payload, encoded_signature = token.split(".")
             payload, signature = _unb64(encoded_payload), _unb64(encoded_signature)
         except (ValueError, binascii.Error):
-            raise Invalid("the cursor is malformed; use next_cursor exactly as returned", field="cursor") from None
+            raise _unusable("the cursor is malformed; use next_cursor exactly as returned") from None
         if not hmac.compare_digest(signature, self._sign(payload)):
-            raise Invalid(
-                "the cursor is not valid (altered, or issued before the service's cursor key changed)",
-                field="cursor",
-            )
+            raise _unusable("the cursor is not valid (altered, or issued before the service's cursor key changed)")
         try:
             cursor_scope, raw = msgspec.json.decode(payload, type=tuple[str, msgspec.Raw])
         except msgspec.ValidationError:
-            raise Invalid("the cursor does not fit this list", field="cursor") from None
+            raise _unusable("the cursor does not fit this list") from None
         if cursor_scope != scope:
-            raise Invalid("the cursor belongs to another list, order or filter", field="cursor")
+            raise _unusable("the cursor belongs to another list, order or filter")
         try:
             return msgspec.json.decode(raw, type=position)
         except msgspec.ValidationError:
-            raise Invalid("the cursor does not fit this list", field="cursor") from None
+            raise _unusable("the cursor does not fit this list") from None
+
+
+def _unusable(detail: str) -> Invalid:
+    """The 400 of a cursor that cannot be read back: it names the query's cursor parameter."""
+    return Invalid(detail, field="cursor", source="query")

@@ -34,7 +34,7 @@ import math
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import asyncpg
 import msgspec
@@ -68,14 +68,26 @@ class ProblemError(Exception):
         self.errors = errors
 
 
+# Where a field named in an error stands, as Litestar's own parameter errors say it.
+Source = Literal["path", "query", "header", "body"]
+
+
 class Invalid(ProblemError):
     status, title, kind = 400, "Invalid request", "invalid-request"
 
     def __init__(
-        self, detail: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None, status: int = 400
+        self,
+        detail: str,
+        *,
+        field: str | None = None,
+        source: Source | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        status: int = 400,
     ) -> None:
         if errors is None and field is not None:
             errors = [{"field": field, "message": detail}]
+        if source is not None and errors:
+            errors = [{**error, "source": source} for error in errors]
         super().__init__(detail, errors=errors)
         self.status = status
         if status == 422:
@@ -135,9 +147,9 @@ class JsonBodyRequest(Request[Any, Any, Any]):
         try:
             return await super().json()
         except UnicodeDecodeError:
-            raise Invalid("the body is not valid UTF-8", field="body") from None
+            raise Invalid("the body is not valid UTF-8", field="body", source="body") from None
         except RecursionError:
-            raise Invalid("the body's JSON is nested too deeply", field="body") from None
+            raise Invalid("the body's JSON is nested too deeply", field="body", source="body") from None
         except SerializationException as error:
             if not str(error).startswith(("Number out of range", "Integer value out of range")):
                 raise
@@ -146,6 +158,7 @@ class JsonBodyRequest(Request[Any, Any, Any]):
             f"{field} is a number out of range: a float must be within about ±1.8e308, an integer "
             f"at most {sys.get_int_max_str_digits():,} digits long",
             field=field,
+            source="body",
         )
 
 
@@ -228,7 +241,9 @@ _EXAMPLES: dict[int, dict[str, Any]] = {
         "status": 400,
         "detail": "email: must be an email address (and contain no NUL character)",
         "instance": "/v1/users",
-        "errors": [{"field": "email", "message": "must be an email address (and contain no NUL character)"}],
+        "errors": [
+            {"field": "email", "message": "must be an email address (and contain no NUL character)", "source": "body"}
+        ],
     },
     401: {
         "type": PROBLEM_BASE + "unauthorized",
@@ -279,7 +294,7 @@ _EXAMPLES: dict[int, dict[str, Any]] = {
         "status": 422,
         "detail": "user_id names a row that does not exist",
         "instance": "/v1/conversations",
-        "errors": [{"field": "user_id", "message": "does not exist"}],
+        "errors": [{"field": "user_id", "message": "does not exist", "source": "body"}],
     },
     503: {
         "type": PROBLEM_BASE + "database-unavailable",
@@ -410,14 +425,14 @@ def on_missing_reference(
         return problem(404, "Not found", "not-found", _MISSING_PARENT[constraint], request=request)
     field = _MISSING_REFERENCE.get(constraint)
     detail = f"{field} names a row that does not exist" if field else "a referenced row does not exist"
-    errors = [{"field": field, "message": "does not exist"}] if field else None
+    errors = [{"field": field, "message": "does not exist", "source": "body"}] if field else None
     return problem(422, "Referenced row does not exist", "missing-reference", detail, errors=errors, request=request)
 
 
 def on_rule_broken(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[dict[str, Any]]:
     field = _RULE_FIELDS.get(getattr(exc, "constraint_name", None) or "")
     detail = f"{field} breaks a rule of the stored data" if field else "a value is out of the range the data allows"
-    errors = [{"field": field, "message": "breaks a rule of the stored data"}] if field else None
+    errors = [{"field": field, "message": "breaks a rule of the stored data", "source": "body"}] if field else None
     return problem(422, "Value breaks a rule", "constraint-violation", detail, errors=errors, request=request)
 
 

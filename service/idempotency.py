@@ -95,7 +95,9 @@ class Idempotency:
         key = raw.decode("latin-1")
         if not _KEY.match(key):
             raise Invalid(
-                "Idempotency-Key must be 1-255 printable ASCII characters without spaces", field="Idempotency-Key"
+                "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+                field="Idempotency-Key",
+                source="header",
             )
         return key
 
@@ -145,7 +147,10 @@ class Idempotency:
 async def _replay(stored: _Stored, fingerprint: bytes, send: Send) -> None:
     if stored.fingerprint != fingerprint:
         raise Invalid(
-            "this Idempotency-Key was used for a different request; use a new key", field="Idempotency-Key", status=422
+            "this Idempotency-Key was used for a different request; use a new key",
+            field="Idempotency-Key",
+            source="header",
+            status=422,
         )
     if stored.status is None:
         raise Conflict("a request with this Idempotency-Key is still being processed; retry shortly")

@@ -169,7 +169,9 @@ def parse_fields(fields: str | None) -> Shape:
     names = [name.strip() for name in fields.split(",")]
     if unknown := [name for name in names if name not in FIELDS]:
         raise Invalid(
-            f"unknown field(s) {', '.join(repr(n) for n in unknown)}; choose from {', '.join(FIELDS)}", field="fields"
+            f"unknown field(s) {', '.join(repr(n) for n in unknown)}; choose from {', '.join(FIELDS)}",
+            field="fields",
+            source="query",
         )
     return _shape(frozenset(names))
 
@@ -260,7 +262,7 @@ def check_metadata(values: Sequence[dict[str, Any] | None], field: Callable[[int
         if value and (problem := metadata_problem(value)) is not None
     ]
     if errors:
-        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), source="body", errors=errors)
 
 
 async def add_messages(
@@ -332,6 +334,7 @@ async def _add(
         raise Invalid(
             "user_id names a user that does not exist; nothing was written",
             status=422,
+            source="body",
             errors=[
                 {
                     "field": f"messages[{index}].user_id" if in_batch else "user_id",
@@ -453,6 +456,7 @@ def _deleted_duplicate(items: Sequence[MessageCreate], indexes: list[int], *, in
             {
                 "field": f"messages[{index}].client_msg_id" if in_batch else "client_msg_id",
                 "message": f"{items[index].client_msg_id!r} belongs to a deleted message",
+                "source": "body",
             }
             for index in indexes
         ],
@@ -580,6 +584,7 @@ class ConversationList:
             raise Invalid(
                 f"message {message_id} is in the conversation but outside this list's role, since or until",
                 field="around",
+                source="query",
                 status=422,
             )
         # Each side ordered by its distance from the anchor, nearest first (rows come oldest first).
@@ -688,7 +693,7 @@ class ConversationMessagesController(Controller):
         filters: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until, "role": role}
         scope = f"messages:{conversation_id}:{order}:{role}:{since and to_micros(since)}:{until and to_micros(until)}"
         if around is not None and (paging.cursor is not None or not paging.keyset):
-            raise Invalid("around starts a page of its own: not with cursor or offset", field="around")
+            raise Invalid("around starts a page of its own: not with cursor or offset", field="around", source="query")
         async with db.connection() as conn:
             listing = ConversationList(db, paging, scope, parse_fields(fields), order, filters)
             page = await (listing.page(conn) if around is None else listing.around(conn, around))
@@ -754,7 +759,7 @@ class MessagesController(Controller):
         self, message_id: PathId, data: JSONBody[MessageUpdate], db: NamedDependency[Database]
     ) -> Message:
         if _nothing_to_change(data):
-            raise Invalid(_GIVE_SOMETHING, field="content")
+            raise Invalid(_GIVE_SOMETHING, field="content", source="body")
         check_metadata([data.metadata], lambda _: "metadata")
         tokens, estimated = token_count_of(data.content, data.token_count)
         async with db.connection() as conn:
@@ -794,7 +799,10 @@ class MessagesController(Controller):
         if outcome.missing:
             raise NotFound(
                 f"messages {', '.join(map(str, outcome.missing))} do not exist; nothing was written",
-                errors=[{"field": "updates", "message": f"message {m} does not exist"} for m in outcome.missing],
+                errors=[
+                    {"field": "updates", "message": f"message {m} does not exist", "source": "body"}
+                    for m in outcome.missing
+                ],
             )
         return BulkUpdated(updated=outcome.updated)
 
@@ -848,4 +856,4 @@ def _check_bulk_updates(updates: Sequence[MessageUpdateItem]) -> None:
             errors.append({"field": f"updates[{index}].id", "message": f"message {update.id} appears twice"})
         seen.add(update.id)
     if errors:
-        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), source="body", errors=errors)

@@ -11,11 +11,13 @@ set right here, on the served JSON (``/schema/openapi.json`` and the docs page):
 - the service-token scheme (``Authorization: Bearer``) is declared, so the docs page has an
   Authorize button; the health probes need no token and never answer 401/403;
 - every operation has a description: its summary, and the rules a schema cannot express
-  (the cursor's format, the idempotency key, the token scope it needs).
+  (the cursor's format, the idempotency key, the token scope it needs);
+- every GET has its HEAD (app.FreyaApp answers it), which Litestar does not list.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import msgspec
@@ -106,6 +108,8 @@ def correct(document: dict[str, Any]) -> dict[str, Any]:
     components.setdefault("securitySchemes", {})["bearer"] = _BEARER
     document["security"] = [{"bearer": []}]
     for path, item in document.get("paths", {}).items():
+        if "get" in item:
+            item["head"] = _head_of(item["get"])
         for method, operation in item.items():
             if isinstance(operation, dict) and "responses" in operation:
                 _correct_operation(path, method, operation)
@@ -127,6 +131,17 @@ def _correct_operation(path: str, method: str, operation: dict[str, Any]) -> Non
     if (method, path) == ("patch", "/v1/messages"):
         notes.append(_BULK)
     operation["description"] = "\n\n".join([operation.get("summary", "") + ".", *notes])
+
+
+def _head_of(get: dict[str, Any]) -> dict[str, Any]:
+    """The HEAD of a GET operation: its parameters and statuses, with headers but no body."""
+    head = copy.deepcopy(get)
+    head["operationId"] = f"{get.get('operationId', '')}Head"
+    head["summary"] = f"{get.get('summary', '')} (headers only)"
+    head.pop("description", None)  # written again by _correct_operation, from the new summary
+    for response in head.get("responses", {}).values():
+        response.pop("content", None)
+    return head
 
 
 def _integer_bounds(node: Any) -> None:

@@ -82,7 +82,7 @@ class Paging:
         self, codec: CursorCodec, limit: int, cursor: str | None, offset: int | None, count: CountMode
     ) -> None:
         if cursor is not None and offset is not None:
-            raise Invalid("use either cursor or offset, not both", field="offset")
+            raise Invalid("use either cursor or offset, not both", field="offset", source="query")
         self._codec = codec
         self.limit = limit
         self.cursor = cursor

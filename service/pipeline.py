@@ -210,7 +210,7 @@ def _require_plain_ids(scope: Scope) -> None:
     lenient number parser would make of them."""
     for name, value in scope.get("path_params", {}).items():
         if name.endswith("_id") and not _PLAIN_ID.match(value):
-            raise Invalid(f"{name} must be a positive decimal integer", field=name)
+            raise Invalid(f"{name} must be a positive decimal integer", field=name, source="path")
 
 
 def _require_sane_query(scope: Scope) -> None:
@@ -231,7 +231,7 @@ def _require_sane_query(scope: Scope) -> None:
                 urllib.parse.unquote_to_bytes(raw_value).decode()
             except UnicodeDecodeError:
                 field = urllib.parse.unquote_plus(raw_name.decode("latin-1"))
-                raise Invalid(f"{field} is not UTF-8 once percent-decoded", field=field) from None
+                raise Invalid(f"{field} is not UTF-8 once percent-decoded", field=field, source="query") from None
     # An escaped query may spell a filter's name escaped (%73ince): parsed whole then.
     if not escaped and b"since=" not in query and b"until=" not in query:
         return
@@ -240,6 +240,7 @@ def _require_sane_query(scope: Scope) -> None:
             raise Invalid(
                 f"{name} must be an RFC 3339 time with at most 6 fraction digits, e.g. 2026-01-31T12:00:00Z",
                 field=name,
+                source="query",
             )
 
 
@@ -275,7 +276,7 @@ def _bounded(receive: Receive, deadline: float) -> Receive:
         if message["type"] == "http.disconnect":
             # Before the body was whole: the server gave up on it (a malformed chunked encoding)
             # or the client left. Either way a 400, not the 500 of "disconnected prematurely".
-            raise Invalid("the request body is malformed or incomplete", field="body")
+            raise Invalid("the request body is malformed or incomplete", field="body", source="body")
         complete = not message.get("more_body", False)
         return message
 

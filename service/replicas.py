@@ -129,6 +129,7 @@ def begin_request(method: str, path: str, headers: Mapping[bytes, bytes]) -> Fre
             raise Invalid(
                 "Freya-Read-After must be a token from a write response's Freya-Read-After header",
                 field="Freya-Read-After",
+                source="header",
             ) from None
     return freshness
 

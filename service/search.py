@@ -171,7 +171,9 @@ def parse_facets(facets: str | None) -> frozenset[str]:
         return frozenset()
     names = [name.strip() for name in facets.split(",")]
     if unknown := [name for name in names if name not in FACETS]:
-        raise Invalid(f"unknown facet(s) {', '.join(map(repr, unknown))}; choose from topic, role", field="facets")
+        raise Invalid(
+            f"unknown facet(s) {', '.join(map(repr, unknown))}; choose from topic, role", field="facets", source="query"
+        )
     return frozenset(names)
 
 
@@ -259,9 +261,9 @@ def _search_text(q: str) -> str:
     A run of NOTs is folded to what it means (an even count cancels out, an odd one is one NOT).
     """
     if not q.strip():
-        raise Invalid("the search query is empty", field="q")
+        raise Invalid("the search query is empty", field="q", source="query")
     if len(_WORD.findall(q)) > MAX_QUERY_WORDS:
-        raise Invalid(f"the search query has more than {MAX_QUERY_WORDS} words", field="q")
+        raise Invalid(f"the search query has more than {MAX_QUERY_WORDS} words", field="q", source="query")
     return _NOT_RUN.sub(lambda run: " -" if run.group().count("-") % 2 else " ", q)
 
 

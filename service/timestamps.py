@@ -30,4 +30,4 @@ def as_utc(moment: datetime | None, field: str) -> datetime | None:
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise Invalid(f"{field} is outside the years 1 to 9999 in UTC", field=field) from None
+        raise Invalid(f"{field} is outside the years 1 to 9999 in UTC", field=field, source="query") from None

@@ -171,6 +171,7 @@ class TopicsController(Controller):
             raise Invalid(
                 f"messages {', '.join(map(str, outcome.missing))} do not exist; nothing was written",
                 status=422,
+                source="body",
                 errors=[{"field": "message_ids", "message": f"message {m} does not exist"} for m in outcome.missing],
             )
         return Assigned(assigned=outcome.assigned)

@@ -23,8 +23,11 @@ from service.settings import PROJECT_ROOT, Settings
 PROBLEM = "application/problem+json"
 
 
-def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
-    """The response is an RFC 9457 problem with this status (and an error naming ``field``)."""
+def assert_problem(
+    response: httpx.Response, status: int, field: str | None = None, source: str | None = None
+) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with this status (and an error naming ``field``, which
+    stands in ``source``: path, query, header or body)."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(PROBLEM)
     body: dict[str, Any] = response.json()
@@ -34,6 +37,8 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
     assert body["detail"]
     if field is not None:
         assert field in [e["field"] for e in body.get("errors", [])], body
+    if source is not None:
+        assert source in [e.get("source") for e in body["errors"] if e["field"] == field], body
     return body
 
 

@@ -147,6 +147,45 @@ async def test_a_json_body_of_another_media_type_is_415(
         assert again.status_code in (201, 409), again.text
 
 
+# Each with the request that names it, whether Litestar or the service refuses it.
+SOURCES = [
+    ("path", "user_id", "GET", "/v1/users/1.0", {}, None),
+    ("query", "limit", "GET", "/v1/users/{user}/conversations?limit=0", {}, None),
+    ("query", "q", "GET", "/v1/search/messages?q=%FF", {}, None),
+    ("query", "since", "GET", "/v1/conversations/{conversation}/messages?since=1900000000", {}, None),
+    ("query", "cursor", "GET", "/v1/conversations/{conversation}/messages?cursor=forged", {}, None),
+    ("query", "fields", "GET", "/v1/conversations/{conversation}/messages?fields=id,secret", {}, None),
+    ("query", "offset", "GET", "/v1/users/{user}/conversations?cursor=x&offset=1", {}, None),
+    ("header", "Idempotency-Key", "POST", "/v1/users", {"Idempotency-Key": "two words"}, {"email": "b@example.com"}),
+    ("header", "Freya-Read-After", "GET", "/v1/users/{user}", {"Freya-Read-After": "yesterday"}, None),
+    ("body", "email", "POST", "/v1/users", {}, {"email": "not an email"}),
+    ("body", "title", "PATCH", "/v1/conversations/{conversation}", {}, {}),
+    ("body", "user_id", "POST", "/v1/conversations", {}, {"user_id": 999999, "title": "t"}),  # a 422
+    ("body", "metadata.n", "POST", "/v1/conversations/{conversation}/messages", {}, None),
+]
+
+
+@pytest.mark.parametrize(("source", "field", "method", "path", "headers", "json"), SOURCES, ids=[s[1] for s in SOURCES])
+async def test_an_error_says_where_its_field_stands(
+    client: httpx.AsyncClient,
+    source: str,
+    field: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    json: dict[str, object] | None,
+) -> None:
+    user = await create_user(client)
+    conversation = await create_conversation(client, user["id"])
+    url = path.format(user=user["id"], conversation=conversation["id"])
+    if field == "metadata.n":  # a number out of range: refused before msgspec sees the body
+        content = b'{"role": "user", "content": "x", "metadata": {"n": 1e999}}'
+        response = await client.post(url, content=content, headers={"Content-Type": "application/json"})
+    else:
+        response = await client.request(method, url, headers=headers, json=json)
+    assert_problem(response, 422 if source == "body" and field == "user_id" else 400, field, source)
+
+
 @pytest.mark.parametrize("user_id", ["1.0", "1e3", "+1", "01", "0x1", "1_0", "%201"])
 async def test_path_ids_are_plain_decimal_integers(client: httpx.AsyncClient, user_id: str) -> None:
     await create_user(client)

@@ -66,5 +66,11 @@ async def test_limits_security_and_descriptions(client: httpx.AsyncClient) -> No
     for item in doc["paths"].values():
         for operation in item.values():
             assert operation["description"]
+    # Every GET is answered as HEAD too (the contract run above sends both): listed, without bodies.
+    for item in doc["paths"].values():
+        assert ("get" in item) == ("head" in item)
+        if "head" in item:
+            assert set(item["head"]["responses"]) == set(item["get"]["responses"])
+            assert not any("content" in response for response in item["head"]["responses"].values())
     example = doc["paths"]["/v1/users"]["post"]["responses"]["409"]["content"]["application/problem+json"]
     assert next(iter(example["examples"].values()))["value"]["status"] == 409
