@@ -47,10 +47,10 @@ from service.docs import DOCS_PATH, docs_asset, swagger_ui
 from service.health import HealthController, expected_migrations
 from service.idempotency import Idempotency
 from service.messages import ConversationMessagesController, MessagesController, TopicMessagesController
-from service.observability import configure_logging, scrape, stamp_request_ids, watching_pool
+from service.observability import HEAD_AS_GET, configure_logging, scrape, stamp_request_ids, watching_pool
 from service.openapi import OpenAPIJson
 from service.pages import paging_provider
-from service.pipeline import HEAD_AS_GET, RequestPipeline
+from service.pipeline import RequestPipeline
 from service.queries import prepare_all, queries_of
 from service.revisions import RevisionsController
 from service.search import SearchController

@@ -45,7 +45,7 @@ from litestar.openapi.spec import Example
 from litestar.types import ExceptionHandlersMap
 
 from service.fields import EMAIL_PATTERN, NO_NUL
-from service.observability import request_id_of
+from service.observability import logged_method, request_id_of
 
 log = logging.getLogger("freya.errors")
 
@@ -380,7 +380,7 @@ def allow_header(methods: Iterable[str]) -> str:
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
     if status >= 500:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        log.error("%s %s failed", logged_method(request.scope), request.url.path, exc_info=exc)
     title = _STATUS_TITLES.get(status, "Error")
     headers = dict(exc.headers or {})
     for name in [name for name in headers if name.lower() == "allow"]:  # a 405's (the router spells it allow)
@@ -493,7 +493,7 @@ def on_deep_nesting(request: Request[Any, Any, Any], exc: RecursionError) -> Res
 
 
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s %s", logged_method(request.scope), request.url.path, exc_info=exc)
     return problem(
         500,
         "Internal server error",

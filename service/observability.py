@@ -49,6 +49,15 @@ os.register_at_fork(after_in_child=_new_id_prefix)
 _id_numbers = itertools.count()
 
 
+# Set in the scope of a HEAD request, which app.FreyaApp routes as the GET it answers.
+HEAD_AS_GET = "freya.head_as_get"
+
+
+def logged_method(scope: Scope) -> str:
+    """The request's method as logs and metrics name it: a HEAD stays HEAD, routed as GET or not."""
+    return "HEAD" if HEAD_AS_GET in scope else str(scope.get("method", ""))
+
+
 def request_id_of(scope: Scope, headers: Mapping[bytes, bytes] | None = None) -> str:
     """The request's id: the caller's X-Request-ID when sane, else a new one (kept in the scope).
 

@@ -39,13 +39,17 @@ from service import db, replicas
 from service.auth import Token, authorize
 from service.errors import Invalid, ProblemError, RequestTimeout, UnsupportedMediaType, allow_header
 from service.idempotency import Idempotency
-from service.observability import REQUEST_ID_HEADER, record_request, request_id, request_id_of, requests_running
+from service.observability import (
+    REQUEST_ID_HEADER,
+    logged_method,
+    record_request,
+    request_id,
+    request_id_of,
+    requests_running,
+)
 
 access_log = logging.getLogger("freya.access")
 
-# Set in the scope of a HEAD request, which the app routes as the GET it answers (app.FreyaApp):
-# logs and metrics still name it HEAD.
-HEAD_AS_GET = "freya.head_as_get"
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _PLAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 _TIME_FILTERS = frozenset({"since", "until"})
@@ -115,7 +119,7 @@ class RequestPipeline(ASGIMiddleware):
             raise
         finally:
             requests_running.count -= 1
-            _account(scope, method, status, time.perf_counter() - started, timing)
+            _account(scope, status, time.perf_counter() - started, timing)
             request_id.reset(context)
 
     def _body(self, method: str, receive: Receive) -> tuple[Receive, Callable[[], None]]:
@@ -166,11 +170,10 @@ class RequestPipeline(ASGIMiddleware):
             return
 
 
-def _account(scope: Scope, method: str, status: int, elapsed: float, timing: db.DatabaseTime) -> None:
+def _account(scope: Scope, status: int, elapsed: float, timing: db.DatabaseTime) -> None:
     """The answered request in /metrics and in one access log line."""
     path = scope["path"]
-    if HEAD_AS_GET in scope:
-        method = "HEAD"
+    method = logged_method(scope)
     record_request(method, scope.get("path_template", path), status, elapsed)
     if access_log.isEnabledFor(logging.INFO):  # the line's fields are not built for nothing
         duration_ms, db_ms = round(elapsed * 1000, 1), round(timing.seconds * 1000, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import asyncpg
@@ -248,3 +249,15 @@ async def test_head_answers_as_get_without_the_body(client: httpx.AsyncClient) -
     refused = await client.head(f"/v1/conversations/{conversation['id']}/messages/batch")
     assert refused.status_code == 405
     assert refused.content == b""
+
+
+async def test_a_failed_head_is_logged_as_head(
+    client: httpx.AsyncClient, conn: Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app routes a HEAD as its GET; the log line of its failure still names HEAD."""
+    user = await create_user(client)
+    await conn.execute("ALTER TABLE users RENAME COLUMN name TO full_name")  # undone with the test's transaction
+    with caplog.at_level(logging.ERROR, logger="freya"):
+        failed = await client.head(f"/v1/users/{user['id']}")
+    assert failed.status_code == 500
+    assert f"unhandled error on HEAD /v1/users/{user['id']}" in caplog.text
