@@ -85,7 +85,8 @@ async def retrying_rollbacks(
     PostgreSQL rolled it back to break a deadlock (or a serialization failure): it was undone
     whole, and the transaction it collided with has gone on since. Writes that lock many rows
     need it: the service's own take conversations before messages and messages in id order, but a
-    transaction of anyone else's (an operator's, a migration's) may not. ``lost_race``: another
+    transaction of anyone else's (an operator's, a migration's) may not, and an erasure can be
+    overtaken by a write that adds a row of its user's (README). ``lost_race``: another
     error that means the same (a concurrent insert of the same unique key), and is retried too.
     """
     for attempt in range(1, WRITE_ATTEMPTS + 1):

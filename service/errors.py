@@ -206,7 +206,7 @@ def out_of_range_number(body: bytes) -> str:
 class FieldError(msgspec.Struct):
     field: str | None
     message: str
-    source: str | None = None
+    source: Source | None = None
 
 
 class ProblemDetails(msgspec.Struct):
@@ -487,9 +487,8 @@ def on_deep_nesting(request: Request[Any, Any, Any], exc: RecursionError) -> Res
     if "deserializing" not in str(exc):
         return on_unexpected(request, exc)
     detail = "the JSON body is nested too deeply"
-    return problem(
-        400, "Invalid request", "invalid-request", detail, errors=[{"field": None, "message": detail}], request=request
-    )
+    errors = [{"field": "body", "message": detail, "source": "body"}]
+    return problem(400, "Invalid request", "invalid-request", detail, errors=errors, request=request)
 
 
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

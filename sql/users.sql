@@ -27,10 +27,13 @@ RETURNING id, email, name, created_at;
 -- An erasure's first statement: the conversations it deletes (the user's) or recounts (those the
 -- user wrote in), locked in id order before any message and before the user. A post locks its
 -- conversation and then, checking its foreign key, the user: an erasure that deleted the user
--- first and reached that conversation through the cascade could deadlock with it.
+-- first and reached that conversation through the cascade could deadlock with it. (A row of the
+-- user's committed after this statement is not among them: README, "When the database goes away".)
+-- ANY of an array the subquery builds once, not IN (subquery): PostgreSQL then finds both sets
+-- with their indexes (a BitmapOr), where IN would filter a walk of the whole table.
 SELECT FROM conversations AS c
 WHERE c.user_id = :user_id
-   OR c.id IN (SELECT m.conversation_id FROM messages AS m WHERE m.user_id = :user_id)
+   OR c.id = ANY (ARRAY(SELECT m.conversation_id FROM messages AS m WHERE m.user_id = :user_id))
 ORDER BY c.id
 FOR UPDATE;
 
@@ -39,7 +42,7 @@ FOR UPDATE;
 -- (the cascade deletes them in the order its scans find them).
 SELECT FROM messages AS m
 WHERE m.user_id = :user_id
-   OR m.conversation_id IN (SELECT c.id FROM conversations AS c WHERE c.user_id = :user_id)
+   OR m.conversation_id = ANY (ARRAY(SELECT c.id FROM conversations AS c WHERE c.user_id = :user_id))
 ORDER BY m.id
 FOR UPDATE;
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from service import conversations, messages, search, topics
+from service import conversations, messages, search, topics, users
 from service.db import Connection
 from service.pages import estimate_rows
 from service.queries import Query
@@ -262,6 +262,20 @@ async def test_a_users_conversations_use_an_index(seeded_conn: Connection, seede
                 # 3,000 conversations: read in order along the index, a page at a time.
                 assert "idx_conversation_live_user_updated" in used
                 assert not sorted_again(nodes, "conversations"), nodes
+
+
+async def test_an_erasure_locks_only_what_it_deletes(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
+    """A user of 10 conversations (300 messages) among 110,000: the erasure's two lock statements
+    find the rows by user and by conversation, not by filtering a walk of every message."""
+    user_id = seeded["user_id"] + 5
+    for query in (users.sql.lock_conversations_of_user, users.sql.lock_messages_of_user):
+        for nodes in await plans(seeded_conn, query, user_id=user_id):
+            assert no_seq_scan_of(nodes, "messages"), nodes
+            # Every read of either table looks rows up by a condition (an Index Cond, or a bitmap of
+            # them); an index walked whole, for its order, with the conditions as a filter, has none.
+            reads = [n for n in nodes if n.get("Relation Name") in ("messages", "conversations")]
+            assert reads, nodes
+            assert all(n["Node Type"] == "Bitmap Heap Scan" or "Index Cond" in n for n in reads), (query.label, reads)
 
 
 async def test_one_message_uses_its_primary_key(seeded_conn: Connection, seeded: dict[str, Any]) -> None:
