@@ -56,6 +56,20 @@ async def delete_user(
     return await http.delete(f"/v1/users/{user['id']}")
 
 
+async def two_messages(http: httpx.AsyncClient, *, deleted: bool) -> tuple[Any, Any, int, int]:
+    """A user's conversation with two messages (their ids in order); ``deleted``: deleted with it."""
+    user = await create_user(http)
+    conversation = await create_conversation(http, user["id"])
+    batch = await http.post(
+        f"/v1/conversations/{conversation['id']}/messages/batch",
+        json={"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+    )
+    first, second = sorted(item["message"]["id"] for item in batch.json()["items"])
+    if deleted:
+        assert (await http.delete(f"/v1/conversations/{conversation['id']}")).status_code == 204
+    return user, conversation, first, second
+
+
 # Each write with the row the test then asks for: one the write holds while it waits.
 CASES = [
     (assign, "SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", "first"),
@@ -73,16 +87,8 @@ async def test_a_write_rolled_back_to_break_a_deadlock_runs_again(
 ) -> None:
     url = fresh_database()
     async with serving(url) as http:
-        user = await create_user(http)
-        conversation = await create_conversation(http, user["id"])
-        batch = await http.post(
-            f"/v1/conversations/{conversation['id']}/messages/batch",
-            json={"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
-        )
-        first, second = sorted(item["message"]["id"] for item in batch.json()["items"])
+        user, conversation, first, second = await two_messages(http, deleted=write is restore_conversation)
         rows = {"first": first, "conversation": conversation["id"], "user": user["id"]}
-        if write is restore_conversation:
-            assert (await http.delete(f"/v1/conversations/{conversation['id']}")).status_code == 204
         other = await asyncpg.connect(url)
         try:
             async with other.transaction():
@@ -117,15 +123,7 @@ async def test_writes_of_many_messages_lock_them_in_id_order(fresh_database: Cal
     in time), the orders the statements' scans would otherwise lock them in."""
     url = fresh_database()
     async with serving(url) as http:
-        user = await create_user(http)
-        conversation = await create_conversation(http, user["id"])
-        batch = await http.post(
-            f"/v1/conversations/{conversation['id']}/messages/batch",
-            json={"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
-        )
-        first, second = sorted(item["message"]["id"] for item in batch.json()["items"])
-        if write is restore_conversation:
-            assert (await http.delete(f"/v1/conversations/{conversation['id']}")).status_code == 204
+        user, conversation, first, second = await two_messages(http, deleted=write is restore_conversation)
         other = await asyncpg.connect(url)
         try:
             later = 'UPDATE messages SET "timestamp" = "timestamp" + interval \'1 hour\' WHERE id = $1'
